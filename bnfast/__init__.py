@@ -1,0 +1,18 @@
+"""bnfast: batch normalization for NumPy on the CPU.
+
+Blocked Welford/Chan kernels (Cython + OpenMP) behind a NumPy-style functional API.
+See ``bnfast.show_config()`` for how this copy was built.
+"""
+from ._version import __version__
+from ._functional import batch_norm_backward, batch_norm_forward, batch_norm_inference, moments
+from ._config import openmp_enabled, show_config
+
+__all__ = [
+    "__version__",
+    "moments",
+    "batch_norm_forward",
+    "batch_norm_inference",
+    "batch_norm_backward",
+    "show_config",
+    "openmp_enabled",
+]

@@ -1,0 +1,46 @@
+"""What this build of bnfast is: version, OpenMP, threads, compiler flags."""
+import platform
+import sys
+
+import numpy as np
+
+from . import _kernels
+from ._version import __version__
+
+
+def openmp_enabled():
+    """True when the kernels were compiled with OpenMP (else they run on one thread)."""
+    return _kernels.openmp_enabled()
+
+
+def config():
+    """The build and runtime configuration as a dict (what ``show_config`` prints)."""
+    flags = _kernels.compile_flags()
+    simd = "AVX2 clones picked at load time (ifunc), baseline SSE2 otherwise"
+    if "-march=native" in flags:
+        simd = "-march=native (this CPU family only)"
+    elif platform.machine().lower() not in ("x86_64", "amd64") or sys.platform != "linux":
+        simd = "compiler default for " + platform.machine()
+    return {
+        "bnfast": __version__,
+        "numpy": np.__version__,
+        "python": sys.version.split()[0],
+        "platform": f"{sys.platform}-{platform.machine()}",
+        "OpenMP": "on" if openmp_enabled() else "off",
+        "threads": _kernels.max_threads(),
+        "compile flags": flags,
+        "SIMD": simd,
+    }
+
+
+def show_config(file=None):
+    """Print bnfast's version, OpenMP on/off, the default thread count and the build flags.
+
+    Parameters
+    ----------
+    file : file-like, optional
+        Where to print (default ``sys.stdout``).
+    """
+    out = sys.stdout if file is None else file
+    for key, value in config().items():
+        print(f"{key + ':':15s}{value}", file=out)

@@ -1,0 +1,738 @@
+# Compiler directives (boundscheck, wraparound, cdivision, ...) are set once in setup.py.
+"""bnfast's compiled kernels: arithmetic only.
+
+Every array arrives as the (outer, C, inner) C-contiguous view of DESIGN §2, already validated
+and of the working dtype (float32 or float64) by bnfast._validation; per-channel vectors are
+C-contiguous float64 of length C.  The entry points still check what they dereference, so a
+misuse raises instead of crashing.
+
+Work is cut by the shape alone: each channel's elements form blocks (two-pass Welford in
+cache), consecutive blocks form chunks, and a task is one chunk of one channel (or of one
+tile of channels when inner == 1).  Chunk states are merged in chunk order after the parallel
+loop, so the statistics are bit-identical for every thread count.
+"""
+from cython.parallel cimport prange
+from libc.math cimport sqrt
+from libc.stdlib cimport free, malloc
+cimport numpy as cnp
+
+cnp.import_array()
+
+ctypedef cnp.npy_intp intp
+
+ctypedef fused floating:
+    float
+    double
+
+cdef extern from "bn_openmp.h":
+    int bn_openmp_enabled() noexcept nogil
+    int bn_max_threads() noexcept nogil
+    const char *bn_compile_flags() noexcept nogil
+
+cdef extern from "bn_loops.h" nogil:
+    void run_moments_f32(const float *x, intp nrows, intp len, intp stride,
+                         double *mean, double *m2)
+    void run_moments_f64(const double *x, intp nrows, intp len, intp stride,
+                         double *mean, double *m2)
+    void tile_moments_f32(const float *x, intp nrows, intp ncols, intp stride,
+                          double *mean, double *m2, double *dsum)
+    void tile_moments_f64(const double *x, intp nrows, intp ncols, intp stride,
+                          double *mean, double *m2, double *dsum)
+    void run_normalize_f32(const float *x, float *y, intp len, double mean, double scale,
+                           double shift)
+    void run_normalize_f64(const double *x, double *y, intp len, double mean, double scale,
+                           double shift)
+    void row_normalize_f32(const float *x, float *y, intp ncols, const double *mean,
+                           const double *scale, const double *shift)
+    void row_normalize_f64(const double *x, double *y, intp ncols, const double *mean,
+                           const double *scale, const double *shift)
+    void run_grad_sums_f32(const float *dy, const float *x, intp nrows, intp len, intp stride,
+                           double mean, double *sum_dy, double *sum_dy_xmu)
+    void run_grad_sums_f64(const double *dy, const double *x, intp nrows, intp len,
+                           intp stride, double mean, double *sum_dy, double *sum_dy_xmu)
+    void tile_grad_sums_f32(const float *dy, const float *x, intp nrows, intp ncols,
+                            intp stride, const double *mean, double *sum_dy,
+                            double *sum_dy_xmu)
+    void tile_grad_sums_f64(const double *dy, const double *x, intp nrows, intp ncols,
+                            intp stride, const double *mean, double *sum_dy,
+                            double *sum_dy_xmu)
+    void run_grad_input_f32(const float *dy, const float *x, float *dx, intp len, double mean,
+                            double a, double b, double k)
+    void run_grad_input_f64(const double *dy, const double *x, double *dx, intp len,
+                            double mean, double a, double b, double k)
+    void row_grad_input_f32(const float *dy, const float *x, float *dx, intp ncols,
+                            const double *mean, const double *a, const double *b,
+                            const double *k)
+    void row_grad_input_f64(const double *dy, const double *x, double *dx, intp ncols,
+                            const double *mean, const double *a, const double *b,
+                            const double *k)
+
+
+cdef enum:
+    # Elements per block: the second Welford pass must find the block in L1/L2.
+    BLOCK = 4096
+    # Channels per task when inner == 1 (the loops run along C inside a tile).
+    TILE_C = 512
+    # Coefficients are replicated to about this many elements so that the elementwise
+    # loops of the inner == 1 layout run over several samples per call when C is small.
+    ROW_SPAN = 1024
+    # Chunks per channel task are added until there are this many tasks (shape-only, so
+    # results do not depend on the thread count) ...
+    TARGET_TASKS = 64
+    # ... but a chunk never shrinks below this many elements.
+    MIN_CHUNK = 32768
+    # A thread is only woken for at least this many elements of work.
+    MIN_PER_THREAD = 65536
+
+
+cdef struct Plan:
+    intp outer, C, inner
+    bint tiled             # inner == 1 and C > 1: tasks are tiles of channels
+    intp n_ctasks          # channel tasks: C, or the number of tiles
+    intp ctile             # channels per tile
+    intp rows_per_block    # outer rows per block
+    intp pieces            # blocks per row when a run is longer than BLOCK, else 1
+    intp piece_len
+    intp n_blocks          # blocks per channel task
+    intp blocks_per_chunk
+    intp n_chunks
+
+
+cdef inline intp ceil_div(intp a, intp b) noexcept nogil:
+    return (a + b - 1) // b
+
+
+cdef Plan make_plan(intp outer, intp C, intp inner) noexcept nogil:
+    """Cut a (outer, C, inner) array into blocks and chunks, by its shape alone."""
+    cdef Plan p
+    cdef intp per_block, per_ctask, n_target
+    if inner == 1 and C == 1:
+        # A single channel of contiguous scalars is one long run.
+        inner = outer
+        outer = 1
+    p.outer = outer
+    p.C = C
+    p.inner = inner
+    p.tiled = inner == 1
+    if p.tiled:
+        p.n_ctasks = ceil_div(C, TILE_C)
+        p.ctile = ceil_div(C, p.n_ctasks)
+        p.rows_per_block = max(1, BLOCK // p.ctile)
+        p.pieces = 1
+        p.piece_len = 1
+        per_block = p.rows_per_block * p.ctile
+        p.n_blocks = ceil_div(outer, p.rows_per_block)
+    else:
+        p.n_ctasks = C
+        p.ctile = 1
+        if inner > BLOCK:
+            p.pieces = ceil_div(inner, BLOCK)
+            p.piece_len = ceil_div(inner, p.pieces)
+            p.rows_per_block = 1
+            per_block = p.piece_len
+            p.n_blocks = outer * p.pieces
+        else:
+            p.pieces = 1
+            p.piece_len = inner
+            p.rows_per_block = max(1, BLOCK // max(inner, 1))
+            per_block = p.rows_per_block * inner
+            p.n_blocks = ceil_div(outer, p.rows_per_block)
+    per_ctask = outer * inner * p.ctile
+    n_target = min(ceil_div(TARGET_TASKS, max(p.n_ctasks, 1)), max(1, per_ctask // MIN_CHUNK))
+    n_target = max(1, min(n_target, p.n_blocks))
+    p.blocks_per_chunk = max(1, ceil_div(p.n_blocks, n_target))
+    p.n_chunks = max(1, ceil_div(p.n_blocks, p.blocks_per_chunk))
+    return p
+
+
+cdef inline void run_block(const Plan *p, intp b, intp *row0, intp *nrows, intp *start,
+                           intp *length) noexcept nogil:
+    """Rows and columns of block b of a channel in the runs layout."""
+    if p.pieces == 1:
+        row0[0] = b * p.rows_per_block
+        nrows[0] = min(p.rows_per_block, p.outer - row0[0])
+        start[0] = 0
+        length[0] = p.inner
+    else:
+        row0[0] = b // p.pieces
+        nrows[0] = 1
+        start[0] = (b % p.pieces) * p.piece_len
+        length[0] = min(p.piece_len, p.inner - start[0])
+
+
+cdef inline int n_threads_for(int requested, intp work, intp n_tasks) noexcept nogil:
+    """Threads worth waking for `work` elements split into `n_tasks` tasks."""
+    cdef intp t = requested if requested > 0 else bn_max_threads()
+    t = min(t, n_tasks, max(1, work // MIN_PER_THREAD))
+    return <int>max(1, t)
+
+
+# --- Chan et al.'s pairwise merge: the one place the formula is written ----------------------
+
+cdef inline void chan_weights(double na, double nb, double *wb, double *wab) noexcept nogil:
+    """Weights for merging a state of count nb into one of count na (nb > 0)."""
+    cdef double n = na + nb
+    wb[0] = nb / n
+    wab[0] = na * (nb / n)
+
+
+cdef inline void chan_apply(double *mean, double *m2, double mean_b, double m2_b, double wb,
+                            double wab) noexcept nogil:
+    """(mean, m2) <- merge of (mean, m2) and (mean_b, m2_b) with chan_weights' weights."""
+    cdef double delta = mean_b - mean[0]
+    mean[0] += delta * wb
+    m2[0] += m2_b + delta * delta * wab
+
+
+# --- Statistics -----------------------------------------------------------------------------
+
+cdef void moments_task(const floating *x, const Plan *p, intp k, intp t, double *st_n,
+                       double *st_mean, double *st_m2) noexcept nogil:
+    """Welford state of chunk k of channel task t, written at st_*[k * C + channel]."""
+    cdef intp b, b1, row0, nrows, start, length, c0, nc, j
+    cdef double n = 0.0, nb, wb, wab, bmean, bm2
+    cdef double tmean[TILE_C]
+    cdef double tm2[TILE_C]
+    cdef double dsum[TILE_C]
+    cdef double *mean = st_mean + k * p.C
+    cdef double *m2 = st_m2 + k * p.C
+    b1 = min((k + 1) * p.blocks_per_chunk, p.n_blocks)
+    if not p.tiled:
+        mean += t
+        m2 += t
+        mean[0] = 0.0
+        m2[0] = 0.0
+        for b in range(k * p.blocks_per_chunk, b1):
+            run_block(p, b, &row0, &nrows, &start, &length)
+            if floating is float:
+                run_moments_f32(x + (row0 * p.C + t) * p.inner + start, nrows, length,
+                                p.C * p.inner, &bmean, &bm2)
+            else:
+                run_moments_f64(x + (row0 * p.C + t) * p.inner + start, nrows, length,
+                                p.C * p.inner, &bmean, &bm2)
+            nb = <double>(nrows * length)
+            chan_weights(n, nb, &wb, &wab)
+            chan_apply(mean, m2, bmean, bm2, wb, wab)
+            n += nb
+        st_n[k * p.C + t] = n
+        return
+    c0 = t * p.ctile
+    nc = min(p.ctile, p.C - c0)
+    mean += c0
+    m2 += c0
+    for j in range(nc):
+        mean[j] = 0.0
+        m2[j] = 0.0
+    for b in range(k * p.blocks_per_chunk, b1):
+        row0 = b * p.rows_per_block
+        nrows = min(p.rows_per_block, p.outer - row0)
+        if floating is float:
+            tile_moments_f32(x + row0 * p.C + c0, nrows, nc, p.C, tmean, tm2, dsum)
+        else:
+            tile_moments_f64(x + row0 * p.C + c0, nrows, nc, p.C, tmean, tm2, dsum)
+        nb = <double>nrows
+        chan_weights(n, nb, &wb, &wab)
+        for j in range(nc):
+            chan_apply(&mean[j], &m2[j], tmean[j], tm2[j], wb, wab)
+        n += nb
+    for j in range(nc):
+        st_n[k * p.C + c0 + j] = n
+
+
+cdef int channel_moments(const floating *x, const Plan *p, double *mean, double *m2,
+                         int n_threads) except -1 nogil:
+    """Per-channel mean and M2 of x into mean[C], m2[C]; bit-identical for any n_threads."""
+    cdef intp n_tasks = p.n_chunks * p.n_ctasks, task, c, k, idx
+    cdef intp states = p.n_chunks * p.C
+    cdef int nt = n_threads_for(n_threads, p.outer * p.C * p.inner, n_tasks)
+    cdef double n, wb, wab
+    cdef double *st_n
+    cdef double *st_mean
+    cdef double *st_m2
+    if p.n_chunks == 1:
+        # One chunk: its states are the answer; only the counts need a scratch buffer.
+        st_mean = mean
+        st_m2 = m2
+        st_n = <double *>malloc(p.C * sizeof(double))
+        if st_n == NULL:
+            with gil:
+                raise MemoryError()
+    else:
+        st_n = <double *>malloc(3 * states * sizeof(double))
+        if st_n == NULL:
+            with gil:
+                raise MemoryError()
+        st_mean = st_n + states
+        st_m2 = st_n + 2 * states
+    for task in prange(n_tasks, num_threads=nt, schedule='static', use_threads_if=nt > 1):
+        moments_task(x, p, task // p.n_ctasks, task % p.n_ctasks, st_n, st_mean, st_m2)
+    if p.n_chunks > 1:
+        nt = n_threads_for(n_threads, states, p.C)
+        for c in prange(p.C, num_threads=nt, schedule='static', use_threads_if=nt > 1):
+            n = st_n[c]
+            mean[c] = st_mean[c]
+            m2[c] = st_m2[c]
+            for k in range(1, p.n_chunks):
+                idx = k * p.C + c
+                if st_n[idx] > 0:
+                    chan_weights(n, st_n[idx], &wb, &wab)
+                    chan_apply(&mean[c], &m2[c], st_mean[idx], st_m2[idx], wb, wab)
+                    n = n + st_n[idx]
+    free(st_n)
+    return 0
+
+
+# --- Elementwise passes ---------------------------------------------------------------------
+
+cdef int replicate(const double **coef, double **rep, int n_coef, intp C, intp span) except -1 nogil:
+    """rep[i] = coef[i] tiled to span * C elements (one buffer), for row loops over small C."""
+    cdef intp i, j
+    cdef double *buf = <double *>malloc(n_coef * span * C * sizeof(double))
+    if buf == NULL:
+        with gil:
+            raise MemoryError()
+    for i in range(n_coef):
+        rep[i] = buf + i * span * C
+        for j in range(span * C):
+            rep[i][j] = coef[i][j % C]
+    return 0
+
+
+cdef int normalize(const floating *x, floating *y, const Plan *p, const double *mean,
+                   const double *scale, const double *shift, int n_threads) except -1 nogil:
+    """y = (x - mean) * scale + shift per channel (y may be x)."""
+    cdef intp seg, row, c, start, length, o, o1, span, n_segments
+    cdef int nt
+    cdef const double *coef[3]
+    cdef double *rep[3]
+    if not p.tiled:
+        n_segments = p.outer * p.C * p.pieces
+        nt = n_threads_for(n_threads, p.outer * p.C * p.inner, n_segments)
+        for seg in prange(n_segments, num_threads=nt, schedule='static', use_threads_if=nt > 1):
+            row = seg // p.pieces
+            c = row % p.C
+            start = (seg % p.pieces) * p.piece_len
+            length = min(p.piece_len, p.inner - start)
+            if floating is float:
+                run_normalize_f32(x + row * p.inner + start, y + row * p.inner + start, length,
+                                  mean[c], scale[c], shift[c])
+            else:
+                run_normalize_f64(x + row * p.inner + start, y + row * p.inner + start, length,
+                                  mean[c], scale[c], shift[c])
+        return 0
+    # Tiled: `span` samples per call, with the coefficients repeated span times.
+    span = max(1, min(ROW_SPAN // p.C, p.outer))
+    coef[0] = mean
+    coef[1] = scale
+    coef[2] = shift
+    replicate(coef, rep, 3, p.C, span)
+    n_segments = ceil_div(p.outer, span)
+    nt = n_threads_for(n_threads, p.outer * p.C, n_segments)
+    for seg in prange(n_segments, num_threads=nt, schedule='static', use_threads_if=nt > 1):
+        o = seg * span
+        o1 = min(o + span, p.outer)
+        if floating is float:
+            row_normalize_f32(x + o * p.C, y + o * p.C, (o1 - o) * p.C, rep[0], rep[1], rep[2])
+        else:
+            row_normalize_f64(x + o * p.C, y + o * p.C, (o1 - o) * p.C, rep[0], rep[1], rep[2])
+    free(rep[0])
+    return 0
+
+
+# --- Backward -------------------------------------------------------------------------------
+
+cdef void grad_sums_task(const floating *dy, const floating *x, const Plan *p, const double *mean,
+                         intp k, intp t, double *st_a, double *st_b) noexcept nogil:
+    """sum(dy) and sum(dy * (x - mean)) of chunk k of channel task t, at st_*[k * C + c]."""
+    cdef intp b, b1, row0, nrows, start, length, c0, nc, j
+    cdef double ba, bb
+    cdef double ta[TILE_C]
+    cdef double tb[TILE_C]
+    cdef double *sa = st_a + k * p.C
+    cdef double *sb = st_b + k * p.C
+    b1 = min((k + 1) * p.blocks_per_chunk, p.n_blocks)
+    if not p.tiled:
+        sa[t] = 0.0
+        sb[t] = 0.0
+        for b in range(k * p.blocks_per_chunk, b1):
+            run_block(p, b, &row0, &nrows, &start, &length)
+            if floating is float:
+                run_grad_sums_f32(dy + (row0 * p.C + t) * p.inner + start,
+                                  x + (row0 * p.C + t) * p.inner + start, nrows, length,
+                                  p.C * p.inner, mean[t], &ba, &bb)
+            else:
+                run_grad_sums_f64(dy + (row0 * p.C + t) * p.inner + start,
+                                  x + (row0 * p.C + t) * p.inner + start, nrows, length,
+                                  p.C * p.inner, mean[t], &ba, &bb)
+            sa[t] += ba
+            sb[t] += bb
+        return
+    c0 = t * p.ctile
+    nc = min(p.ctile, p.C - c0)
+    for j in range(c0, c0 + nc):
+        sa[j] = 0.0
+        sb[j] = 0.0
+    for b in range(k * p.blocks_per_chunk, b1):
+        row0 = b * p.rows_per_block
+        nrows = min(p.rows_per_block, p.outer - row0)
+        if floating is float:
+            tile_grad_sums_f32(dy + row0 * p.C + c0, x + row0 * p.C + c0, nrows, nc, p.C,
+                               mean + c0, ta, tb)
+        else:
+            tile_grad_sums_f64(dy + row0 * p.C + c0, x + row0 * p.C + c0, nrows, nc, p.C,
+                               mean + c0, ta, tb)
+        for j in range(nc):
+            sa[c0 + j] += ta[j]
+            sb[c0 + j] += tb[j]
+
+
+cdef int grad_sums(const floating *dy, const floating *x, const Plan *p, const double *mean,
+                   double *sum_dy, double *sum_dy_xmu, int n_threads) except -1 nogil:
+    """Per-channel sum(dy) and sum(dy * (x - mean)); bit-identical for any n_threads."""
+    cdef intp n_tasks = p.n_chunks * p.n_ctasks, task, c, k
+    cdef intp states = p.n_chunks * p.C
+    cdef int nt = n_threads_for(n_threads, 2 * p.outer * p.C * p.inner, n_tasks)
+    cdef double *st = sum_dy
+    cdef double *st_a
+    cdef double *st_b
+    if p.n_chunks == 1:
+        st_a = sum_dy
+        st_b = sum_dy_xmu
+    else:
+        st = <double *>malloc(2 * states * sizeof(double))
+        if st == NULL:
+            with gil:
+                raise MemoryError()
+        st_a = st
+        st_b = st + states
+    for task in prange(n_tasks, num_threads=nt, schedule='static', use_threads_if=nt > 1):
+        grad_sums_task(dy, x, p, mean, task // p.n_ctasks, task % p.n_ctasks, st_a, st_b)
+    if p.n_chunks > 1:
+        for c in range(p.C):
+            sum_dy[c] = st_a[c]
+            sum_dy_xmu[c] = st_b[c]
+            for k in range(1, p.n_chunks):
+                sum_dy[c] += st_a[k * p.C + c]
+                sum_dy_xmu[c] += st_b[k * p.C + c]
+        free(st)
+    return 0
+
+
+cdef int grad_input(const floating *dy, const floating *x, floating *dx, const Plan *p,
+                    const double *mean, const double *a, const double *b, const double *k,
+                    int n_threads) except -1 nogil:
+    """dx = ((dy - a) - (x - mean) * b) * k per channel (dx may be dy or x)."""
+    cdef intp seg, row, c, start, length, o, o1, span, n_segments
+    cdef int nt
+    cdef const double *coef[4]
+    cdef double *rep[4]
+    if not p.tiled:
+        n_segments = p.outer * p.C * p.pieces
+        nt = n_threads_for(n_threads, 2 * p.outer * p.C * p.inner, n_segments)
+        for seg in prange(n_segments, num_threads=nt, schedule='static', use_threads_if=nt > 1):
+            row = seg // p.pieces
+            c = row % p.C
+            start = (seg % p.pieces) * p.piece_len
+            length = min(p.piece_len, p.inner - start)
+            if floating is float:
+                run_grad_input_f32(dy + row * p.inner + start, x + row * p.inner + start,
+                                   dx + row * p.inner + start, length, mean[c], a[c], b[c], k[c])
+            else:
+                run_grad_input_f64(dy + row * p.inner + start, x + row * p.inner + start,
+                                   dx + row * p.inner + start, length, mean[c], a[c], b[c], k[c])
+        return 0
+    span = max(1, min(ROW_SPAN // p.C, p.outer))
+    coef[0] = mean
+    coef[1] = a
+    coef[2] = b
+    coef[3] = k
+    replicate(coef, rep, 4, p.C, span)
+    n_segments = ceil_div(p.outer, span)
+    nt = n_threads_for(n_threads, 2 * p.outer * p.C, n_segments)
+    for seg in prange(n_segments, num_threads=nt, schedule='static', use_threads_if=nt > 1):
+        o = seg * span
+        o1 = min(o + span, p.outer)
+        if floating is float:
+            row_grad_input_f32(dy + o * p.C, x + o * p.C, dx + o * p.C, (o1 - o) * p.C,
+                               rep[0], rep[1], rep[2], rep[3])
+        else:
+            row_grad_input_f64(dy + o * p.C, x + o * p.C, dx + o * p.C, (o1 - o) * p.C,
+                               rep[0], rep[1], rep[2], rep[3])
+    free(rep[0])
+    return 0
+
+
+# --- Entry points ---------------------------------------------------------------------------
+
+cdef int working_type(cnp.ndarray a, str name) except -1:
+    """NPY_FLOAT32 or NPY_FLOAT64 for a C-contiguous 3-D array; TypeError otherwise."""
+    cdef int typenum = cnp.PyArray_TYPE(a)
+    if cnp.PyArray_NDIM(a) != 3 or not cnp.PyArray_IS_C_CONTIGUOUS(a):
+        raise ValueError(f"{name}: expected a C-contiguous 3-D (outer, C, inner) view")
+    if typenum != cnp.NPY_FLOAT32 and typenum != cnp.NPY_FLOAT64:
+        raise TypeError(f"{name}: expected float32 or float64, got {a.dtype}")
+    if not cnp.PyArray_ISNOTSWAPPED(a):
+        raise ValueError(f"{name}: expected native byte order")
+    return typenum
+
+
+cdef void check_like(cnp.ndarray a, cnp.ndarray ref, int typenum, str name, bint write) except *:
+    if (cnp.PyArray_TYPE(a) != typenum or cnp.PyArray_NDIM(a) != 3
+            or not cnp.PyArray_IS_C_CONTIGUOUS(a) or not cnp.PyArray_ISNOTSWAPPED(a)
+            or a.shape[0] != ref.shape[0] or a.shape[1] != ref.shape[1]
+            or a.shape[2] != ref.shape[2]):
+        raise ValueError(f"{name}: expected a C-contiguous array like x, of x's dtype")
+    if write and not cnp.PyArray_ISWRITEABLE(a):
+        raise ValueError(f"{name}: expected a writeable array")
+
+
+cdef double *vec_ptr(object a, intp C, str name, bint write) except? NULL:
+    """Data pointer of a C-contiguous float64 vector of length C, or NULL for None."""
+    cdef cnp.ndarray arr
+    if a is None:
+        return NULL
+    if not isinstance(a, cnp.ndarray):
+        raise TypeError(f"{name}: expected an ndarray")
+    arr = <cnp.ndarray>a
+    if (cnp.PyArray_TYPE(arr) != cnp.NPY_FLOAT64 or cnp.PyArray_NDIM(arr) != 1
+            or arr.shape[0] != C or not cnp.PyArray_IS_C_CONTIGUOUS(arr)
+            or not cnp.PyArray_ISNOTSWAPPED(arr)):
+        raise ValueError(f"{name}: expected a C-contiguous float64 array of shape ({C},)")
+    if write and not cnp.PyArray_ISWRITEABLE(arr):
+        raise ValueError(f"{name}: expected a writeable array")
+    return <double *>cnp.PyArray_DATA(arr)
+
+
+cdef void update_running(object running, const double *batch, intp C, double momentum,
+                         double factor, str name) except *:
+    """running = (1 - momentum) * running + momentum * factor * batch, for float32/float64."""
+    cdef cnp.ndarray r
+    cdef float *rf
+    cdef double *rd
+    cdef intp c
+    if running is None:
+        return
+    r = <cnp.ndarray>running
+    if cnp.PyArray_TYPE(r) == cnp.NPY_FLOAT32:
+        rf = <float *>cnp.PyArray_DATA(r)
+        for c in range(C):
+            rf[c] = <float>((1.0 - momentum) * rf[c] + momentum * (factor * batch[c]))
+    else:
+        rd = <double *>cnp.PyArray_DATA(r)
+        for c in range(C):
+            rd[c] = (1.0 - momentum) * rd[c] + momentum * (factor * batch[c])
+
+
+cdef void check_running(object running, intp C, str name) except *:
+    cdef cnp.ndarray r
+    if running is None:
+        return
+    if not isinstance(running, cnp.ndarray):
+        raise TypeError(f"{name}: expected an ndarray")
+    r = <cnp.ndarray>running
+    if ((cnp.PyArray_TYPE(r) != cnp.NPY_FLOAT32 and cnp.PyArray_TYPE(r) != cnp.NPY_FLOAT64)
+            or cnp.PyArray_NDIM(r) != 1 or r.shape[0] != C
+            or not cnp.PyArray_IS_C_CONTIGUOUS(r) or not cnp.PyArray_ISNOTSWAPPED(r)
+            or not cnp.PyArray_ISWRITEABLE(r)):
+        raise ValueError(f"{name}: expected a writeable C-contiguous float32 or float64 "
+                         f"array of shape ({C},)")
+
+
+def moments(cnp.ndarray x, cnp.ndarray mean, cnp.ndarray m2, int n_threads):
+    """Fill mean[C] and m2[C] (sum of squared deviations) of the (outer, C, inner) view x."""
+    cdef int typenum = working_type(x, "x")
+    cdef intp outer = x.shape[0], C = x.shape[1], inner = x.shape[2]
+    cdef double *pm = vec_ptr(mean, C, "mean", True)
+    cdef double *pm2 = vec_ptr(m2, C, "m2", True)
+    cdef Plan p = make_plan(outer, C, inner)
+    if outer * inner == 0 or C == 0:
+        raise ValueError("moments of an empty channel")
+    with nogil:
+        if typenum == cnp.NPY_FLOAT32:
+            channel_moments(<const float *>cnp.PyArray_DATA(x), &p, pm, pm2, n_threads)
+        else:
+            channel_moments(<const double *>cnp.PyArray_DATA(x), &p, pm, pm2, n_threads)
+
+
+def forward_train(cnp.ndarray x, cnp.ndarray out, object gamma, object beta, double eps,
+                  cnp.ndarray mean, cnp.ndarray invstd, object running_mean,
+                  object running_var, double momentum, int n_threads):
+    """Training forward: batch statistics into mean/invstd, y into out, running stats updated.
+
+    Requires at least 2 elements per channel (checked by the Python layer).
+    """
+    cdef int typenum = working_type(x, "x")
+    cdef intp outer = x.shape[0], C = x.shape[1], inner = x.shape[2], c
+    cdef double m = <double>(outer * inner)
+    cdef double *pmean = vec_ptr(mean, C, "mean", True)
+    cdef double *pinv = vec_ptr(invstd, C, "invstd", True)
+    cdef double *pg = vec_ptr(gamma, C, "gamma", False)
+    cdef double *pb = vec_ptr(beta, C, "beta", False)
+    cdef double *scratch
+    cdef double *scale
+    cdef double *shift
+    cdef double *m2
+    cdef Plan p = make_plan(outer, C, inner)
+    check_like(out, x, typenum, "out", True)
+    check_running(running_mean, C, "running_mean")
+    check_running(running_var, C, "running_var")
+    if outer * inner < 2:
+        raise ValueError("training needs more than 1 value per channel")
+    if C == 0:
+        return
+    scratch = <double *>malloc(3 * C * sizeof(double))
+    if scratch == NULL:
+        raise MemoryError()
+    m2 = scratch
+    scale = scratch + C
+    shift = scratch + 2 * C
+    try:
+        with nogil:
+            if typenum == cnp.NPY_FLOAT32:
+                channel_moments(<const float *>cnp.PyArray_DATA(x), &p, pmean, m2, n_threads)
+            else:
+                channel_moments(<const double *>cnp.PyArray_DATA(x), &p, pmean, m2, n_threads)
+            for c in range(C):
+                pinv[c] = 1.0 / sqrt(m2[c] / m + eps)
+                scale[c] = pinv[c] * pg[c] if pg != NULL else pinv[c]
+                shift[c] = pb[c] if pb != NULL else 0.0
+            if typenum == cnp.NPY_FLOAT32:
+                normalize(<const float *>cnp.PyArray_DATA(x), <float *>cnp.PyArray_DATA(out),
+                          &p, pmean, scale, shift, n_threads)
+            else:
+                normalize(<const double *>cnp.PyArray_DATA(x), <double *>cnp.PyArray_DATA(out),
+                          &p, pmean, scale, shift, n_threads)
+        # Unbiased variance m2 / (m - 1) goes into running_var (PyTorch's convention).
+        update_running(running_mean, pmean, C, momentum, 1.0, "running_mean")
+        update_running(running_var, m2, C, momentum, 1.0 / (m - 1.0), "running_var")
+    finally:
+        free(scratch)
+
+
+def forward_infer(cnp.ndarray x, cnp.ndarray out, cnp.ndarray running_mean,
+                  cnp.ndarray running_var, object gamma, object beta, double eps, int n_threads):
+    """Inference forward: y = (x - running_mean) / sqrt(running_var + eps) * gamma + beta."""
+    cdef int typenum = working_type(x, "x")
+    cdef intp outer = x.shape[0], C = x.shape[1], inner = x.shape[2], c
+    cdef double *prm = vec_ptr(running_mean, C, "running_mean", False)
+    cdef double *prv = vec_ptr(running_var, C, "running_var", False)
+    cdef double *pg = vec_ptr(gamma, C, "gamma", False)
+    cdef double *pb = vec_ptr(beta, C, "beta", False)
+    cdef double *scratch
+    cdef Plan p = make_plan(outer, C, inner)
+    check_like(out, x, typenum, "out", True)
+    if outer * inner == 0 or C == 0:
+        return
+    scratch = <double *>malloc(2 * C * sizeof(double))
+    if scratch == NULL:
+        raise MemoryError()
+    try:
+        with nogil:
+            for c in range(C):
+                scratch[c] = 1.0 / sqrt(prv[c] + eps)
+                if pg != NULL:
+                    scratch[c] = scratch[c] * pg[c]
+                scratch[C + c] = pb[c] if pb != NULL else 0.0
+            if typenum == cnp.NPY_FLOAT32:
+                normalize(<const float *>cnp.PyArray_DATA(x), <float *>cnp.PyArray_DATA(out),
+                          &p, prm, scratch, scratch + C, n_threads)
+            else:
+                normalize(<const double *>cnp.PyArray_DATA(x), <double *>cnp.PyArray_DATA(out),
+                          &p, prm, scratch, scratch + C, n_threads)
+    finally:
+        free(scratch)
+
+
+def backward(cnp.ndarray dy, cnp.ndarray x, cnp.ndarray dx, cnp.ndarray mean,
+             cnp.ndarray invstd, object gamma, cnp.ndarray dgamma, cnp.ndarray dbeta,
+             int n_threads):
+    """Backward: dbeta = sum dy, dgamma = sum dy * xhat, dx (may alias dy or x)."""
+    cdef int typenum = working_type(x, "x")
+    cdef intp outer = x.shape[0], C = x.shape[1], inner = x.shape[2], c
+    cdef double m = <double>(outer * inner)
+    cdef double *pmean = vec_ptr(mean, C, "mean", False)
+    cdef double *pinv = vec_ptr(invstd, C, "invstd", False)
+    cdef double *pg = vec_ptr(gamma, C, "gamma", False)
+    cdef double *pdg = vec_ptr(dgamma, C, "dgamma", True)
+    cdef double *pdb = vec_ptr(dbeta, C, "dbeta", True)
+    cdef double *scratch
+    cdef Plan p = make_plan(outer, C, inner)
+    check_like(dy, x, typenum, "dy", False)
+    check_like(dx, x, typenum, "dx", True)
+    if C == 0:
+        return
+    if outer * inner == 0:
+        for c in range(C):
+            pdg[c] = 0.0
+            pdb[c] = 0.0
+        return
+    scratch = <double *>malloc(3 * C * sizeof(double))
+    if scratch == NULL:
+        raise MemoryError()
+    try:
+        with nogil:
+            # pdg holds sum(dy * (x - mean)) until it is scaled into dgamma below.
+            if typenum == cnp.NPY_FLOAT32:
+                grad_sums(<const float *>cnp.PyArray_DATA(dy), <const float *>cnp.PyArray_DATA(x),
+                          &p, pmean, pdb, pdg, n_threads)
+            else:
+                grad_sums(<const double *>cnp.PyArray_DATA(dy),
+                          <const double *>cnp.PyArray_DATA(x), &p, pmean, pdb, pdg, n_threads)
+            for c in range(C):
+                pdg[c] = pdg[c] * pinv[c]
+                scratch[c] = pdb[c] / m
+                scratch[C + c] = pinv[c] * pdg[c] / m
+                scratch[2 * C + c] = pinv[c] * pg[c] if pg != NULL else pinv[c]
+            if typenum == cnp.NPY_FLOAT32:
+                grad_input(<const float *>cnp.PyArray_DATA(dy), <const float *>cnp.PyArray_DATA(x),
+                           <float *>cnp.PyArray_DATA(dx), &p, pmean, scratch, scratch + C,
+                           scratch + 2 * C, n_threads)
+            else:
+                grad_input(<const double *>cnp.PyArray_DATA(dy),
+                           <const double *>cnp.PyArray_DATA(x), <double *>cnp.PyArray_DATA(dx),
+                           &p, pmean, scratch, scratch + C, scratch + 2 * C, n_threads)
+    finally:
+        free(scratch)
+
+
+def merge_states(cnp.ndarray count, cnp.ndarray mean, cnp.ndarray m2, cnp.ndarray count_b,
+                 cnp.ndarray mean_b, cnp.ndarray m2_b):
+    """Merge the Welford states (count_b, mean_b, m2_b) into (count, mean, m2), in place.
+
+    All six are C-contiguous float64 vectors of one length; entries with count_b == 0 are
+    left as they are.  This is the merge the kernels use between blocks and chunks.
+    """
+    cdef intp C = count.shape[0], c
+    cdef double *n = vec_ptr(count, C, "count", True)
+    cdef double *mu = vec_ptr(mean, C, "mean", True)
+    cdef double *s = vec_ptr(m2, C, "m2", True)
+    cdef double *nb = vec_ptr(count_b, C, "count_b", False)
+    cdef double *mub = vec_ptr(mean_b, C, "mean_b", False)
+    cdef double *sb = vec_ptr(m2_b, C, "m2_b", False)
+    cdef double wb, wab
+    with nogil:
+        for c in range(C):
+            if nb[c] > 0:
+                chan_weights(n[c], nb[c], &wb, &wab)
+                chan_apply(&mu[c], &s[c], mub[c], sb[c], wb, wab)
+                n[c] = n[c] + nb[c]
+
+
+def plan(intp outer, intp C, intp inner):
+    """The blocking of a (outer, C, inner) array, as a dict (for tests and benchmarks)."""
+    return make_plan(outer, C, inner)
+
+
+def openmp_enabled():
+    """True when the kernels were compiled with OpenMP."""
+    return bool(bn_openmp_enabled())
+
+
+def max_threads():
+    """OpenMP's current default thread count (OMP_NUM_THREADS, threadpoolctl); 1 without it."""
+    return bn_max_threads()
+
+
+def compile_flags():
+    """The C compiler flags the kernels were built with."""
+    return bn_compile_flags().decode()

@@ -1,0 +1,60 @@
+/* Innermost loops of the bnfast kernels, for float and double.
+ *
+ * Everything here works on one block that fits in cache; the Cython layer (_kernels.pyx)
+ * decides the blocking, the parallel split and the merge order.  Sums are kept in float64
+ * lanes with a fixed lane count and a fixed horizontal-sum order, so a block's result does
+ * not depend on the vector width the compiler picks, nor on the thread that computes it.
+ *
+ * Portable C: the compiler vectorizes the lane loops.  On x86-64 Linux with GCC the hot
+ * functions are also cloned for AVX2 and picked at load time (ifunc), so wheels built for
+ * baseline x86-64 still use 256-bit vectors where the CPU has them.
+ */
+#ifndef BN_LOOPS_H
+#define BN_LOOPS_H
+
+#include <stddef.h>
+#include <numpy/npy_common.h>
+
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__) \
+    && !defined(__AVX2__) && !defined(BNFAST_NO_DISPATCH) && !defined(__SANITIZE_ADDRESS__)
+#define BN_TARGET __attribute__((target_clones("avx2", "default")))
+#else
+#define BN_TARGET
+#endif
+
+#include <string.h>
+
+/* Reductions keep 8 independent float64 lanes, held as two vectors of 4 doubles, and add
+ * them up in a fixed order at the end.  GCC and clang get vector types (SLP does not
+ * vectorize lane arrays reliably); other compilers get the same lanes as plain arrays. */
+#if defined(__GNUC__) || defined(__clang__)
+#define BN_VECTOR_TYPES 1
+typedef double bn_vd __attribute__((vector_size(32)));
+typedef float bn_vf __attribute__((vector_size(16)));
+#define BN_VZERO ((bn_vd){0.0, 0.0, 0.0, 0.0})
+#define BN_VSPLAT(s) ((bn_vd){(s), (s), (s), (s)})
+#define BN_VLOAD_f32(dst, p) do { bn_vf f_; memcpy(&f_, (p), sizeof f_); \
+                                  (dst) = __builtin_convertvector(f_, bn_vd); } while (0)
+#define BN_VLOAD_f64(dst, p) memcpy(&(dst), (p), sizeof(bn_vd))
+#define BN_VTOTAL(v) (((v)[0] + (v)[1]) + ((v)[2] + (v)[3]))
+#endif
+
+#define BN_LANES 8
+
+#define BN_T float
+#define BN_FN(name) name##_f32
+#define BN_VLOAD BN_VLOAD_f32
+#include "bn_loops_impl.h"
+#undef BN_T
+#undef BN_FN
+#undef BN_VLOAD
+
+#define BN_T double
+#define BN_FN(name) name##_f64
+#define BN_VLOAD BN_VLOAD_f64
+#include "bn_loops_impl.h"
+#undef BN_T
+#undef BN_FN
+#undef BN_VLOAD
+
+#endif
