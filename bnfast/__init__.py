@@ -4,12 +4,21 @@ Blocked Welford/Chan kernels (Cython + OpenMP) behind a NumPy-style functional A
 See ``bnfast.show_config()`` for how this copy was built.
 """
 from ._version import __version__
-from ._functional import batch_norm_backward, batch_norm_forward, batch_norm_inference, moments
+from ._functional import (
+    batch_norm_backward,
+    batch_norm_forward,
+    batch_norm_inference,
+    merge_moments,
+    moments,
+    moments_state,
+)
 from ._config import openmp_enabled, show_config
 
 __all__ = [
     "__version__",
     "moments",
+    "moments_state",
+    "merge_moments",
     "batch_norm_forward",
     "batch_norm_inference",
     "batch_norm_backward",

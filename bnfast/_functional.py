@@ -18,7 +18,8 @@ from ._validation import (
     running_buffer,
 )
 
-__all__ = ["moments", "batch_norm_forward", "batch_norm_inference", "batch_norm_backward"]
+__all__ = ["moments", "moments_state", "merge_moments", "batch_norm_forward",
+           "batch_norm_inference", "batch_norm_backward"]
 
 
 def _buffers(a, shape3, work, out, inputs):
@@ -114,6 +115,125 @@ def moments(x, axis=1, ddof=0, *, n_threads=None):
             return mean, m2 / 0.0
     m2 /= dof
     return mean, m2
+
+
+def moments_state(x, axis=1, *, skipna=False, sample_weight=None, n_threads=None):
+    """Per-channel Welford state ``(count, mean, m2)``, mergeable with ``merge_moments``.
+
+    ``m2`` is the sum of squared deviations from ``mean``, so the variance is
+    ``m2 / count`` (biased) or ``m2 / (count - 1)``. States of disjoint pieces of data merge
+    exactly (Chan et al.), in any order up to rounding: that is how ``partial_fit``, Dask
+    arrays and several processes get the statistics of data no single call sees.
+
+    Parameters
+    ----------
+    x : array_like
+        Real input; the statistics are per channel along ``axis``.
+    axis : int or None, default 1
+    skipna : bool, default False
+        Ignore NaN values: each channel counts only its non-NaN values.
+    sample_weight : array_like of shape (x.shape[0],), optional
+        Weights of the samples (rows) of a 2-D ``x`` with ``axis=1`` (or -1); ``count`` is then
+        the sum of the weights of the values counted.
+    n_threads : int or None, default None
+
+    Returns
+    -------
+    count, mean, m2 : ndarray of float64, shape (C,)
+
+    Notes
+    -----
+    Channels with nothing counted get count 0, mean 0 and m2 0.
+
+    Examples
+    --------
+    >>> count, mean, m2 = moments_state([[1.0, 2.0], [3.0, float("nan")]], skipna=True)
+    >>> count.tolist(), mean.tolist(), m2.tolist()
+    ([2.0, 1.0], [2.0, 2.0], [2.0, 0.0])
+    """
+    a = as_array(x)
+    outer, C, inner = channel_shape(a, axis)
+    work, _ = dtype_policy(a.dtype)
+    nt = check_n_threads(n_threads)
+    w = None
+    if sample_weight is not None:
+        if a.ndim != 2 or inner != 1:
+            raise ValueError("sample_weight: only for 2-D x (samples, channels) with axis=1")
+        w = as_array(sample_weight, "sample_weight")
+        if w.shape != (outer,):
+            raise ValueError(f"sample_weight: expected shape ({outer},), got shape {w.shape}")
+        w = np.ascontiguousarray(w, dtype=np.float64)
+    count = np.empty(C)
+    mean = np.empty(C)
+    m2 = np.empty(C)
+    if not skipna and w is None:
+        count.fill(outer * inner)
+        if outer * inner == 0:
+            mean.fill(0.0)
+            m2.fill(0.0)
+        elif C:
+            _kernels.moments(contiguous(a, work, (outer, C, inner)), mean, m2, nt)
+        return count, mean, m2
+    if inner == 1:
+        rows = contiguous(a, work, (outer, C))
+    else:
+        # Samples of one channel are spread out: gather them as (outer * inner, C) rows.
+        rows = np.ascontiguousarray(
+            np.moveaxis(a.reshape(outer, C, inner), 1, 2).reshape(outer * inner, C), dtype=work)
+    _kernels.moments_masked(rows, w, count, mean, m2, nt)
+    if not skipna:
+        # Without skipna a NaN poisons its channel, as in the other kernels.
+        poisoned = np.isnan(rows).any(axis=0)
+        if poisoned.any():
+            count[poisoned] = outer * inner if w is None else w.sum()
+            mean[poisoned] = np.nan
+            m2[poisoned] = np.nan
+    return count, mean, m2
+
+
+def merge_moments(states):
+    """Merge Welford states ``(count, mean, m2)`` into one, exactly (Chan et al.'s formula).
+
+    Parameters
+    ----------
+    states : iterable of (count, mean, m2)
+        Each as returned by ``moments_state``: arrays of shape (C,) (a scalar count is
+        broadcast). Merged left to right; the result does not depend on the order up to
+        rounding.
+
+    Returns
+    -------
+    count, mean, m2 : ndarray of float64, shape (C,)
+
+    Examples
+    --------
+    >>> s1 = moments_state([1.0, 4.0, 6.0])
+    >>> s2 = moments_state([8.0, 10.0, 9.0])
+    >>> count, mean, m2 = merge_moments([s1, s2])
+    >>> float(count[0]), float(mean[0]), round(float(m2[0] / count[0]), 6)
+    (6.0, 6.333333333333333, 9.555556)
+    """
+    merged = None
+    for i, state in enumerate(states):
+        try:
+            count, mean, m2 = state
+        except (TypeError, ValueError):
+            raise ValueError(f"states[{i}]: expected a (count, mean, m2) triple") from None
+        mean = np.array(mean, dtype=np.float64, ndmin=1)
+        C = mean.shape[0]
+        if mean.ndim != 1:
+            raise ValueError(f"states[{i}]: expected mean of shape (C,), got {mean.shape}")
+        count = np.ascontiguousarray(np.broadcast_to(np.asarray(count, np.float64), (C,)))
+        m2 = channel_vector(m2, C, f"states[{i}] m2")
+        if merged is None:
+            merged = (count.copy(), mean.copy(), m2.copy())
+            continue
+        if C != merged[1].shape[0]:
+            raise ValueError(f"states[{i}]: expected {merged[1].shape[0]} channels, got {C}")
+        _kernels.merge_states(*merged, count, mean, m2)
+    if merged is None:
+        raise ValueError("states: expected at least one (count, mean, m2) state")
+    return merged
 
 
 def batch_norm_forward(x, gamma=None, beta=None, *, axis=1, eps=1e-5, running_mean=None,

@@ -38,6 +38,12 @@ cdef extern from "bn_loops.h" nogil:
                           double *mean, double *m2, double *dsum)
     void tile_moments_f64(const double *x, intp nrows, intp ncols, intp stride,
                           double *mean, double *m2, double *dsum)
+    void tile_moments_masked_f32(const float *x, const double *w, intp nrows, intp ncols,
+                                 intp stride, double *count, double *mean, double *m2,
+                                 double *dsum)
+    void tile_moments_masked_f64(const double *x, const double *w, intp nrows, intp ncols,
+                                 intp stride, double *count, double *mean, double *m2,
+                                 double *dsum)
     void run_normalize_f32(const float *x, float *y, intp len, double mean, double scale,
                            double shift)
     void run_normalize_f64(const double *x, double *y, intp len, double mean, double scale,
@@ -102,11 +108,14 @@ cdef inline intp ceil_div(intp a, intp b) noexcept nogil:
     return (a + b - 1) // b
 
 
-cdef Plan make_plan(intp outer, intp C, intp inner) noexcept nogil:
-    """Cut a (outer, C, inner) array into blocks and chunks, by its shape alone."""
+cdef Plan make_plan(intp outer, intp C, intp inner, bint keep_tiles=False) noexcept nogil:
+    """Cut a (outer, C, inner) array into blocks and chunks, by its shape alone.
+
+    keep_tiles: keep the tiled (inner == 1) layout even for a single channel.
+    """
     cdef Plan p
     cdef intp per_block, per_ctask, n_target
-    if inner == 1 and C == 1:
+    if inner == 1 and C == 1 and not keep_tiles:
         # A single channel of contiguous scalars is one long run.
         inner = outer
         outer = 1
@@ -239,45 +248,100 @@ cdef void moments_task(const floating *x, const Plan *p, intp k, intp t, double 
         st_n[k * p.C + c0 + j] = n
 
 
+cdef int alloc_states(const Plan *p, double **st_n, double **st_mean,
+                      double **st_m2) except -1 nogil:
+    """Room for one Welford state per chunk and channel (freed with free(st_n[0]))."""
+    cdef intp states = p.n_chunks * p.C
+    st_n[0] = <double *>malloc(3 * max(states, 1) * sizeof(double))
+    if st_n[0] == NULL:
+        with gil:
+            raise MemoryError()
+    st_mean[0] = st_n[0] + states
+    st_m2[0] = st_n[0] + 2 * states
+    return 0
+
+
+cdef void merge_chunks(const Plan *p, const double *st_n, const double *st_mean,
+                       const double *st_m2, double *count, double *mean, double *m2,
+                       int n_threads) noexcept nogil:
+    """Merge the chunk states of every channel, in chunk order, into count, mean and m2."""
+    cdef intp c, k, idx
+    cdef double n, wb, wab
+    cdef int nt = n_threads_for(n_threads, p.n_chunks * p.C, p.C)
+    for c in prange(p.C, num_threads=nt, schedule='static', use_threads_if=nt > 1):
+        n = st_n[c]
+        mean[c] = st_mean[c]
+        m2[c] = st_m2[c]
+        for k in range(1, p.n_chunks):
+            idx = k * p.C + c
+            if st_n[idx] != 0:
+                chan_weights(n, st_n[idx], &wb, &wab)
+                chan_apply(&mean[c], &m2[c], st_mean[idx], st_m2[idx], wb, wab)
+                n = n + st_n[idx]
+        if count != NULL:
+            count[c] = n
+
+
 cdef int channel_moments(const floating *x, const Plan *p, double *mean, double *m2,
                          int n_threads) except -1 nogil:
     """Per-channel mean and M2 of x into mean[C], m2[C]; bit-identical for any n_threads."""
-    cdef intp n_tasks = p.n_chunks * p.n_ctasks, task, c, k, idx
-    cdef intp states = p.n_chunks * p.C
+    cdef intp n_tasks = p.n_chunks * p.n_ctasks, task
     cdef int nt = n_threads_for(n_threads, p.outer * p.C * p.inner, n_tasks)
-    cdef double n, wb, wab
     cdef double *st_n
     cdef double *st_mean
     cdef double *st_m2
-    if p.n_chunks == 1:
-        # One chunk: its states are the answer; only the counts need a scratch buffer.
-        st_mean = mean
-        st_m2 = m2
-        st_n = <double *>malloc(p.C * sizeof(double))
-        if st_n == NULL:
-            with gil:
-                raise MemoryError()
-    else:
-        st_n = <double *>malloc(3 * states * sizeof(double))
-        if st_n == NULL:
-            with gil:
-                raise MemoryError()
-        st_mean = st_n + states
-        st_m2 = st_n + 2 * states
+    alloc_states(p, &st_n, &st_mean, &st_m2)
     for task in prange(n_tasks, num_threads=nt, schedule='static', use_threads_if=nt > 1):
         moments_task(x, p, task // p.n_ctasks, task % p.n_ctasks, st_n, st_mean, st_m2)
-    if p.n_chunks > 1:
-        nt = n_threads_for(n_threads, states, p.C)
-        for c in prange(p.C, num_threads=nt, schedule='static', use_threads_if=nt > 1):
-            n = st_n[c]
-            mean[c] = st_mean[c]
-            m2[c] = st_m2[c]
-            for k in range(1, p.n_chunks):
-                idx = k * p.C + c
-                if st_n[idx] > 0:
-                    chan_weights(n, st_n[idx], &wb, &wab)
-                    chan_apply(&mean[c], &m2[c], st_mean[idx], st_m2[idx], wb, wab)
-                    n = n + st_n[idx]
+    merge_chunks(p, st_n, st_mean, st_m2, NULL, mean, m2, n_threads)
+    free(st_n)
+    return 0
+
+
+cdef void masked_task(const floating *x, const double *w, const Plan *p, intp k, intp t,
+                      double *st_n, double *st_mean, double *st_m2) noexcept nogil:
+    """Weighted NaN-skipping Welford state of chunk k of channel tile t."""
+    cdef intp b, b1, row0, nrows, j
+    cdef intp c0 = t * p.ctile
+    cdef intp nc = min(p.ctile, p.C - c0)
+    cdef intp base = k * p.C + c0
+    cdef double wb, wab
+    cdef double tn[TILE_C]
+    cdef double tmean[TILE_C]
+    cdef double tm2[TILE_C]
+    cdef double dsum[TILE_C]
+    for j in range(nc):
+        st_n[base + j] = 0.0
+        st_mean[base + j] = 0.0
+        st_m2[base + j] = 0.0
+    b1 = min((k + 1) * p.blocks_per_chunk, p.n_blocks)
+    for b in range(k * p.blocks_per_chunk, b1):
+        row0 = b * p.rows_per_block
+        nrows = min(p.rows_per_block, p.outer - row0)
+        if floating is float:
+            tile_moments_masked_f32(x + row0 * p.C + c0, w + row0 if w != NULL else NULL,
+                                    nrows, nc, p.C, tn, tmean, tm2, dsum)
+        else:
+            tile_moments_masked_f64(x + row0 * p.C + c0, w + row0 if w != NULL else NULL,
+                                    nrows, nc, p.C, tn, tmean, tm2, dsum)
+        for j in range(nc):
+            if tn[j] != 0:
+                chan_weights(st_n[base + j], tn[j], &wb, &wab)
+                chan_apply(&st_mean[base + j], &st_m2[base + j], tmean[j], tm2[j], wb, wab)
+                st_n[base + j] += tn[j]
+
+
+cdef int masked_moments(const floating *x, const double *w, const Plan *p, double *count,
+                        double *mean, double *m2, int n_threads) except -1 nogil:
+    cdef intp n_tasks = p.n_chunks * p.n_ctasks, task
+    cdef int nt = n_threads_for(n_threads, p.outer * p.C, n_tasks)
+    cdef double *st_n
+    cdef double *st_mean
+    cdef double *st_m2
+    alloc_states(p, &st_n, &st_mean, &st_m2)
+    for task in prange(n_tasks, num_threads=nt, schedule='static', use_threads_if=nt > 1):
+        masked_task(x, w, p, task // p.n_ctasks, task % p.n_ctasks, st_n, st_mean, st_m2)
+    merge_chunks(p, st_n, st_mean, st_m2, count, mean, m2, n_threads)
     free(st_n)
     return 0
 
@@ -552,6 +616,45 @@ def moments(cnp.ndarray x, cnp.ndarray mean, cnp.ndarray m2, int n_threads):
             channel_moments(<const float *>cnp.PyArray_DATA(x), &p, pm, pm2, n_threads)
         else:
             channel_moments(<const double *>cnp.PyArray_DATA(x), &p, pm, pm2, n_threads)
+
+
+def moments_masked(cnp.ndarray x, object weights, cnp.ndarray count, cnp.ndarray mean,
+                   cnp.ndarray m2, int n_threads):
+    """Per-column weighted Welford state of a 2-D (N, C) sample matrix, NaN skipped.
+
+    x is C-contiguous 2-D float32/float64; weights None or float64 (N,). Fills count (sum of
+    the weights of the non-NaN values), mean and m2 of every column.
+    """
+    cdef int typenum = cnp.PyArray_TYPE(x)
+    cdef intp N, C, c
+    cdef double *pw
+    cdef double *pn
+    cdef double *pm
+    cdef double *pm2
+    cdef Plan p
+    if (cnp.PyArray_NDIM(x) != 2 or not cnp.PyArray_IS_C_CONTIGUOUS(x)
+            or not cnp.PyArray_ISNOTSWAPPED(x)
+            or (typenum != cnp.NPY_FLOAT32 and typenum != cnp.NPY_FLOAT64)):
+        raise ValueError("x: expected a C-contiguous 2-D float32 or float64 array")
+    N = x.shape[0]
+    C = x.shape[1]
+    pw = vec_ptr(weights, N, "weights", False)
+    pn = vec_ptr(count, C, "count", True)
+    pm = vec_ptr(mean, C, "mean", True)
+    pm2 = vec_ptr(m2, C, "m2", True)
+    if C == 0:
+        return
+    p = make_plan(N, C, 1, True)
+    with nogil:
+        if N == 0:
+            for c in range(C):
+                pn[c] = 0.0
+                pm[c] = 0.0
+                pm2[c] = 0.0
+        elif typenum == cnp.NPY_FLOAT32:
+            masked_moments(<const float *>cnp.PyArray_DATA(x), pw, &p, pn, pm, pm2, n_threads)
+        else:
+            masked_moments(<const double *>cnp.PyArray_DATA(x), pw, &p, pn, pm, pm2, n_threads)
 
 
 def forward_train(cnp.ndarray x, cnp.ndarray out, object gamma, object beta, double eps,

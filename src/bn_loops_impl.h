@@ -143,6 +143,47 @@ BN_TARGET static void BN_FN(tile_moments)(const BN_T *x, npy_intp nrows, npy_int
         m2[c] -= dsum[c] * dsum[c] / n;
 }
 
+/* Weighted, NaN-skipping moments of a block of tile rows (the scaler's statistics):
+ * count[c] = sum of the weights of the non-NaN values, mean and M2 weighted likewise.
+ * w is the per-row weight (NULL: all ones); dsum is scratch of ncols doubles. */
+BN_TARGET static void BN_FN(tile_moments_masked)(const BN_T *x, const double *w,
+                                                 npy_intp nrows, npy_intp ncols,
+                                                 npy_intp stride, double *count, double *mean,
+                                                 double *m2, double *dsum)
+{
+    for (npy_intp c = 0; c < ncols; c++) {
+        count[c] = 0.0;
+        mean[c] = 0.0;
+        m2[c] = 0.0;
+        dsum[c] = 0.0;
+    }
+    for (npy_intp r = 0; r < nrows; r++) {
+        const BN_T *row = x + r * stride;
+        const double wr = w ? w[r] : 1.0;
+        for (npy_intp c = 0; c < ncols; c++) {
+            const double v = (double)row[c];
+            const int ok = v == v;
+            count[c] += ok ? wr : 0.0;
+            mean[c] += ok ? wr * v : 0.0;
+        }
+    }
+    for (npy_intp c = 0; c < ncols; c++)
+        mean[c] = count[c] > 0.0 ? mean[c] / count[c] : 0.0;
+    for (npy_intp r = 0; r < nrows; r++) {
+        const BN_T *row = x + r * stride;
+        const double wr = w ? w[r] : 1.0;
+        for (npy_intp c = 0; c < ncols; c++) {
+            const double v = (double)row[c];
+            const double d = v == v ? v - mean[c] : 0.0;
+            dsum[c] += wr * d;
+            m2[c] += wr * d * d;
+        }
+    }
+    for (npy_intp c = 0; c < ncols; c++)
+        if (count[c] > 0.0)
+            m2[c] -= dsum[c] * dsum[c] / count[c];
+}
+
 /* y = (x - mean) * scale + shift over one run; the subtraction comes first so that a large
  * offset cancels exactly instead of being folded into the shift. */
 BN_TARGET static void BN_FN(run_normalize)(const BN_T *x, BN_T *y, npy_intp len, double mean,
