@@ -210,8 +210,8 @@ def merge_moments(states):
     >>> s1 = moments_state([1.0, 4.0, 6.0])
     >>> s2 = moments_state([8.0, 10.0, 9.0])
     >>> count, mean, m2 = merge_moments([s1, s2])
-    >>> float(count[0]), float(mean[0]), round(float(m2[0] / count[0]), 6)
-    (6.0, 6.333333333333333, 9.555556)
+    >>> float(count[0]), round(float(mean[0]), 12), round(float(m2[0] / count[0]), 6)
+    (6.0, 6.333333333333, 9.555556)
     """
     merged = None
     for i, state in enumerate(states):
