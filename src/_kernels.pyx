@@ -30,14 +30,14 @@ cdef extern from "bn_openmp.h":
     const char *bn_compile_flags() noexcept nogil
 
 cdef extern from "bn_loops.h" nogil:
-    void run_moments_f32(const float *x, intp nrows, intp len, intp stride,
+    void run_moments_f32(const float *x, intp nrows, intp len, intp stride, double shift,
                          double *mean, double *m2)
-    void run_moments_f64(const double *x, intp nrows, intp len, intp stride,
+    void run_moments_f64(const double *x, intp nrows, intp len, intp stride, double shift,
                          double *mean, double *m2)
-    void tile_moments_f32(const float *x, intp nrows, intp ncols, intp stride,
-                          double *mean, double *m2, double *dsum)
-    void tile_moments_f64(const double *x, intp nrows, intp ncols, intp stride,
-                          double *mean, double *m2, double *dsum)
+    void tile_moments_f32(const float *x, intp nrows, intp ncols, intp stride, double *shift,
+                          double *mean, double *m2, double *q)
+    void tile_moments_f64(const double *x, intp nrows, intp ncols, intp stride, double *shift,
+                          double *mean, double *m2, double *q)
     void tile_moments_masked_f32(const float *x, const double *w, intp nrows, intp ncols,
                                  intp stride, double *count, double *mean, double *m2,
                                  double *dsum)
@@ -75,8 +75,11 @@ cdef extern from "bn_loops.h" nogil:
 
 
 cdef enum:
-    # Elements per block: the second Welford pass must find the block in L1/L2.
+    # Elements per block of runs: a second pass, when the shift guess was poor, must find
+    # the block in L1/L2.
     BLOCK = 4096
+    # Elements per block of tile rows (inner == 1): larger, to amortize the per-channel merges.
+    TILE_BLOCK = 16384
     # Channels per task when inner == 1 (the loops run along C inside a tile).
     TILE_C = 512
     # Coefficients are replicated to about this many elements so that the elementwise
@@ -126,7 +129,7 @@ cdef Plan make_plan(intp outer, intp C, intp inner, bint keep_tiles=False) noexc
     if p.tiled:
         p.n_ctasks = ceil_div(C, TILE_C)
         p.ctile = ceil_div(C, p.n_ctasks)
-        p.rows_per_block = max(1, BLOCK // p.ctile)
+        p.rows_per_block = max(4, TILE_BLOCK // p.ctile)
         p.pieces = 1
         p.piece_len = 1
         per_block = p.rows_per_block * p.ctile
@@ -197,12 +200,18 @@ cdef inline void chan_apply(double *mean, double *m2, double mean_b, double m2_b
 
 cdef void moments_task(const floating *x, const Plan *p, intp k, intp t, double *st_n,
                        double *st_mean, double *st_m2) noexcept nogil:
-    """Welford state of chunk k of channel task t, written at st_*[k * C + channel]."""
+    """Welford state of chunk k of channel task t, written at st_*[k * C + channel].
+
+    Each block's sums are shifted by a guess of its mean: the chunk's mean so far, or the
+    block's first value for the chunk's first block.
+    """
     cdef intp b, b1, row0, nrows, start, length, c0, nc, j
     cdef double n = 0.0, nb, wb, wab, bmean, bm2
+    cdef const floating *ptr
+    cdef double shift[TILE_C]
     cdef double tmean[TILE_C]
     cdef double tm2[TILE_C]
-    cdef double dsum[TILE_C]
+    cdef double scratch[TILE_C]
     cdef double *mean = st_mean + k * p.C
     cdef double *m2 = st_m2 + k * p.C
     b1 = min((k + 1) * p.blocks_per_chunk, p.n_blocks)
@@ -213,12 +222,12 @@ cdef void moments_task(const floating *x, const Plan *p, intp k, intp t, double 
         m2[0] = 0.0
         for b in range(k * p.blocks_per_chunk, b1):
             run_block(p, b, &row0, &nrows, &start, &length)
+            ptr = x + (row0 * p.C + t) * p.inner + start
+            shift[0] = mean[0] if n > 0 else <double>ptr[0]
             if floating is float:
-                run_moments_f32(x + (row0 * p.C + t) * p.inner + start, nrows, length,
-                                p.C * p.inner, &bmean, &bm2)
+                run_moments_f32(ptr, nrows, length, p.C * p.inner, shift[0], &bmean, &bm2)
             else:
-                run_moments_f64(x + (row0 * p.C + t) * p.inner + start, nrows, length,
-                                p.C * p.inner, &bmean, &bm2)
+                run_moments_f64(ptr, nrows, length, p.C * p.inner, shift[0], &bmean, &bm2)
             nb = <double>(nrows * length)
             chan_weights(n, nb, &wb, &wab)
             chan_apply(mean, m2, bmean, bm2, wb, wab)
@@ -235,10 +244,13 @@ cdef void moments_task(const floating *x, const Plan *p, intp k, intp t, double 
     for b in range(k * p.blocks_per_chunk, b1):
         row0 = b * p.rows_per_block
         nrows = min(p.rows_per_block, p.outer - row0)
+        ptr = x + row0 * p.C + c0
+        for j in range(nc):
+            shift[j] = mean[j] if n > 0 else <double>ptr[j]
         if floating is float:
-            tile_moments_f32(x + row0 * p.C + c0, nrows, nc, p.C, tmean, tm2, dsum)
+            tile_moments_f32(ptr, nrows, nc, p.C, shift, tmean, tm2, scratch)
         else:
-            tile_moments_f64(x + row0 * p.C + c0, nrows, nc, p.C, tmean, tm2, dsum)
+            tile_moments_f64(ptr, nrows, nc, p.C, shift, tmean, tm2, scratch)
         nb = <double>nrows
         chan_weights(n, nb, &wb, &wab)
         for j in range(nc):

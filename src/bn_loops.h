@@ -24,22 +24,30 @@
 
 #include <string.h>
 
-/* Reductions keep 8 independent float64 lanes, held as two vectors of 4 doubles, and add
+/* Reductions keep 16 independent float64 lanes, held as four vectors of 4 doubles, and add
  * them up in a fixed order at the end.  GCC and clang get vector types (SLP does not
  * vectorize lane arrays reliably); other compilers get the same lanes as plain arrays. */
 #if defined(__GNUC__) || defined(__clang__)
 #define BN_VECTOR_TYPES 1
 typedef double bn_vd __attribute__((vector_size(32)));
-typedef float bn_vf __attribute__((vector_size(16)));
 #define BN_VZERO ((bn_vd){0.0, 0.0, 0.0, 0.0})
 #define BN_VSPLAT(s) ((bn_vd){(s), (s), (s), (s)})
-#define BN_VLOAD_f32(dst, p) do { bn_vf f_; memcpy(&f_, (p), sizeof f_); \
-                                  (dst) = __builtin_convertvector(f_, bn_vd); } while (0)
-#define BN_VLOAD_f64(dst, p) memcpy(&(dst), (p), sizeof(bn_vd))
+/* Element-wise loads: GCC turns these into one vcvtps2pd / vmovupd, where memcpy plus
+ * __builtin_convertvector gets split into halves. */
+#define BN_VLOAD_f32(dst, p) ((dst) = (bn_vd){(p)[0], (p)[1], (p)[2], (p)[3]})
+#define BN_VLOAD_f64(dst, p) ((dst) = (bn_vd){(p)[0], (p)[1], (p)[2], (p)[3]})
 #define BN_VTOTAL(v) (((v)[0] + (v)[1]) + ((v)[2] + (v)[3]))
 #endif
 
-#define BN_LANES 8
+#define BN_LANES 16
+
+/* True when shifted sums (s = sum d, q = sum d^2 over n values) give M2 = q - s^2/n without
+ * cancellation: the shift is within about one standard deviation of the mean, so M2 >= q/2
+ * and its rounding error stays a few ulps of M2.  NaN counts as fine (it propagates). */
+static inline int bn_well_shifted(double s, double q, double n)
+{
+    return !(s * s / n > 0.5 * q);
+}
 
 #define BN_T float
 #define BN_FN(name) name##_f32

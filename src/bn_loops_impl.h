@@ -17,49 +17,18 @@
 #define BN_IVDEP
 #endif
 
-/* Sum of a block of runs, in 8 float64 lanes added up in a fixed order. */
-BN_TARGET static double BN_FN(run_sum)(const BN_T *x, npy_intp nrows, npy_intp len,
-                                       npy_intp stride)
-{
-    double tail = 0.0;
-#ifdef BN_VECTOR_TYPES
-    bn_vd s0 = BN_VZERO, s1 = BN_VZERO, v0, v1;
-#else
-    double s[BN_LANES] = {0};
-#endif
-    for (npy_intp r = 0; r < nrows; r++) {
-        const BN_T *row = x + r * stride;
-        npy_intp i = 0;
-        for (; i + BN_LANES <= len; i += BN_LANES) {
-#ifdef BN_VECTOR_TYPES
-            BN_VLOAD(v0, row + i);
-            BN_VLOAD(v1, row + i + 4);
-            s0 += v0;
-            s1 += v1;
-#else
-            for (int j = 0; j < BN_LANES; j++)
-                s[j] += (double)row[i + j];
-#endif
-        }
-        for (; i < len; i++)
-            tail += (double)row[i];
-    }
-#ifdef BN_VECTOR_TYPES
-    return (BN_VTOTAL(s0) + BN_VTOTAL(s1)) + tail;
-#else
-    return (((s[0] + s[1]) + (s[2] + s[3])) + ((s[4] + s[5]) + (s[6] + s[7]))) + tail;
-#endif
-}
-
-/* Sums of (x - mu) and (x - mu)^2 over a block of runs. */
-BN_TARGET static void BN_FN(run_dev_sums)(const BN_T *x, npy_intp nrows, npy_intp len,
-                                          npy_intp stride, double mu, double *dsum,
-                                          double *sqsum)
+/* Sums of d = x - shift and of d^2 over a block of runs, in 16 float64 lanes (four vectors of
+ * four, enough independent chains to hide the latency of the adds) added up in a fixed order. */
+BN_TARGET static void BN_FN(run_shifted_sums)(const BN_T *x, npy_intp nrows, npy_intp len,
+                                              npy_intp stride, double shift, double *dsum,
+                                              double *sqsum)
 {
     double tail_d = 0.0, tail_q = 0.0;
 #ifdef BN_VECTOR_TYPES
-    const bn_vd m = BN_VSPLAT(mu);
-    bn_vd d0 = BN_VZERO, d1 = BN_VZERO, q0 = BN_VZERO, q1 = BN_VZERO, v0, v1;
+    const bn_vd k = BN_VSPLAT(shift);
+    bn_vd d0 = BN_VZERO, d1 = BN_VZERO, d2 = BN_VZERO, d3 = BN_VZERO;
+    bn_vd q0 = BN_VZERO, q1 = BN_VZERO, q2 = BN_VZERO, q3 = BN_VZERO;
+    bn_vd v0, v1, v2, v3;
 #else
     double d[BN_LANES] = {0}, q[BN_LANES] = {0};
 #endif
@@ -70,77 +39,118 @@ BN_TARGET static void BN_FN(run_dev_sums)(const BN_T *x, npy_intp nrows, npy_int
 #ifdef BN_VECTOR_TYPES
             BN_VLOAD(v0, row + i);
             BN_VLOAD(v1, row + i + 4);
-            v0 -= m;
-            v1 -= m;
+            BN_VLOAD(v2, row + i + 8);
+            BN_VLOAD(v3, row + i + 12);
+            v0 -= k;
+            v1 -= k;
+            v2 -= k;
+            v3 -= k;
             d0 += v0;
             d1 += v1;
+            d2 += v2;
+            d3 += v3;
             q0 += v0 * v0;
             q1 += v1 * v1;
+            q2 += v2 * v2;
+            q3 += v3 * v3;
 #else
             for (int j = 0; j < BN_LANES; j++) {
-                const double dev = (double)row[i + j] - mu;
+                const double dev = (double)row[i + j] - shift;
                 d[j] += dev;
                 q[j] += dev * dev;
             }
 #endif
         }
         for (; i < len; i++) {
-            const double dev = (double)row[i] - mu;
+            const double dev = (double)row[i] - shift;
             tail_d += dev;
             tail_q += dev * dev;
         }
     }
 #ifdef BN_VECTOR_TYPES
-    *dsum = (BN_VTOTAL(d0) + BN_VTOTAL(d1)) + tail_d;
-    *sqsum = (BN_VTOTAL(q0) + BN_VTOTAL(q1)) + tail_q;
+    *dsum = BN_VTOTAL((d0 + d1) + (d2 + d3)) + tail_d;
+    *sqsum = BN_VTOTAL((q0 + q1) + (q2 + q3)) + tail_q;
 #else
-    *dsum = (((d[0] + d[1]) + (d[2] + d[3])) + ((d[4] + d[5]) + (d[6] + d[7]))) + tail_d;
-    *sqsum = (((q[0] + q[1]) + (q[2] + q[3])) + ((q[4] + q[5]) + (q[6] + q[7]))) + tail_q;
+    double dv[4], qv[4];
+    for (int j = 0; j < 4; j++) {
+        dv[j] = (d[j] + d[j + 4]) + (d[j + 8] + d[j + 12]);
+        qv[j] = (q[j] + q[j + 4]) + (q[j + 8] + q[j + 12]);
+    }
+    *dsum = ((dv[0] + dv[1]) + (dv[2] + dv[3])) + tail_d;
+    *sqsum = ((qv[0] + qv[1]) + (qv[2] + qv[3])) + tail_q;
 #endif
 }
 
-/* Mean and M2 (sum of squared deviations) of a block of runs, by the corrected two-pass
- * algorithm; the second pass reads the block from cache. */
+/* Mean and M2 (sum of squared deviations) of a block of runs, in one pass of sums shifted by
+ * `shift` (a guess of the mean: the chunk's mean so far, or the block's first value).  When the
+ * guess is too far off, one more pass around the first pass's mean: the corrected two-pass
+ * algorithm, with the block still in cache. */
 static void BN_FN(run_moments)(const BN_T *x, npy_intp nrows, npy_intp len, npy_intp stride,
-                               double *mean, double *m2)
+                               double shift, double *mean, double *m2)
 {
     const double n = (double)(nrows * len);
-    const double mu = BN_FN(run_sum)(x, nrows, len, stride) / n;
-    double ds, sq;
-    BN_FN(run_dev_sums)(x, nrows, len, stride, mu, &ds, &sq);
-    /* ds is n times the rounding error of mu: subtracting ds^2/n makes M2 exact to rounding. */
-    *mean = mu;
-    *m2 = sq - ds * ds / n;
+    double s, q;
+    BN_FN(run_shifted_sums)(x, nrows, len, stride, shift, &s, &q);
+    if (!bn_well_shifted(s, q, n)) {
+        shift += s / n;
+        BN_FN(run_shifted_sums)(x, nrows, len, stride, shift, &s, &q);
+    }
+    *mean = shift + s / n;
+    *m2 = q - s * s / n;
 }
 
-/* Per-channel mean and M2 of a block of tile rows; dsum is scratch of ncols doubles. */
-BN_TARGET static void BN_FN(tile_moments)(const BN_T *x, npy_intp nrows, npy_intp ncols,
-                                          npy_intp stride, double *mean, double *m2,
-                                          double *dsum)
+/* Per-channel shifted sums over a block of tile rows, four rows at a time (pairwise adds keep
+ * the accumulators in registers longer); s and q are set, not accumulated. */
+BN_TARGET static void BN_FN(tile_shifted_sums)(const BN_T *x, npy_intp nrows, npy_intp ncols,
+                                               npy_intp stride, const double *shift,
+                                               double *s, double *q)
 {
-    const double n = (double)nrows;
+    npy_intp r = 0;
     for (npy_intp c = 0; c < ncols; c++) {
-        mean[c] = 0.0;
-        m2[c] = 0.0;
-        dsum[c] = 0.0;
+        s[c] = 0.0;
+        q[c] = 0.0;
     }
-    for (npy_intp r = 0; r < nrows; r++) {
-        const BN_T *row = x + r * stride;
-        for (npy_intp c = 0; c < ncols; c++)
-            mean[c] += (double)row[c];
-    }
-    for (npy_intp c = 0; c < ncols; c++)
-        mean[c] /= n;
-    for (npy_intp r = 0; r < nrows; r++) {
-        const BN_T *row = x + r * stride;
+    for (; r + 4 <= nrows; r += 4) {
+        const BN_T *x0 = x + r * stride, *x1 = x0 + stride, *x2 = x1 + stride, *x3 = x2 + stride;
         for (npy_intp c = 0; c < ncols; c++) {
-            const double d = (double)row[c] - mean[c];
-            dsum[c] += d;
-            m2[c] += d * d;
+            const double k = shift[c];
+            const double a = (double)x0[c] - k, b = (double)x1[c] - k;
+            const double e = (double)x2[c] - k, f = (double)x3[c] - k;
+            s[c] += (a + b) + (e + f);
+            q[c] += (a * a + b * b) + (e * e + f * f);
         }
     }
+    for (; r < nrows; r++) {
+        const BN_T *row = x + r * stride;
+        for (npy_intp c = 0; c < ncols; c++) {
+            const double d = (double)row[c] - shift[c];
+            s[c] += d;
+            q[c] += d * d;
+        }
+    }
+}
+
+/* Per-channel mean and M2 of a block of tile rows, like run_moments: one shifted pass, and a
+ * second pass (for the whole block) if any channel's shift was too far from its mean.
+ * shift[ncols] is the guess and is overwritten; q is scratch of ncols doubles. */
+static void BN_FN(tile_moments)(const BN_T *x, npy_intp nrows, npy_intp ncols, npy_intp stride,
+                                double *shift, double *mean, double *m2, double *q)
+{
+    const double n = (double)nrows;
+    int again = 0;
+    BN_FN(tile_shifted_sums)(x, nrows, ncols, stride, shift, mean, q);
     for (npy_intp c = 0; c < ncols; c++)
-        m2[c] -= dsum[c] * dsum[c] / n;
+        again |= !bn_well_shifted(mean[c], q[c], n);
+    if (again) {
+        for (npy_intp c = 0; c < ncols; c++)
+            shift[c] += mean[c] / n;
+        BN_FN(tile_shifted_sums)(x, nrows, ncols, stride, shift, mean, q);
+    }
+    for (npy_intp c = 0; c < ncols; c++) {
+        const double sc = mean[c];
+        mean[c] = shift[c] + sc / n;
+        m2[c] = q[c] - sc * sc / n;
+    }
 }
 
 /* Weighted, NaN-skipping moments of a block of tile rows (the scaler's statistics):
@@ -203,7 +213,8 @@ BN_TARGET static void BN_FN(row_normalize)(const BN_T *x, BN_T *y, npy_intp ncol
         y[c] = (BN_T)(((double)x[c] - mean[c]) * scale[c] + shift[c]);
 }
 
-/* Backward reductions of a block of runs: sum(dy) and sum(dy * (x - mean)), in one pass. */
+/* Backward reductions of a block of runs: sum(dy) and sum(dy * (x - mean)), in one pass and
+ * 16 lanes, like run_shifted_sums. */
 BN_TARGET static void BN_FN(run_grad_sums)(const BN_T *dy, const BN_T *x, npy_intp nrows,
                                            npy_intp len, npy_intp stride, double mean,
                                            double *sum_dy, double *sum_dy_xmu)
@@ -211,7 +222,9 @@ BN_TARGET static void BN_FN(run_grad_sums)(const BN_T *dy, const BN_T *x, npy_in
     double tail_a = 0.0, tail_b = 0.0;
 #ifdef BN_VECTOR_TYPES
     const bn_vd m = BN_VSPLAT(mean);
-    bn_vd a0 = BN_VZERO, a1 = BN_VZERO, b0 = BN_VZERO, b1 = BN_VZERO, g0, g1, v0, v1;
+    bn_vd a0 = BN_VZERO, a1 = BN_VZERO, a2 = BN_VZERO, a3 = BN_VZERO;
+    bn_vd b0 = BN_VZERO, b1 = BN_VZERO, b2 = BN_VZERO, b3 = BN_VZERO;
+    bn_vd g0, g1, g2, g3, v0, v1, v2, v3;
 #else
     double a[BN_LANES] = {0}, b[BN_LANES] = {0};
 #endif
@@ -222,12 +235,20 @@ BN_TARGET static void BN_FN(run_grad_sums)(const BN_T *dy, const BN_T *x, npy_in
 #ifdef BN_VECTOR_TYPES
             BN_VLOAD(g0, g + i);
             BN_VLOAD(g1, g + i + 4);
+            BN_VLOAD(g2, g + i + 8);
+            BN_VLOAD(g3, g + i + 12);
             BN_VLOAD(v0, v + i);
             BN_VLOAD(v1, v + i + 4);
+            BN_VLOAD(v2, v + i + 8);
+            BN_VLOAD(v3, v + i + 12);
             a0 += g0;
             a1 += g1;
+            a2 += g2;
+            a3 += g3;
             b0 += g0 * (v0 - m);
             b1 += g1 * (v1 - m);
+            b2 += g2 * (v2 - m);
+            b3 += g3 * (v3 - m);
 #else
             for (int j = 0; j < BN_LANES; j++) {
                 const double gj = (double)g[i + j];
@@ -243,11 +264,16 @@ BN_TARGET static void BN_FN(run_grad_sums)(const BN_T *dy, const BN_T *x, npy_in
         }
     }
 #ifdef BN_VECTOR_TYPES
-    *sum_dy = (BN_VTOTAL(a0) + BN_VTOTAL(a1)) + tail_a;
-    *sum_dy_xmu = (BN_VTOTAL(b0) + BN_VTOTAL(b1)) + tail_b;
+    *sum_dy = BN_VTOTAL((a0 + a1) + (a2 + a3)) + tail_a;
+    *sum_dy_xmu = BN_VTOTAL((b0 + b1) + (b2 + b3)) + tail_b;
 #else
-    *sum_dy = (((a[0] + a[1]) + (a[2] + a[3])) + ((a[4] + a[5]) + (a[6] + a[7]))) + tail_a;
-    *sum_dy_xmu = (((b[0] + b[1]) + (b[2] + b[3])) + ((b[4] + b[5]) + (b[6] + b[7]))) + tail_b;
+    double av[4], bv[4];
+    for (int j = 0; j < 4; j++) {
+        av[j] = (a[j] + a[j + 4]) + (a[j + 8] + a[j + 12]);
+        bv[j] = (b[j] + b[j + 4]) + (b[j + 8] + b[j + 12]);
+    }
+    *sum_dy = ((av[0] + av[1]) + (av[2] + av[3])) + tail_a;
+    *sum_dy_xmu = ((bv[0] + bv[1]) + (bv[2] + bv[3])) + tail_b;
 #endif
 }
 
@@ -255,11 +281,24 @@ BN_TARGET static void BN_FN(tile_grad_sums)(const BN_T *dy, const BN_T *x, npy_i
                                             npy_intp ncols, npy_intp stride, const double *mean,
                                             double *sum_dy, double *sum_dy_xmu)
 {
+    npy_intp r = 0;
     for (npy_intp c = 0; c < ncols; c++) {
         sum_dy[c] = 0.0;
         sum_dy_xmu[c] = 0.0;
     }
-    for (npy_intp r = 0; r < nrows; r++) {
+    for (; r + 4 <= nrows; r += 4) {
+        const BN_T *g0 = dy + r * stride, *g1 = g0 + stride, *g2 = g1 + stride, *g3 = g2 + stride;
+        const BN_T *v0 = x + r * stride, *v1 = v0 + stride, *v2 = v1 + stride, *v3 = v2 + stride;
+        for (npy_intp c = 0; c < ncols; c++) {
+            const double m = mean[c];
+            const double a = (double)g0[c], b = (double)g1[c];
+            const double e = (double)g2[c], f = (double)g3[c];
+            sum_dy[c] += (a + b) + (e + f);
+            sum_dy_xmu[c] += (a * ((double)v0[c] - m) + b * ((double)v1[c] - m))
+                             + (e * ((double)v2[c] - m) + f * ((double)v3[c] - m));
+        }
+    }
+    for (; r < nrows; r++) {
         const BN_T *g = dy + r * stride, *v = x + r * stride;
         for (npy_intp c = 0; c < ncols; c++) {
             const double gc = (double)g[c];
