@@ -45,13 +45,13 @@ cdef extern from "bn_loops.h" nogil:
                                  intp stride, double *count, double *mean, double *m2,
                                  double *dsum)
     void run_normalize_f32(const float *x, float *y, intp len, double mean, double scale,
-                           double shift)
+                           double shift, int stream)
     void run_normalize_f64(const double *x, double *y, intp len, double mean, double scale,
-                           double shift)
+                           double shift, int stream)
     void row_normalize_f32(const float *x, float *y, intp ncols, const double *mean,
-                           const double *scale, const double *shift)
+                           const double *scale, const double *shift, int stream)
     void row_normalize_f64(const double *x, double *y, intp ncols, const double *mean,
-                           const double *scale, const double *shift)
+                           const double *scale, const double *shift, int stream)
     void run_grad_sums_f32(const float *dy, const float *x, intp nrows, intp len, intp stride,
                            double mean, double *sum_dy, double *sum_dy_xmu)
     void run_grad_sums_f64(const double *dy, const double *x, intp nrows, intp len,
@@ -63,15 +63,15 @@ cdef extern from "bn_loops.h" nogil:
                             intp stride, const double *mean, double *sum_dy,
                             double *sum_dy_xmu)
     void run_grad_input_f32(const float *dy, const float *x, float *dx, intp len, double mean,
-                            double a, double b, double k)
+                            double a, double b, double k, int stream)
     void run_grad_input_f64(const double *dy, const double *x, double *dx, intp len,
-                            double mean, double a, double b, double k)
+                            double mean, double a, double b, double k, int stream)
     void row_grad_input_f32(const float *dy, const float *x, float *dx, intp ncols,
                             const double *mean, const double *a, const double *b,
-                            const double *k)
+                            const double *k, int stream)
     void row_grad_input_f64(const double *dy, const double *x, double *dx, intp ncols,
                             const double *mean, const double *a, const double *b,
-                            const double *k)
+                            const double *k, int stream)
 
 
 cdef enum:
@@ -92,6 +92,9 @@ cdef enum:
     MIN_CHUNK = 32768
     # A thread is only woken for at least this many elements of work.
     MIN_PER_THREAD = 65536
+    # Outputs at least this large (bytes) are written with non-temporal stores, unless in
+    # place: they cannot stay in cache anyway, and streaming skips reading them first.
+    STREAM_MIN_BYTES = 16 << 20
 
 
 cdef struct Plan:
@@ -374,11 +377,17 @@ cdef int replicate(const double **coef, double **rep, int n_coef, intp C, intp s
     return 0
 
 
+cdef inline bint streams(const void *out, const void *a, const void *b, intp nbytes) noexcept nogil:
+    """Whether to write an output of nbytes with non-temporal stores (never in place)."""
+    return nbytes >= STREAM_MIN_BYTES and out != a and out != b
+
+
 cdef int normalize(const floating *x, floating *y, const Plan *p, const double *mean,
                    const double *scale, const double *shift, int n_threads) except -1 nogil:
     """y = (x - mean) * scale + shift per channel (y may be x)."""
     cdef intp seg, row, c, start, length, o, o1, span, n_segments
     cdef int nt
+    cdef bint stream = streams(y, x, x, p.outer * p.C * p.inner * sizeof(floating))
     cdef const double *coef[3]
     cdef double *rep[3]
     if not p.tiled:
@@ -391,10 +400,10 @@ cdef int normalize(const floating *x, floating *y, const Plan *p, const double *
             length = min(p.piece_len, p.inner - start)
             if floating is float:
                 run_normalize_f32(x + row * p.inner + start, y + row * p.inner + start, length,
-                                  mean[c], scale[c], shift[c])
+                                  mean[c], scale[c], shift[c], stream)
             else:
                 run_normalize_f64(x + row * p.inner + start, y + row * p.inner + start, length,
-                                  mean[c], scale[c], shift[c])
+                                  mean[c], scale[c], shift[c], stream)
         return 0
     # Tiled: `span` samples per call, with the coefficients repeated span times.
     span = max(1, min(ROW_SPAN // p.C, p.outer))
@@ -408,9 +417,11 @@ cdef int normalize(const floating *x, floating *y, const Plan *p, const double *
         o = seg * span
         o1 = min(o + span, p.outer)
         if floating is float:
-            row_normalize_f32(x + o * p.C, y + o * p.C, (o1 - o) * p.C, rep[0], rep[1], rep[2])
+            row_normalize_f32(x + o * p.C, y + o * p.C, (o1 - o) * p.C, rep[0], rep[1], rep[2],
+                              stream)
         else:
-            row_normalize_f64(x + o * p.C, y + o * p.C, (o1 - o) * p.C, rep[0], rep[1], rep[2])
+            row_normalize_f64(x + o * p.C, y + o * p.C, (o1 - o) * p.C, rep[0], rep[1], rep[2],
+                              stream)
     free(rep[0])
     return 0
 
@@ -500,6 +511,7 @@ cdef int grad_input(const floating *dy, const floating *x, floating *dx, const P
     """dx = ((dy - a) - (x - mean) * b) * k per channel (dx may be dy or x)."""
     cdef intp seg, row, c, start, length, o, o1, span, n_segments
     cdef int nt
+    cdef bint stream = streams(dx, dy, x, p.outer * p.C * p.inner * sizeof(floating))
     cdef const double *coef[4]
     cdef double *rep[4]
     if not p.tiled:
@@ -512,10 +524,12 @@ cdef int grad_input(const floating *dy, const floating *x, floating *dx, const P
             length = min(p.piece_len, p.inner - start)
             if floating is float:
                 run_grad_input_f32(dy + row * p.inner + start, x + row * p.inner + start,
-                                   dx + row * p.inner + start, length, mean[c], a[c], b[c], k[c])
+                                   dx + row * p.inner + start, length, mean[c], a[c], b[c], k[c],
+                                   stream)
             else:
                 run_grad_input_f64(dy + row * p.inner + start, x + row * p.inner + start,
-                                   dx + row * p.inner + start, length, mean[c], a[c], b[c], k[c])
+                                   dx + row * p.inner + start, length, mean[c], a[c], b[c], k[c],
+                                   stream)
         return 0
     span = max(1, min(ROW_SPAN // p.C, p.outer))
     coef[0] = mean
@@ -530,10 +544,10 @@ cdef int grad_input(const floating *dy, const floating *x, floating *dx, const P
         o1 = min(o + span, p.outer)
         if floating is float:
             row_grad_input_f32(dy + o * p.C, x + o * p.C, dx + o * p.C, (o1 - o) * p.C,
-                               rep[0], rep[1], rep[2], rep[3])
+                               rep[0], rep[1], rep[2], rep[3], stream)
         else:
             row_grad_input_f64(dy + o * p.C, x + o * p.C, dx + o * p.C, (o1 - o) * p.C,
-                               rep[0], rep[1], rep[2], rep[3])
+                               rep[0], rep[1], rep[2], rep[3], stream)
     free(rep[0])
     return 0
 

@@ -49,6 +49,45 @@ static inline int bn_well_shifted(double s, double q, double n)
     return !(s * s / n > 0.5 * q);
 }
 
+/* Non-temporal stores for outputs much larger than the cache (SSE2: every x86-64 CPU). */
+#define BN_STREAM_BUF 1024
+#if defined(__SSE2__) || defined(_M_X64)
+#include <emmintrin.h>
+#include <stdint.h>
+static inline void bn_stream_store_f32(float *dst, const float *src, npy_intp n)
+{
+    npy_intp i = 0;
+    for (; i < n && ((uintptr_t)(dst + i) & 15); i++)
+        dst[i] = src[i];
+    for (; i + 4 <= n; i += 4)
+        _mm_stream_ps(dst + i, _mm_loadu_ps(src + i));
+    for (; i < n; i++)
+        dst[i] = src[i];
+}
+static inline void bn_stream_store_f64(double *dst, const double *src, npy_intp n)
+{
+    npy_intp i = 0;
+    for (; i < n && ((uintptr_t)(dst + i) & 15); i++)
+        dst[i] = src[i];
+    for (; i + 2 <= n; i += 2)
+        _mm_stream_pd(dst + i, _mm_loadu_pd(src + i));
+    for (; i < n; i++)
+        dst[i] = src[i];
+}
+/* Streamed stores are weakly ordered: fence before another thread may read the output. */
+static inline void bn_stream_fence(void) { _mm_sfence(); }
+#else
+static inline void bn_stream_store_f32(float *dst, const float *src, npy_intp n)
+{
+    memcpy(dst, src, (size_t)n * sizeof(float));
+}
+static inline void bn_stream_store_f64(double *dst, const double *src, npy_intp n)
+{
+    memcpy(dst, src, (size_t)n * sizeof(double));
+}
+static inline void bn_stream_fence(void) {}
+#endif
+
 #define BN_T float
 #define BN_FN(name) name##_f32
 #define BN_VLOAD BN_VLOAD_f32

@@ -196,21 +196,57 @@ BN_TARGET static void BN_FN(tile_moments_masked)(const BN_T *x, const double *w,
 
 /* y = (x - mean) * scale + shift over one run; the subtraction comes first so that a large
  * offset cancels exactly instead of being folded into the shift. */
-BN_TARGET static void BN_FN(run_normalize)(const BN_T *x, BN_T *y, npy_intp len, double mean,
-                                           double scale, double shift)
+static inline void BN_FN(normalize_span)(const BN_T *x, BN_T *y, npy_intp len, double mean,
+                                         double scale, double shift)
 {
     BN_IVDEP
     for (npy_intp i = 0; i < len; i++)
         y[i] = (BN_T)(((double)x[i] - mean) * scale + shift);
 }
 
-BN_TARGET static void BN_FN(row_normalize)(const BN_T *x, BN_T *y, npy_intp ncols,
-                                           const double *mean, const double *scale,
-                                           const double *shift)
+static inline void BN_FN(normalize_row_span)(const BN_T *x, BN_T *y, npy_intp ncols,
+                                             const double *mean, const double *scale,
+                                             const double *shift)
 {
     BN_IVDEP
     for (npy_intp c = 0; c < ncols; c++)
         y[c] = (BN_T)(((double)x[c] - mean[c]) * scale[c] + shift[c]);
+}
+
+/* With `stream`, results are staged in a cache-resident buffer and written with
+ * non-temporal stores: an output far larger than the cache is then written without first
+ * being read (a third of the traffic of a plain store loop). */
+BN_TARGET static void BN_FN(run_normalize)(const BN_T *x, BN_T *y, npy_intp len, double mean,
+                                           double scale, double shift, int stream)
+{
+    BN_T buf[BN_STREAM_BUF];
+    if (!stream) {
+        BN_FN(normalize_span)(x, y, len, mean, scale, shift);
+        return;
+    }
+    for (npy_intp i = 0; i < len; i += BN_STREAM_BUF) {
+        const npy_intp n = len - i < BN_STREAM_BUF ? len - i : BN_STREAM_BUF;
+        BN_FN(normalize_span)(x + i, buf, n, mean, scale, shift);
+        BN_FN(bn_stream_store)(y + i, buf, n);
+    }
+    bn_stream_fence();
+}
+
+BN_TARGET static void BN_FN(row_normalize)(const BN_T *x, BN_T *y, npy_intp ncols,
+                                           const double *mean, const double *scale,
+                                           const double *shift, int stream)
+{
+    BN_T buf[BN_STREAM_BUF];
+    if (!stream) {
+        BN_FN(normalize_row_span)(x, y, ncols, mean, scale, shift);
+        return;
+    }
+    for (npy_intp i = 0; i < ncols; i += BN_STREAM_BUF) {
+        const npy_intp n = ncols - i < BN_STREAM_BUF ? ncols - i : BN_STREAM_BUF;
+        BN_FN(normalize_row_span)(x + i, buf, n, mean + i, scale + i, shift + i);
+        BN_FN(bn_stream_store)(y + i, buf, n);
+    }
+    bn_stream_fence();
 }
 
 /* Backward reductions of a block of runs: sum(dy) and sum(dy * (x - mean)), in one pass and
@@ -310,22 +346,55 @@ BN_TARGET static void BN_FN(tile_grad_sums)(const BN_T *dy, const BN_T *x, npy_i
 
 /* dx = ((dy - a) - (x - mean) * b) * k, with a = sum(dy)/m, b = invstd * dgamma / m and
  * k = gamma * invstd: the closed form of DESIGN §1 with the per-channel factors hoisted. */
-BN_TARGET static void BN_FN(run_grad_input)(const BN_T *dy, const BN_T *x, BN_T *dx,
-                                            npy_intp len, double mean, double a, double b,
-                                            double k)
+static inline void BN_FN(grad_input_span)(const BN_T *dy, const BN_T *x, BN_T *dx, npy_intp len,
+                                          double mean, double a, double b, double k)
 {
     BN_IVDEP
     for (npy_intp i = 0; i < len; i++)
         dx[i] = (BN_T)((((double)dy[i] - a) - ((double)x[i] - mean) * b) * k);
 }
 
-BN_TARGET static void BN_FN(row_grad_input)(const BN_T *dy, const BN_T *x, BN_T *dx,
-                                            npy_intp ncols, const double *mean, const double *a,
-                                            const double *b, const double *k)
+static inline void BN_FN(grad_input_row_span)(const BN_T *dy, const BN_T *x, BN_T *dx,
+                                              npy_intp ncols, const double *mean,
+                                              const double *a, const double *b, const double *k)
 {
     BN_IVDEP
     for (npy_intp c = 0; c < ncols; c++)
         dx[c] = (BN_T)((((double)dy[c] - a[c]) - ((double)x[c] - mean[c]) * b[c]) * k[c]);
+}
+
+BN_TARGET static void BN_FN(run_grad_input)(const BN_T *dy, const BN_T *x, BN_T *dx,
+                                            npy_intp len, double mean, double a, double b,
+                                            double k, int stream)
+{
+    BN_T buf[BN_STREAM_BUF];
+    if (!stream) {
+        BN_FN(grad_input_span)(dy, x, dx, len, mean, a, b, k);
+        return;
+    }
+    for (npy_intp i = 0; i < len; i += BN_STREAM_BUF) {
+        const npy_intp n = len - i < BN_STREAM_BUF ? len - i : BN_STREAM_BUF;
+        BN_FN(grad_input_span)(dy + i, x + i, buf, n, mean, a, b, k);
+        BN_FN(bn_stream_store)(dx + i, buf, n);
+    }
+    bn_stream_fence();
+}
+
+BN_TARGET static void BN_FN(row_grad_input)(const BN_T *dy, const BN_T *x, BN_T *dx,
+                                            npy_intp ncols, const double *mean, const double *a,
+                                            const double *b, const double *k, int stream)
+{
+    BN_T buf[BN_STREAM_BUF];
+    if (!stream) {
+        BN_FN(grad_input_row_span)(dy, x, dx, ncols, mean, a, b, k);
+        return;
+    }
+    for (npy_intp i = 0; i < ncols; i += BN_STREAM_BUF) {
+        const npy_intp n = ncols - i < BN_STREAM_BUF ? ncols - i : BN_STREAM_BUF;
+        BN_FN(grad_input_row_span)(dy + i, x + i, buf, n, mean + i, a + i, b + i, k + i);
+        BN_FN(bn_stream_store)(dx + i, buf, n);
+    }
+    bn_stream_fence();
 }
 
 #undef BN_IVDEP
