@@ -95,6 +95,11 @@ cdef enum:
     # Outputs at least this large (bytes) are written with non-temporal stores, unless in
     # place: they cannot stay in cache anyway, and streaming skips reading them first.
     STREAM_MIN_BYTES = 16 << 20
+    # Channels of at most this many bytes (runs layout) are reduced and then normalized by
+    # one task while they sit in L2/L3: the training forward then reads x once from memory.
+    FUSE_MAX_BYTES = 1 << 20
+    # ... provided there are enough channels to keep every thread busy.
+    FUSE_MIN_C = 16
 
 
 cdef struct Plan:
@@ -108,14 +113,18 @@ cdef struct Plan:
     intp n_blocks          # blocks per channel task
     intp blocks_per_chunk
     intp n_chunks
+    bint fused             # one chunk per channel, small enough to stay in cache between
+                           # the statistics pass and the elementwise pass
 
 
 cdef inline intp ceil_div(intp a, intp b) noexcept nogil:
     return (a + b - 1) // b
 
 
-cdef Plan make_plan(intp outer, intp C, intp inner, bint keep_tiles=False) noexcept nogil:
-    """Cut a (outer, C, inner) array into blocks and chunks, by its shape alone.
+cdef Plan make_plan(intp outer, intp C, intp inner, intp itemsize,
+                    bint keep_tiles=False) noexcept nogil:
+    """Cut a (outer, C, inner) array of itemsize-byte elements into blocks and chunks, by its
+    shape alone (never by the thread count).
 
     keep_tiles: keep the tiled (inner == 1) layout even for a single channel.
     """
@@ -155,6 +164,10 @@ cdef Plan make_plan(intp outer, intp C, intp inner, bint keep_tiles=False) noexc
     per_ctask = outer * inner * p.ctile
     n_target = min(ceil_div(TARGET_TASKS, max(p.n_ctasks, 1)), max(1, per_ctask // MIN_CHUNK))
     n_target = max(1, min(n_target, p.n_blocks))
+    p.fused = (not p.tiled and C >= FUSE_MIN_C
+               and outer * inner * itemsize <= FUSE_MAX_BYTES)
+    if p.fused:
+        n_target = 1
     p.blocks_per_chunk = max(1, ceil_div(p.n_blocks, n_target))
     p.n_chunks = max(1, ceil_div(p.n_blocks, p.blocks_per_chunk))
     return p
@@ -426,6 +439,34 @@ cdef int normalize(const floating *x, floating *y, const Plan *p, const double *
     return 0
 
 
+cdef int forward_fused(const floating *x, floating *y, const Plan *p, const double *gamma,
+                       const double *beta, double eps, double *mean, double *m2,
+                       double *invstd, int n_threads) except -1 nogil:
+    """Training forward one channel at a time: statistics, then normalize from cache."""
+    cdef intp c, o
+    cdef double m = <double>(p.outer * p.inner), scale, shift
+    cdef double *st_n = <double *>malloc(p.C * sizeof(double))
+    cdef int nt = n_threads_for(n_threads, p.outer * p.C * p.inner, p.C)
+    cdef bint stream = streams(y, x, x, p.outer * p.C * p.inner * sizeof(floating))
+    if st_n == NULL:
+        with gil:
+            raise MemoryError()
+    for c in prange(p.C, num_threads=nt, schedule='static', use_threads_if=nt > 1):
+        moments_task(x, p, 0, c, st_n, mean, m2)
+        invstd[c] = 1.0 / sqrt(m2[c] / m + eps)
+        scale = invstd[c] * gamma[c] if gamma != NULL else invstd[c]
+        shift = beta[c] if beta != NULL else 0.0
+        for o in range(p.outer):
+            if floating is float:
+                run_normalize_f32(x + (o * p.C + c) * p.inner, y + (o * p.C + c) * p.inner,
+                                  p.inner, mean[c], scale, shift, stream)
+            else:
+                run_normalize_f64(x + (o * p.C + c) * p.inner, y + (o * p.C + c) * p.inner,
+                                  p.inner, mean[c], scale, shift, stream)
+    free(st_n)
+    return 0
+
+
 # --- Backward -------------------------------------------------------------------------------
 
 cdef void grad_sums_task(const floating *dy, const floating *x, const Plan *p, const double *mean,
@@ -552,6 +593,29 @@ cdef int grad_input(const floating *dy, const floating *x, floating *dx, const P
     return 0
 
 
+cdef int backward_fused(const floating *dy, const floating *x, floating *dx, const Plan *p,
+                        const double *mean, const double *invstd, const double *gamma,
+                        double *dgamma, double *dbeta, int n_threads) except -1 nogil:
+    """Backward one channel at a time: both sums, then dx while dy and x sit in cache."""
+    cdef intp c, o, off
+    cdef double m = <double>(p.outer * p.inner), a, b, k
+    cdef int nt = n_threads_for(n_threads, 2 * p.outer * p.C * p.inner, p.C)
+    cdef bint stream = streams(dx, dy, x, p.outer * p.C * p.inner * sizeof(floating))
+    for c in prange(p.C, num_threads=nt, schedule='static', use_threads_if=nt > 1):
+        grad_sums_task(dy, x, p, mean, 0, c, dbeta, dgamma)
+        dgamma[c] = dgamma[c] * invstd[c]
+        a = dbeta[c] / m
+        b = invstd[c] * dgamma[c] / m
+        k = invstd[c] * gamma[c] if gamma != NULL else invstd[c]
+        for o in range(p.outer):
+            off = (o * p.C + c) * p.inner
+            if floating is float:
+                run_grad_input_f32(dy + off, x + off, dx + off, p.inner, mean[c], a, b, k, stream)
+            else:
+                run_grad_input_f64(dy + off, x + off, dx + off, p.inner, mean[c], a, b, k, stream)
+    return 0
+
+
 # --- Entry points ---------------------------------------------------------------------------
 
 cdef int working_type(cnp.ndarray a, str name) except -1:
@@ -634,7 +698,7 @@ def moments(cnp.ndarray x, cnp.ndarray mean, cnp.ndarray m2, int n_threads):
     cdef intp outer = x.shape[0], C = x.shape[1], inner = x.shape[2]
     cdef double *pm = vec_ptr(mean, C, "mean", True)
     cdef double *pm2 = vec_ptr(m2, C, "m2", True)
-    cdef Plan p = make_plan(outer, C, inner)
+    cdef Plan p = make_plan(outer, C, inner, x.itemsize)
     if outer * inner == 0 or C == 0:
         raise ValueError("moments of an empty channel")
     with nogil:
@@ -670,7 +734,7 @@ def moments_masked(cnp.ndarray x, object weights, cnp.ndarray count, cnp.ndarray
     pm2 = vec_ptr(m2, C, "m2", True)
     if C == 0:
         return
-    p = make_plan(N, C, 1, True)
+    p = make_plan(N, C, 1, x.itemsize, True)
     with nogil:
         if N == 0:
             for c in range(C):
@@ -681,6 +745,28 @@ def moments_masked(cnp.ndarray x, object weights, cnp.ndarray count, cnp.ndarray
             masked_moments(<const float *>cnp.PyArray_DATA(x), pw, &p, pn, pm, pm2, n_threads)
         else:
             masked_moments(<const double *>cnp.PyArray_DATA(x), pw, &p, pn, pm, pm2, n_threads)
+
+
+cdef int forward_split(const void *x, void *out, const Plan *p, int typenum,
+                       const double *gamma, const double *beta, double eps, double *mean,
+                       double *m2, double *invstd, double *scale, double *shift,
+                       int n_threads) except -1 nogil:
+    """Training forward in two sweeps: all statistics, then all of y."""
+    cdef intp c
+    cdef double m = <double>(p.outer * p.inner)
+    if typenum == cnp.NPY_FLOAT32:
+        channel_moments(<const float *>x, p, mean, m2, n_threads)
+    else:
+        channel_moments(<const double *>x, p, mean, m2, n_threads)
+    for c in range(p.C):
+        invstd[c] = 1.0 / sqrt(m2[c] / m + eps)
+        scale[c] = invstd[c] * gamma[c] if gamma != NULL else invstd[c]
+        shift[c] = beta[c] if beta != NULL else 0.0
+    if typenum == cnp.NPY_FLOAT32:
+        normalize(<const float *>x, <float *>out, p, mean, scale, shift, n_threads)
+    else:
+        normalize(<const double *>x, <double *>out, p, mean, scale, shift, n_threads)
+    return 0
 
 
 def forward_train(cnp.ndarray x, cnp.ndarray out, object gamma, object beta, double eps,
@@ -701,7 +787,7 @@ def forward_train(cnp.ndarray x, cnp.ndarray out, object gamma, object beta, dou
     cdef double *scale
     cdef double *shift
     cdef double *m2
-    cdef Plan p = make_plan(outer, C, inner)
+    cdef Plan p = make_plan(outer, C, inner, x.itemsize)
     check_like(out, x, typenum, "out", True)
     check_running(running_mean, C, "running_mean")
     check_running(running_var, C, "running_var")
@@ -717,20 +803,16 @@ def forward_train(cnp.ndarray x, cnp.ndarray out, object gamma, object beta, dou
     shift = scratch + 2 * C
     try:
         with nogil:
-            if typenum == cnp.NPY_FLOAT32:
-                channel_moments(<const float *>cnp.PyArray_DATA(x), &p, pmean, m2, n_threads)
+            if p.fused and typenum == cnp.NPY_FLOAT32:
+                forward_fused(<const float *>cnp.PyArray_DATA(x), <float *>cnp.PyArray_DATA(out),
+                              &p, pg, pb, eps, pmean, m2, pinv, n_threads)
+            elif p.fused:
+                forward_fused(<const double *>cnp.PyArray_DATA(x),
+                              <double *>cnp.PyArray_DATA(out), &p, pg, pb, eps, pmean, m2, pinv,
+                              n_threads)
             else:
-                channel_moments(<const double *>cnp.PyArray_DATA(x), &p, pmean, m2, n_threads)
-            for c in range(C):
-                pinv[c] = 1.0 / sqrt(m2[c] / m + eps)
-                scale[c] = pinv[c] * pg[c] if pg != NULL else pinv[c]
-                shift[c] = pb[c] if pb != NULL else 0.0
-            if typenum == cnp.NPY_FLOAT32:
-                normalize(<const float *>cnp.PyArray_DATA(x), <float *>cnp.PyArray_DATA(out),
-                          &p, pmean, scale, shift, n_threads)
-            else:
-                normalize(<const double *>cnp.PyArray_DATA(x), <double *>cnp.PyArray_DATA(out),
-                          &p, pmean, scale, shift, n_threads)
+                forward_split(cnp.PyArray_DATA(x), cnp.PyArray_DATA(out), &p, typenum, pg, pb,
+                              eps, pmean, m2, pinv, scale, shift, n_threads)
         # Unbiased variance m2 / (m - 1) goes into running_var (PyTorch's convention).
         update_running(running_mean, pmean, C, momentum, 1.0, "running_mean")
         update_running(running_var, m2, C, momentum, 1.0 / (m - 1.0), "running_var")
@@ -748,7 +830,7 @@ def forward_infer(cnp.ndarray x, cnp.ndarray out, cnp.ndarray running_mean,
     cdef double *pg = vec_ptr(gamma, C, "gamma", False)
     cdef double *pb = vec_ptr(beta, C, "beta", False)
     cdef double *scratch
-    cdef Plan p = make_plan(outer, C, inner)
+    cdef Plan p = make_plan(outer, C, inner, x.itemsize)
     check_like(out, x, typenum, "out", True)
     if outer * inner == 0 or C == 0:
         return
@@ -785,7 +867,7 @@ def backward(cnp.ndarray dy, cnp.ndarray x, cnp.ndarray dx, cnp.ndarray mean,
     cdef double *pdg = vec_ptr(dgamma, C, "dgamma", True)
     cdef double *pdb = vec_ptr(dbeta, C, "dbeta", True)
     cdef double *scratch
-    cdef Plan p = make_plan(outer, C, inner)
+    cdef Plan p = make_plan(outer, C, inner, x.itemsize)
     check_like(dy, x, typenum, "dy", False)
     check_like(dx, x, typenum, "dx", True)
     if C == 0:
@@ -794,6 +876,18 @@ def backward(cnp.ndarray dy, cnp.ndarray x, cnp.ndarray dx, cnp.ndarray mean,
         for c in range(C):
             pdg[c] = 0.0
             pdb[c] = 0.0
+        return
+    if p.fused:
+        with nogil:
+            if typenum == cnp.NPY_FLOAT32:
+                backward_fused(<const float *>cnp.PyArray_DATA(dy),
+                               <const float *>cnp.PyArray_DATA(x), <float *>cnp.PyArray_DATA(dx),
+                               &p, pmean, pinv, pg, pdg, pdb, n_threads)
+            else:
+                backward_fused(<const double *>cnp.PyArray_DATA(dy),
+                               <const double *>cnp.PyArray_DATA(x),
+                               <double *>cnp.PyArray_DATA(dx), &p, pmean, pinv, pg, pdg, pdb,
+                               n_threads)
         return
     scratch = <double *>malloc(3 * C * sizeof(double))
     if scratch == NULL:
@@ -847,9 +941,9 @@ def merge_states(cnp.ndarray count, cnp.ndarray mean, cnp.ndarray m2, cnp.ndarra
                 n[c] = n[c] + nb[c]
 
 
-def plan(intp outer, intp C, intp inner):
+def plan(intp outer, intp C, intp inner, intp itemsize=4):
     """The blocking of a (outer, C, inner) array, as a dict (for tests and benchmarks)."""
-    return make_plan(outer, C, inner)
+    return make_plan(outer, C, inner, itemsize)
 
 
 def openmp_enabled():
