@@ -13,6 +13,7 @@ from ._functional import (
     moments_state,
 )
 from ._config import openmp_enabled, show_config
+from .layer import BatchNorm, fold_batch_norm
 
 __all__ = [
     "__version__",
@@ -24,4 +25,19 @@ __all__ = [
     "batch_norm_backward",
     "show_config",
     "openmp_enabled",
+    "BatchNorm",
+    "fold_batch_norm",
+    "BatchNormScaler",
 ]
+
+
+def __getattr__(name):
+    # Lazy: bnfast.preprocessing imports scikit-learn (optional, slow to import) when present.
+    if name == "BatchNormScaler":
+        from .preprocessing import BatchNormScaler
+        return BatchNormScaler
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | {"BatchNormScaler"})

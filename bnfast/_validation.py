@@ -173,3 +173,39 @@ def direct_out(out, inputs, dtype):
         if np.may_share_memory(out, a) and not same_memory(out, a):
             return False
     return True
+
+
+def check_int(value, name, minimum=None):
+    """An integer argument (NumPy integers too, never bool) as a Python int.
+
+    TypeError when it is not an integer, ValueError when it is below ``minimum``.
+    """
+    if isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name}: expected an integer, got {value!r}")
+    try:
+        n = operator.index(value)
+    except TypeError:
+        raise TypeError(f"{name}: expected an integer, got {value!r}") from None
+    if minimum is not None and n < minimum:
+        raise ValueError(f"{name}: expected an integer >= {minimum}, got {n}")
+    return n
+
+
+def check_bool(value, name):
+    """A flag argument: True or False (NumPy bools too), as a Python bool."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise ValueError(f"{name}: expected True or False, got {value!r}")
+    return bool(value)
+
+
+def check_float_dtype(dtype, name="dtype"):
+    """A real floating dtype (float16, float32 or float64), as a native np.dtype."""
+    try:
+        dt = np.dtype(dtype)
+    except TypeError:
+        raise ValueError(f"{name}: expected a float dtype (float16, float32 or float64), "
+                         f"got {dtype!r}") from None
+    if dt.kind != "f" or dt.itemsize > 8:
+        raise ValueError(f"{name}: expected a float dtype (float16, float32 or float64), "
+                         f"got {dt}")
+    return dt.newbyteorder("=")

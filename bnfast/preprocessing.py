@@ -1,0 +1,378 @@
+"""scikit-learn transformer: ``BatchNormScaler``, StandardScaler on bnfast's Welford kernels.
+
+scikit-learn is optional: this module imports without it, and constructing the scaler then
+raises an ImportError that says what to install.
+"""
+import numbers
+
+import numpy as np
+
+from ._functional import batch_norm_inference, merge_moments, moments_state
+from ._validation import check_bool, check_eps, check_momentum, check_n_threads
+
+__all__ = ["BatchNormScaler"]
+
+try:
+    from sklearn.base import BaseEstimator, OneToOneFeatureMixin, TransformerMixin
+    from sklearn.utils.validation import check_array, check_is_fitted
+except ImportError as exc:  # scikit-learn is an optional dependency
+    _SKLEARN_IMPORT_ERROR = exc
+
+    class _SklearnMissing:
+        def __new__(cls, *args, **kwargs):
+            raise ImportError(
+                f"{cls.__name__} needs scikit-learn, which is not installed: "
+                "pip install scikit-learn (or install bnfast with its `test` extra: "
+                "pip install 'bnfast[test]')") from _SKLEARN_IMPORT_ERROR
+
+    _BASES = (_SklearnMissing,)
+else:
+    _SKLEARN_IMPORT_ERROR = None
+    _BASES = (OneToOneFeatureMixin, TransformerMixin, BaseEstimator)
+    try:
+        from sklearn.utils.validation import validate_data as _sk_validate_data
+    except ImportError:  # scikit-learn < 1.6
+        _sk_validate_data = None
+
+_FLOAT_DTYPES = (np.float64, np.float32)
+_F64_EPS = np.finfo(np.float64).eps
+
+
+def _old_sklearn_kwargs(kwargs):
+    # scikit-learn < 1.6 spells ensure_all_finite force_all_finite and has no force_writeable.
+    if "ensure_all_finite" in kwargs:
+        kwargs["force_all_finite"] = kwargs.pop("ensure_all_finite")
+    kwargs.pop("force_writeable", None)
+    return kwargs
+
+
+def _validate_data(estimator, X, **kwargs):
+    if _sk_validate_data is not None:
+        return _sk_validate_data(estimator, X, **kwargs)
+    return estimator._validate_data(X, **_old_sklearn_kwargs(kwargs))
+
+
+def _check_array(X, **kwargs):
+    if _sk_validate_data is None:
+        kwargs = _old_sklearn_kwargs(kwargs)
+    return check_array(X, **kwargs)
+
+
+def _owned_copy(X, X_in):
+    """True when validation made ``X`` a fresh array, which may then be written in place."""
+    return (X is not X_in and isinstance(X_in, np.ndarray)
+            and not np.may_share_memory(X, X_in))
+
+
+class BatchNormScaler(*_BASES):
+    """Standardize features with batch-norm statistics: ``(x - mean_) / sqrt(var_ + eps)``.
+
+    A scikit-learn transformer (fit / partial_fit / transform / inverse_transform /
+    fit_transform, ``set_output``, ``get_feature_names_out``) whose statistics come from
+    bnfast's Welford/Chan kernels: one pass over the data for the statistics, one for the
+    transform. With ``eps=0`` it reproduces ``sklearn.preprocessing.StandardScaler``.
+
+    Parameters
+    ----------
+    eps : float, default 1e-5
+        Added to the variance: ``scale_ = sqrt(var_ + eps)``. With ``eps=0``, features
+        that are constant up to rounding get ``scale_ = 1`` (StandardScaler's rule), so they
+        transform to 0 instead of dividing by zero.
+    momentum : float in [0, 1] or None, default None
+        How ``partial_fit`` combines batches. None: exactly, as if all the data had been
+        seen at once (Chan et al.'s merge of Welford states; ``partial_fit`` over chunks
+        equals ``fit`` on all of them). A float m: an exponential moving average. The
+        first batch (per feature: the first that has a value for it) sets ``mean_`` and
+        ``var_``; each later batch updates ``mean_ = (1 - m) * mean_ + m * batch_mean`` and
+        ``var_ = (1 - m) * var_ + m * batch_var``, where ``batch_var`` is the batch's
+        biased (population) variance, unlike the unbiased one BatchNorm's running variance
+        receives. ``fit`` is a single batch either way.
+    with_mean : bool, default True
+        Center the data (else ``mean_`` is still computed when ``with_std``, as in
+        StandardScaler, but not subtracted).
+    with_std : bool, default True
+        Scale the data to unit variance (else ``var_`` and ``scale_`` are None).
+    copy : bool, default True
+        False lets ``transform`` / ``inverse_transform`` work in place on a float32 or
+        float64 NumPy array.
+    n_threads : int or None, default None
+        Threads for the kernels; None is the OpenMP default. Results do not depend on it.
+
+    Attributes
+    ----------
+    mean_ : ndarray of float64, shape (n_features,) or None
+        None when ``with_mean=False`` and ``with_std=False``.
+    var_ : ndarray of float64, shape (n_features,) or None
+        Biased variance; None when ``with_std=False``.
+    scale_ : ndarray of float64, shape (n_features,) or None
+        ``sqrt(var_ + eps)`` (see ``eps``); None when ``with_std=False``.
+    n_samples_seen_ : numpy integer or float, or ndarray of shape (n_features,)
+        Values counted per feature (NaN excluded): a scalar when every feature counted the
+        same, else an array, as in StandardScaler. int64 without sample weights; float64
+        (sums of weights) once ``sample_weight`` has been used.
+    n_features_in_ : int
+    feature_names_in_ : ndarray of str, shape (n_features,)
+        Only when fitted on data with string column names (e.g. a DataFrame).
+
+    Notes
+    -----
+    - NaN values are ignored by ``fit`` / ``partial_fit`` (each feature's statistics use its
+      non-NaN values; a feature with none gets NaN statistics) and kept by ``transform``.
+      Infinite values raise ValueError, as in StandardScaler.
+    - ``sample_weight`` weights the samples; ``n_samples_seen_`` then sums the weights.
+    - float32 input gives float32 output; other inputs are converted to float64. The
+      statistics are float64 whatever the input.
+    - Sparse input is not supported: it raises TypeError (use StandardScaler with
+      ``with_mean=False`` for sparse data, or ``X.toarray()``).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> X = np.array([[1.0, 10.0], [2.0, 10.0], [3.0, 10.0], [np.nan, 10.0]])
+    >>> scaler = BatchNormScaler(eps=0).fit(X)
+    >>> scaler.mean_.tolist(), scaler.scale_.round(6).tolist(), scaler.n_samples_seen_.tolist()
+    ([2.0, 10.0], [0.816497, 1.0], [3, 4])
+    >>> scaler.transform(X).round(4).tolist()
+    [[-1.2247, 0.0], [0.0, 0.0], [1.2247, 0.0], [nan, 0.0]]
+    """
+
+    def __init__(self, *, eps=1e-5, momentum=None, with_mean=True, with_std=True, copy=True,
+                 n_threads=None):
+        self.eps = eps
+        self.momentum = momentum
+        self.with_mean = with_mean
+        self.with_std = with_std
+        self.copy = copy
+        self.n_threads = n_threads
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.allow_nan = True
+        tags.transformer_tags.preserves_dtype = ["float64", "float32"]
+        return tags
+
+    # -- fitting ----------------------------------------------------------------------------
+
+    def _reset(self):
+        for name in ("mean_", "var_", "scale_", "n_samples_seen_"):
+            if hasattr(self, name):
+                delattr(self, name)
+
+    def fit(self, X, y=None, sample_weight=None):
+        """Compute the per-feature mean and variance of X (NaN ignored).
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+        y : None
+            Ignored.
+        sample_weight : array-like of shape (n_samples,), optional
+
+        Returns
+        -------
+        self
+        """
+        self._reset()
+        self._partial_fit(X, sample_weight)
+        return self
+
+    def partial_fit(self, X, y=None, sample_weight=None):
+        """Update the statistics with one more batch of samples (see ``momentum``).
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+        y : None
+            Ignored.
+        sample_weight : array-like of shape (n_samples,), optional
+
+        Returns
+        -------
+        self
+        """
+        self._partial_fit(X, sample_weight)
+        return self
+
+    def fit_transform(self, X, y=None, sample_weight=None):
+        """``fit(X).transform(X)``, validating X once (two passes over the data in all).
+
+        Returns
+        -------
+        X_new : ndarray of shape (n_samples, n_features)
+        """
+        self._reset()
+        Xv = self._partial_fit(X, sample_weight)
+        copy = check_bool(self.copy, "copy")
+        return self._transform_array(Xv, copy and not _owned_copy(Xv, X))
+
+    def _sample_weight(self, sample_weight, n_samples):
+        if sample_weight is None:
+            return None
+        if isinstance(sample_weight, numbers.Real):
+            w = np.full(n_samples, float(sample_weight))
+        else:
+            w = _check_array(sample_weight, ensure_2d=False, dtype=np.float64, order="C",
+                             input_name="sample_weight")
+        if w.shape != (n_samples,):
+            raise ValueError(f"sample_weight: expected shape ({n_samples},), "
+                             f"got shape {w.shape}")
+        if not w.any():
+            raise ValueError("sample_weight: expected at least one non-zero weight, "
+                             "got all zero weights")
+        return w
+
+    def _batch_state(self, X, w, n_threads):
+        """Welford state (count, mean, m2) of one batch, NaN skipped, infinity rejected."""
+        if w is None:
+            # The plain kernel is the fast path; a NaN or an inf makes its feature's
+            # statistics non-finite, and only those features are redone below.
+            state = moments_state(X, n_threads=n_threads)
+        else:
+            state = moments_state(X, sample_weight=w, skipna=True, n_threads=n_threads)
+        bad = ~(np.isfinite(state[1]) & np.isfinite(state[2]))
+        if not bad.any():
+            return state
+        # Infinity in X (sklearn's check raises its usual error), NaN, or overflow. Checking
+        # only here keeps finite data at one pass over X.
+        _check_array(X, ensure_all_finite="allow-nan", dtype=None, copy=False,
+                     input_name="X", estimator=self)
+        if w is not None:
+            return state
+        cols = np.flatnonzero(bad)
+        if cols.size == X.shape[1]:
+            return moments_state(X, skipna=True, n_threads=n_threads)
+        for full, part in zip(state, moments_state(X[:, cols], skipna=True,
+                                                   n_threads=n_threads)):
+            full[cols] = part
+        return state
+
+    def _previous_state(self, n_features):
+        """The fitted (count, mean, m2) as a mergeable state (features never seen: zeros)."""
+        count = np.broadcast_to(np.asarray(self.n_samples_seen_, np.float64),
+                                (n_features,)).copy()
+        seen = count > 0
+        mean = np.zeros(n_features) if self.mean_ is None else np.where(seen, self.mean_, 0.0)
+        var = np.zeros(n_features) if self.var_ is None else np.where(seen, self.var_, 0.0)
+        return count, mean, var
+
+    def _partial_fit(self, X, sample_weight):
+        """Fit one batch; return X as validated (for fit_transform)."""
+        eps = check_eps(self.eps)
+        momentum = None if self.momentum is None else check_momentum(self.momentum)
+        with_mean = check_bool(self.with_mean, "with_mean")
+        with_std = check_bool(self.with_std, "with_std")
+        check_bool(self.copy, "copy")
+        n_threads = check_n_threads(self.n_threads) or None
+        first_call = not hasattr(self, "n_samples_seen_")
+        # Infinity is rejected from the statistics (see _batch_state): no extra pass here.
+        X = _validate_data(self, X, dtype=_FLOAT_DTYPES, ensure_all_finite=False,
+                           reset=first_call)
+        n_samples, n_features = X.shape
+        w = self._sample_weight(sample_weight, n_samples)
+        count, mean, m2 = self._batch_state(X, w, n_threads)
+
+        weighted = w is not None or (
+            not first_call and np.asarray(self.n_samples_seen_).dtype.kind == "f")
+        with np.errstate(invalid="ignore", divide="ignore"):
+            if first_call:
+                total, var = count, m2 / count
+            elif momentum is None:
+                prev_count, prev_mean, prev_var = self._previous_state(n_features)
+                total, mean, m2 = merge_moments([(prev_count, prev_mean, prev_var * prev_count),
+                                                 (count, mean, m2)])
+                var = m2 / total
+            else:
+                prev_count, prev_mean, prev_var = self._previous_state(n_features)
+                var = m2 / count
+                total = prev_count + count
+                fresh = prev_count == 0       # first values of this feature: they initialize
+                update = ~fresh & (count > 0)  # a batch without values leaves it as it was
+                mean = np.where(fresh, mean, np.where(
+                    update, (1.0 - momentum) * prev_mean + momentum * mean, prev_mean))
+                var = np.where(fresh, var, np.where(
+                    update, (1.0 - momentum) * prev_var + momentum * var, prev_var))
+        empty = total == 0
+        mean[empty] = np.nan  # StandardScaler's statistics of a feature with no values
+        var[empty] = np.nan
+
+        self.n_samples_seen_ = (total.astype(np.float64) if weighted
+                                else np.rint(total).astype(np.int64))
+        if self.n_samples_seen_.min() == self.n_samples_seen_.max():
+            self.n_samples_seen_ = self.n_samples_seen_[0]
+        self.mean_ = mean if (with_mean or with_std) else None
+        self.var_ = var if with_std else None
+        self.scale_ = self._scale(var, mean, total, eps) if with_std else None
+        return X
+
+    @staticmethod
+    def _scale(var, mean, count, eps):
+        scale = np.sqrt(var + eps)
+        if eps == 0:
+            # StandardScaler's test for "constant up to rounding" (Chan, Golub, LeVeque's
+            # error bound of the variance): such features are left unscaled.
+            constant = var <= count * _F64_EPS * var + (count * mean * _F64_EPS) ** 2
+            scale[constant] = 1.0
+        return scale
+
+    # -- transforming -----------------------------------------------------------------------
+
+    def _transform_array(self, X, copy, inverse=False):
+        """The (inverse) transform of a validated float array, by one inference-kernel pass."""
+        with_mean = check_bool(self.with_mean, "with_mean")
+        with_std = check_bool(self.with_std, "with_std")
+        copy = copy or not X.flags.writeable  # read-only input: a new array, never an error
+        if not with_mean and not with_std:
+            return X.copy() if copy else X
+        n_features = X.shape[1]
+        zeros, ones = np.zeros(n_features), np.ones(n_features)
+        mean = self.mean_ if with_mean else None
+        if inverse:  # x * scale_ + mean_
+            center, gamma, beta = zeros, self.scale_ if with_std else None, mean
+        else:        # (x - mean_) * (1 / scale_)
+            center = zeros if mean is None else mean
+            gamma, beta = (1.0 / self.scale_ if with_std else None), None
+        return batch_norm_inference(X, center, ones, gamma, beta, axis=1, eps=0.0,
+                                    out=None if copy else X,
+                                    n_threads=check_n_threads(self.n_threads) or None)
+
+    def transform(self, X, copy=None):
+        """Standardize X: ``(X - mean_) / scale_`` (NaN stays NaN).
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+        copy : bool or None, default None
+            Overrides the ``copy`` parameter for this call.
+
+        Returns
+        -------
+        X_new : ndarray of shape (n_samples, n_features)
+            float32 for float32 input, else float64.
+        """
+        check_is_fitted(self)
+        copy = check_bool(self.copy if copy is None else copy, "copy")
+        Xv = _validate_data(self, X, reset=False, dtype=_FLOAT_DTYPES, copy=False,
+                            force_writeable=not copy, ensure_all_finite="allow-nan")
+        return self._transform_array(Xv, copy and not _owned_copy(Xv, X))
+
+    def inverse_transform(self, X, copy=None):
+        """Undo ``transform``: ``X * scale_ + mean_``.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+        copy : bool or None, default None
+            Overrides the ``copy`` parameter for this call.
+
+        Returns
+        -------
+        X_original : ndarray of shape (n_samples, n_features)
+        """
+        check_is_fitted(self)
+        copy = check_bool(self.copy if copy is None else copy, "copy")
+        Xv = _check_array(X, dtype=_FLOAT_DTYPES, copy=False, force_writeable=not copy,
+                          ensure_all_finite="allow-nan", input_name="X", estimator=self)
+        if Xv.shape[1] != self.n_features_in_:
+            raise ValueError(f"X has {Xv.shape[1]} features, but {type(self).__name__} is "
+                             f"expecting {self.n_features_in_} features as input")
+        return self._transform_array(Xv, copy and not _owned_copy(Xv, X), inverse=True)
