@@ -39,11 +39,11 @@ cdef extern from "bn_loops.h" nogil:
     void tile_moments_f64(const double *x, intp nrows, intp ncols, intp stride, double *shift,
                           double *mean, double *m2, double *q)
     void tile_moments_masked_f32(const float *x, const double *w, intp nrows, intp ncols,
-                                 intp stride, double *count, double *mean, double *m2,
-                                 double *dsum)
+                                 intp stride, double *shift, double *count, double *mean,
+                                 double *m2, double *s)
     void tile_moments_masked_f64(const double *x, const double *w, intp nrows, intp ncols,
-                                 intp stride, double *count, double *mean, double *m2,
-                                 double *dsum)
+                                 intp stride, double *shift, double *count, double *mean,
+                                 double *m2, double *s)
     void run_normalize_f32(const float *x, float *y, intp len, double mean, double scale,
                            double shift, int stream)
     void run_normalize_f64(const double *x, double *y, intp len, double mean, double scale,
@@ -328,16 +328,19 @@ cdef int channel_moments(const floating *x, const Plan *p, double *mean, double 
 
 cdef void masked_task(const floating *x, const double *w, const Plan *p, intp k, intp t,
                       double *st_n, double *st_mean, double *st_m2) noexcept nogil:
-    """Weighted NaN-skipping Welford state of chunk k of channel tile t."""
+    """Weighted NaN-skipping Welford state of chunk k of channel tile t (shifted like
+    moments_task: by the chunk's mean so far, else the block's first value, NaN: 0)."""
     cdef intp b, b1, row0, nrows, j
     cdef intp c0 = t * p.ctile
     cdef intp nc = min(p.ctile, p.C - c0)
     cdef intp base = k * p.C + c0
-    cdef double wb, wab
+    cdef double wb, wab, v
+    cdef const floating *ptr
+    cdef double shift[TILE_C]
     cdef double tn[TILE_C]
     cdef double tmean[TILE_C]
     cdef double tm2[TILE_C]
-    cdef double dsum[TILE_C]
+    cdef double scratch[TILE_C]
     for j in range(nc):
         st_n[base + j] = 0.0
         st_mean[base + j] = 0.0
@@ -346,12 +349,16 @@ cdef void masked_task(const floating *x, const double *w, const Plan *p, intp k,
     for b in range(k * p.blocks_per_chunk, b1):
         row0 = b * p.rows_per_block
         nrows = min(p.rows_per_block, p.outer - row0)
+        ptr = x + row0 * p.C + c0
+        for j in range(nc):
+            v = <double>ptr[j]
+            shift[j] = st_mean[base + j] if st_n[base + j] != 0 else (v if v == v else 0.0)
         if floating is float:
-            tile_moments_masked_f32(x + row0 * p.C + c0, w + row0 if w != NULL else NULL,
-                                    nrows, nc, p.C, tn, tmean, tm2, dsum)
+            tile_moments_masked_f32(ptr, w + row0 if w != NULL else NULL, nrows, nc, p.C, shift,
+                                    tn, tmean, tm2, scratch)
         else:
-            tile_moments_masked_f64(x + row0 * p.C + c0, w + row0 if w != NULL else NULL,
-                                    nrows, nc, p.C, tn, tmean, tm2, dsum)
+            tile_moments_masked_f64(ptr, w + row0 if w != NULL else NULL, nrows, nc, p.C, shift,
+                                    tn, tmean, tm2, scratch)
         for j in range(nc):
             if tn[j] != 0:
                 chan_weights(st_n[base + j], tn[j], &wb, &wab)

@@ -153,19 +153,18 @@ static void BN_FN(tile_moments)(const BN_T *x, npy_intp nrows, npy_intp ncols, n
     }
 }
 
-/* Weighted, NaN-skipping moments of a block of tile rows (the scaler's statistics):
- * count[c] = sum of the weights of the non-NaN values, mean and M2 weighted likewise.
- * w is the per-row weight (NULL: all ones); dsum is scratch of ncols doubles. */
-BN_TARGET static void BN_FN(tile_moments_masked)(const BN_T *x, const double *w,
-                                                 npy_intp nrows, npy_intp ncols,
-                                                 npy_intp stride, double *count, double *mean,
-                                                 double *m2, double *dsum)
+/* Weighted, NaN-skipping shifted sums over a block of tile rows (the scaler's statistics):
+ * count[c] = sum of the weights of the non-NaN values, s[c] and q[c] the weighted sums of
+ * d = x - shift[c] and d^2 over them.  w is the per-row weight (NULL: all ones). */
+BN_TARGET static void BN_FN(tile_shifted_sums_masked)(const BN_T *x, const double *w,
+                                                      npy_intp nrows, npy_intp ncols,
+                                                      npy_intp stride, const double *shift,
+                                                      double *count, double *s, double *q)
 {
     for (npy_intp c = 0; c < ncols; c++) {
         count[c] = 0.0;
-        mean[c] = 0.0;
-        m2[c] = 0.0;
-        dsum[c] = 0.0;
+        s[c] = 0.0;
+        q[c] = 0.0;
     }
     for (npy_intp r = 0; r < nrows; r++) {
         const BN_T *row = x + r * stride;
@@ -173,25 +172,39 @@ BN_TARGET static void BN_FN(tile_moments_masked)(const BN_T *x, const double *w,
         for (npy_intp c = 0; c < ncols; c++) {
             const double v = (double)row[c];
             const int ok = v == v;
+            const double d = ok ? v - shift[c] : 0.0;
             count[c] += ok ? wr : 0.0;
-            mean[c] += ok ? wr * v : 0.0;
+            s[c] += wr * d;
+            q[c] += wr * (d * d);
         }
     }
+}
+
+/* Weighted NaN-skipping count, mean and M2 of a block of tile rows, like tile_moments.
+ * shift[ncols] is the guess (overwritten); s is scratch of ncols doubles. */
+static void BN_FN(tile_moments_masked)(const BN_T *x, const double *w, npy_intp nrows,
+                                       npy_intp ncols, npy_intp stride, double *shift,
+                                       double *count, double *mean, double *m2, double *s)
+{
+    int again = 0;
+    BN_FN(tile_shifted_sums_masked)(x, w, nrows, ncols, stride, shift, count, s, m2);
     for (npy_intp c = 0; c < ncols; c++)
-        mean[c] = count[c] > 0.0 ? mean[c] / count[c] : 0.0;
-    for (npy_intp r = 0; r < nrows; r++) {
-        const BN_T *row = x + r * stride;
-        const double wr = w ? w[r] : 1.0;
-        for (npy_intp c = 0; c < ncols; c++) {
-            const double v = (double)row[c];
-            const double d = v == v ? v - mean[c] : 0.0;
-            dsum[c] += wr * d;
-            m2[c] += wr * d * d;
+        again |= count[c] != 0.0 && !bn_well_shifted(s[c], m2[c], count[c]);
+    if (again) {
+        for (npy_intp c = 0; c < ncols; c++)
+            if (count[c] != 0.0)
+                shift[c] += s[c] / count[c];
+        BN_FN(tile_shifted_sums_masked)(x, w, nrows, ncols, stride, shift, count, s, m2);
+    }
+    for (npy_intp c = 0; c < ncols; c++) {
+        if (count[c] != 0.0) {
+            mean[c] = shift[c] + s[c] / count[c];
+            m2[c] -= s[c] * s[c] / count[c];
+        } else {
+            mean[c] = 0.0;
+            m2[c] = 0.0;
         }
     }
-    for (npy_intp c = 0; c < ncols; c++)
-        if (count[c] > 0.0)
-            m2[c] -= dsum[c] * dsum[c] / count[c];
 }
 
 /* y = (x - mean) * scale + shift over one run; the subtraction comes first so that a large
