@@ -130,6 +130,14 @@ cdef Plan make_plan(intp outer, intp C, intp inner, intp itemsize,
     """
     cdef Plan p
     cdef intp per_block, per_ctask, n_target
+    if C == 0 or outer * inner == 0:
+        # Nothing to cut (entry points return before using it); keep every field sane.
+        p.outer, p.C, p.inner = outer, C, inner
+        p.tiled = inner == 1
+        p.n_ctasks = p.ctile = p.rows_per_block = p.pieces = p.piece_len = 1
+        p.n_blocks = p.blocks_per_chunk = p.n_chunks = 1
+        p.fused = False
+        return p
     if inner == 1 and C == 1 and not keep_tiles:
         # A single channel of contiguous scalars is one long run.
         inner = outer

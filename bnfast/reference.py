@@ -1,0 +1,241 @@
+"""Slow, obviously-correct float64 NumPy reference for batch normalization.
+
+This module is the oracle: the tests and the self-check of ``python -m bnfast``
+compare the fast kernels against it. It never takes part in the fast path and
+imports nothing from the rest of bnfast.
+
+Every function casts its inputs to float64, moves the channel axis to the end
+and reshapes to a 2-D ``(m, C)`` array (``m`` elements per channel), so each
+column is one channel. A 1-D input is a single channel. Mean and variance are
+computed in two passes (mean first, then the mean of squared deviations).
+"""
+
+import numpy as np
+
+__all__ = [
+    "moments",
+    "batch_norm_forward",
+    "batch_norm_inference",
+    "batch_norm_backward",
+]
+
+_ACCEPTED_KINDS = "biuf"
+
+
+def _to_float64(a, name):
+    a = np.asarray(a)
+    if a.dtype.kind not in _ACCEPTED_KINDS:
+        raise TypeError(f"{name} must have a real numeric dtype, got {a.dtype}")
+    return a.astype(np.float64)
+
+
+def _channels_last(x, axis):
+    """Return ``(x2, restore)``: x2 is a new float64 ``(m, C)`` array and
+    ``restore(y2)`` maps an ``(m, C)`` array back to x's shape and axis order."""
+    x = _to_float64(x, "x")
+    if x.ndim == 0:
+        raise ValueError("x must have at least 1 dimension, got a 0-d array")
+    if x.ndim == 1:
+        if axis not in (None, 0, -1, 1):
+            raise np.exceptions.AxisError(axis, 1, "axis")
+        shape = x.shape
+        return x.reshape(-1, 1), lambda y2: y2.reshape(shape)
+    axis = _normalize_axis(axis, x.ndim)
+    moved = np.moveaxis(x, axis, -1)
+    moved_shape = moved.shape
+    channels = moved_shape[-1]
+    m = int(np.prod(moved_shape[:-1], dtype=np.int64))
+    x2 = moved.reshape(m, channels)
+
+    def restore(y2):
+        return np.moveaxis(y2.reshape(moved_shape), -1, axis)
+
+    return x2, restore
+
+
+def _normalize_axis(axis, ndim):
+    if not -ndim <= axis < ndim:
+        raise np.exceptions.AxisError(axis, ndim, "axis")
+    return axis % ndim
+
+
+def _per_channel(a, channels, name, default):
+    if a is None:
+        if default is None:
+            raise ValueError(f"{name} is required: an array of shape ({channels},)")
+        return np.full(channels, default, dtype=np.float64)
+    a = _to_float64(a, name)
+    if a.shape != (channels,):
+        raise ValueError(f"{name} must have shape ({channels},), got {a.shape}")
+    return a
+
+
+def _column_sums(a2):
+    # Sum each column of an (m, C) array along a contiguous row of a (C, m)
+    # copy, so NumPy uses pairwise summation.
+    return np.ascontiguousarray(a2.T).sum(axis=1)
+
+
+def _mean_and_m2(x2):
+    m = x2.shape[0]
+    mean = _column_sums(x2) / m
+    m2 = _column_sums((x2 - mean) ** 2)
+    return mean, m2
+
+
+def moments(x, axis=1, ddof=0):
+    """Per-channel mean and variance.
+
+    Parameters
+    ----------
+    x : array_like
+        Input of a real numeric dtype; a 1-D input is one channel.
+    axis : int, optional
+        The channel axis.
+    ddof : int, optional
+        Delta degrees of freedom: the variance is ``M2 / (m - ddof)``.
+
+    Returns
+    -------
+    mean, var : ndarray
+        float64 arrays of shape ``(C,)``. As in NumPy, an empty channel or
+        ``m - ddof <= 0`` gives NaN or inf with a RuntimeWarning.
+    """
+    x2, _ = _channels_last(x, axis)
+    mean, m2 = _mean_and_m2(x2)
+    var = m2 / max(x2.shape[0] - ddof, 0)
+    return mean, var
+
+
+def batch_norm_forward(x, gamma=None, beta=None, axis=1, eps=1e-5,
+                       running_mean=None, running_var=None, momentum=0.1):
+    """Training-mode batch normalization.
+
+    Parameters
+    ----------
+    x : array_like
+        Input; a 1-D input is one channel.
+    gamma, beta : array_like of shape (C,), optional
+        Scale and shift; None means ones and zeros.
+    axis : int, optional
+        The channel axis.
+    eps : float, optional
+        Added to the biased variance inside the square root.
+    running_mean, running_var : array_like of shape (C,), optional
+        Running statistics; they are not modified: the updated values are
+        returned as new arrays.
+    momentum : float, optional
+        Weight of the batch statistics in the running statistics update.
+
+    Returns
+    -------
+    y : ndarray
+        float64 output with x's shape.
+    mean, invstd : ndarray
+        float64 ``(C,)``: batch mean and ``1 / sqrt(var + eps)`` with the
+        biased variance.
+    new_running_mean, new_running_var : ndarray or None
+        The updated running statistics (unbiased variance), or None where the
+        corresponding argument was None.
+
+    Raises
+    ------
+    ValueError
+        If a channel has fewer than 2 values.
+    """
+    x2, restore = _channels_last(x, axis)
+    m, channels = x2.shape
+    if m <= 1:
+        raise ValueError(
+            "Expected more than 1 value per channel when training, "
+            f"got input size {np.shape(x)}")
+    gamma = _per_channel(gamma, channels, "gamma", 1.0)
+    beta = _per_channel(beta, channels, "beta", 0.0)
+    mean, m2 = _mean_and_m2(x2)
+    var = m2 / m
+    invstd = 1.0 / np.sqrt(var + eps)
+    y = restore((x2 - mean) * invstd * gamma + beta)
+
+    new_running_mean = None
+    if running_mean is not None:
+        running_mean = _per_channel(running_mean, channels, "running_mean", 0.0)
+        new_running_mean = (1.0 - momentum) * running_mean + momentum * mean
+    new_running_var = None
+    if running_var is not None:
+        running_var = _per_channel(running_var, channels, "running_var", 1.0)
+        unbiased = m2 / (m - 1)
+        new_running_var = (1.0 - momentum) * running_var + momentum * unbiased
+    return y, mean, invstd, new_running_mean, new_running_var
+
+
+def batch_norm_inference(x, running_mean, running_var, gamma=None, beta=None,
+                         axis=1, eps=1e-5):
+    """Inference-mode batch normalization with given statistics.
+
+    Parameters
+    ----------
+    x : array_like
+        Input; a 1-D input is one channel.
+    running_mean, running_var : array_like of shape (C,)
+        Statistics to normalize with.
+    gamma, beta : array_like of shape (C,), optional
+        Scale and shift; None means ones and zeros.
+    axis : int, optional
+        The channel axis.
+    eps : float, optional
+        Added to running_var inside the square root.
+
+    Returns
+    -------
+    y : ndarray
+        float64 ``(x - running_mean) / sqrt(running_var + eps) * gamma + beta``
+        with x's shape (empty for an empty x).
+    """
+    x2, restore = _channels_last(x, axis)
+    channels = x2.shape[1]
+    running_mean = _per_channel(running_mean, channels, "running_mean", None)
+    running_var = _per_channel(running_var, channels, "running_var", None)
+    gamma = _per_channel(gamma, channels, "gamma", 1.0)
+    beta = _per_channel(beta, channels, "beta", 0.0)
+    invstd = 1.0 / np.sqrt(running_var + eps)
+    return restore((x2 - running_mean) * invstd * gamma + beta)
+
+
+def batch_norm_backward(dy, x, mean, invstd, gamma=None, axis=1):
+    """Gradients of training-mode batch normalization.
+
+    Parameters
+    ----------
+    dy : array_like
+        Upstream gradient, with x's shape.
+    x : array_like
+        The forward input.
+    mean, invstd : array_like of shape (C,)
+        Saved batch statistics from the forward pass.
+    gamma : array_like of shape (C,), optional
+        Scale; None means ones.
+    axis : int, optional
+        The channel axis.
+
+    Returns
+    -------
+    dx : ndarray
+        float64 gradient with x's shape.
+    dgamma, dbeta : ndarray
+        float64 ``(C,)`` gradients of gamma and beta.
+    """
+    if np.shape(dy) != np.shape(x):
+        raise ValueError(
+            f"dy must have the shape of x {np.shape(x)}, got {np.shape(dy)}")
+    x2, restore = _channels_last(x, axis)
+    dy2, _ = _channels_last(dy, axis)
+    m, channels = x2.shape
+    mean = _per_channel(mean, channels, "mean", None)
+    invstd = _per_channel(invstd, channels, "invstd", None)
+    gamma = _per_channel(gamma, channels, "gamma", 1.0)
+    xhat = (x2 - mean) * invstd
+    dbeta = _column_sums(dy2)
+    dgamma = _column_sums(dy2 * xhat)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        dx2 = gamma * invstd / m * (m * dy2 - dbeta - xhat * dgamma)
+    return restore(dx2), dgamma, dbeta

@@ -1,0 +1,328 @@
+"""bnfast's functional API against the float64 reference over every layout and dtype."""
+
+import numpy as np
+import pytest
+
+import bnfast
+from bnfast import reference as ref
+from _helpers import (
+    INPUT_KINDS, LAYOUT_IDS, LAYOUT_PARAMS, STAT_RTOL, assert_output_close, assert_stat_close,
+    backward_scales, make_channel_params, make_input, n_channels, stat_scales, working_dtype)
+
+# Gamma/beta variants: absent, float64, float32, integer, gamma only.
+PARAM_KINDS = ["none", "float64", "float32", "int", "gamma-only"]
+
+
+def _params(rng, channels, kind):
+    if kind == "none":
+        return None, None
+    if kind == "gamma-only":
+        return make_channel_params(rng, channels)[0], None
+    return make_channel_params(rng, channels, kind)
+
+
+def _stat_rtol(x):
+    return STAT_RTOL[working_dtype(x)]
+
+
+@pytest.mark.parametrize("kind", INPUT_KINDS)
+@pytest.mark.parametrize("shape, axis", LAYOUT_PARAMS, ids=LAYOUT_IDS)
+def test_moments(rng, shape, axis, kind):
+    x = make_input(rng, shape, axis, kind)
+    mean_scale, var_scale = stat_scales(x, axis)
+    for ddof in (0, 1):
+        mean, var = bnfast.moments(x, axis=axis, ddof=ddof)
+        rmean, rvar = ref.moments(x, axis=axis, ddof=ddof)
+        assert_stat_close(mean, rmean, _stat_rtol(x), mean_scale, "mean")
+        assert_stat_close(var, rvar, _stat_rtol(x), var_scale, "var")
+
+
+def test_moments_default_axis_is_1(rng):
+    x = make_input(rng, (40, 6, 3), 1, "float64")
+    mean, var = bnfast.moments(x)
+    rmean, rvar = ref.moments(x, axis=1)
+    mean_scale, var_scale = stat_scales(x, 1)
+    assert_stat_close(mean, rmean, 1e-12, mean_scale, "mean")
+    assert_stat_close(var, rvar, 1e-12, var_scale, "var")
+
+
+@pytest.mark.parametrize("kind", INPUT_KINDS)
+@pytest.mark.parametrize("shape, axis", LAYOUT_PARAMS, ids=LAYOUT_IDS)
+def test_forward(rng, shape, axis, kind):
+    x = make_input(rng, shape, axis, kind)
+    channels = n_channels(shape, axis)
+    gamma, beta = _params(rng, channels, PARAM_KINDS[rng.integers(len(PARAM_KINDS))])
+    eps = float(rng.choice([1e-5, 1e-3, 0.0])) if kind != "bool" else 1e-5
+    y, mean, invstd = bnfast.batch_norm_forward(x, gamma, beta, axis=axis, eps=eps)
+    ry, rmean, rinvstd, _, _ = ref.batch_norm_forward(x, gamma, beta, axis=axis, eps=eps)
+    assert_output_close(y, ry, working_dtype(x))
+    mean_scale, _ = stat_scales(x, axis)
+    assert_stat_close(mean, rmean, _stat_rtol(x), mean_scale, "mean")
+    assert_stat_close(invstd, rinvstd, _stat_rtol(x), 0.0, "invstd")
+
+
+@pytest.mark.parametrize("param_kind", PARAM_KINDS)
+@pytest.mark.parametrize("shape, axis", [((50, 7), 1), ((3, 4, 6, 5), 1), ((3, 6, 5, 4), -1),
+                                         ((41,), 0)], ids=["NC", "NCHW", "NHWC", "1d"])
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_forward_gamma_beta_kinds(rng, shape, axis, dtype, param_kind):
+    x = make_input(rng, shape, axis, dtype)
+    gamma, beta = _params(rng, n_channels(shape, axis), param_kind)
+    y, mean, invstd = bnfast.batch_norm_forward(x, gamma, beta, axis=axis)
+    ry, rmean, rinvstd, _, _ = ref.batch_norm_forward(x, gamma, beta, axis=axis)
+    assert_output_close(y, ry, working_dtype(x))
+    assert_stat_close(invstd, rinvstd, _stat_rtol(x), 0.0, "invstd")
+
+
+def test_forward_default_axis_and_eps(rng):
+    x = make_input(rng, (20, 4, 3, 3), 1, "float64")
+    y, mean, invstd = bnfast.batch_norm_forward(x)
+    ry, rmean, rinvstd, _, _ = ref.batch_norm_forward(x, axis=1, eps=1e-5)
+    assert_output_close(y, ry, np.float64)
+    assert_stat_close(invstd, rinvstd, 1e-12, 0.0, "invstd")
+
+
+@pytest.mark.parametrize("kind", INPUT_KINDS)
+@pytest.mark.parametrize("shape, axis", LAYOUT_PARAMS, ids=LAYOUT_IDS)
+def test_inference(rng, shape, axis, kind):
+    x = make_input(rng, shape, axis, kind)
+    channels = n_channels(shape, axis)
+    rm = rng.uniform(-3.0, 3.0, channels)
+    rv = rng.uniform(0.5, 4.0, channels)
+    gamma, beta = _params(rng, channels, PARAM_KINDS[rng.integers(len(PARAM_KINDS))])
+    y = bnfast.batch_norm_inference(x, rm, rv, gamma, beta, axis=axis, eps=1e-4)
+    ry = ref.batch_norm_inference(x, rm, rv, gamma, beta, axis=axis, eps=1e-4)
+    assert_output_close(y, ry, working_dtype(x))
+
+
+@pytest.mark.parametrize("stats_dtype", ["float32", "float64"])
+def test_inference_float32_running_stats_and_defaults(rng, stats_dtype):
+    x = make_input(rng, (30, 6), 1, "float64")
+    rm = rng.uniform(-3.0, 3.0, 6).astype(stats_dtype)
+    rv = rng.uniform(0.5, 4.0, 6).astype(stats_dtype)
+    y = bnfast.batch_norm_inference(x, rm, rv)
+    ry = ref.batch_norm_inference(x, rm, rv, axis=1, eps=1e-5)
+    assert_output_close(y, ry, np.float64)
+
+
+def test_inference_single_value_per_channel_is_fine(rng):
+    x = make_input(rng, (1, 5), 1, "float64")
+    rm, rv = rng.standard_normal(5), rng.uniform(0.5, 2.0, 5)
+    y = bnfast.batch_norm_inference(x, rm, rv)
+    assert_output_close(y, ref.batch_norm_inference(x, rm, rv), np.float64)
+
+
+@pytest.mark.parametrize("kind", INPUT_KINDS)
+@pytest.mark.parametrize("shape, axis", LAYOUT_PARAMS, ids=LAYOUT_IDS)
+def test_backward(rng, shape, axis, kind):
+    x = make_input(rng, shape, axis, kind)
+    dy = make_input(rng, shape, axis, "int64" if kind in ("bool", "uint8", "int32") else kind)
+    channels = n_channels(shape, axis)
+    gamma = None if rng.random() < 0.3 else make_channel_params(rng, channels)[0]
+    _, mean, invstd, _, _ = ref.batch_norm_forward(x, axis=axis)
+    dx, dgamma, dbeta = bnfast.batch_norm_backward(dy, x, mean, invstd, gamma, axis=axis)
+    rdx, rdgamma, rdbeta = ref.batch_norm_backward(dy, x, mean, invstd, gamma, axis=axis)
+    dx_scale, dgamma_scale, dbeta_scale = backward_scales(dy, x, mean, invstd, gamma, axis)
+    assert_output_close(dx, rdx, working_dtype(x), scale=dx_scale)
+    assert_stat_close(dgamma, rdgamma, _stat_rtol(x), dgamma_scale, "dgamma")
+    assert_stat_close(dbeta, rdbeta, _stat_rtol(x), dbeta_scale, "dbeta")
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_backward_with_own_forward_statistics(rng, dtype):
+    x = make_input(rng, (8, 5, 4, 4), 1, dtype)
+    dy = make_input(rng, (8, 5, 4, 4), 1, dtype)
+    gamma, beta = make_channel_params(rng, 5)
+    _, mean, invstd = bnfast.batch_norm_forward(x, gamma, beta)
+    dx, dgamma, dbeta = bnfast.batch_norm_backward(dy, x, mean, invstd, gamma)
+    rdx, rdgamma, rdbeta = ref.batch_norm_backward(dy, x, mean, invstd, gamma)
+    dx_scale, dgamma_scale, dbeta_scale = backward_scales(dy, x, mean, invstd, gamma, 1)
+    assert_output_close(dx, rdx, np.dtype(dtype), scale=dx_scale)
+    assert_stat_close(dgamma, rdgamma, STAT_RTOL[np.dtype(dtype)], dgamma_scale, "dgamma")
+    assert_stat_close(dbeta, rdbeta, STAT_RTOL[np.dtype(dtype)], dbeta_scale, "dbeta")
+
+
+def test_worked_example_from_the_seed():
+    x = [1, 4, 6, 8, 10, 9]
+    y, mean, invstd = bnfast.batch_norm_forward(x)
+    var = np.var(np.array(x, dtype=np.float64))
+    assert y.dtype == np.float64 and y.shape == (6,)
+    assert mean.dtype == np.float64 and mean.shape == (1,) and invstd.shape == (1,)
+    assert mean[0] != 6.0 and mean[0] == pytest.approx(38 / 6, rel=1e-15, abs=0)
+    assert invstd[0] == pytest.approx(1 / np.sqrt(var + 1e-5), rel=1e-14)
+    assert abs(y.mean()) < 1e-12
+    assert y.var() == pytest.approx(var / (var + 1e-5), rel=1e-12)
+    ry, rmean, _, _, _ = ref.batch_norm_forward(x)
+    np.testing.assert_allclose(y, ry, rtol=1e-12, atol=1e-13)
+    for axis in (0, -1):
+        y0, mean0, _ = bnfast.batch_norm_forward(x, axis=axis)
+        np.testing.assert_allclose(y0, ry, rtol=1e-12, atol=1e-13)
+    m, v = bnfast.moments(x, axis=0)
+    assert m[0] == pytest.approx(38 / 6, rel=1e-15) and v[0] == pytest.approx(var, rel=1e-14)
+
+
+# ---------------------------------------------------------------- running statistics
+
+@pytest.mark.parametrize("buffer_dtype", ["float32", "float64"])
+@pytest.mark.parametrize("x_dtype", ["float32", "float64"])
+@pytest.mark.parametrize("shape, axis", [((50, 7), 1), ((3, 4, 6, 5), 1), ((3, 6, 5, 4), -1),
+                                         ((41,), 0)], ids=["NC", "NCHW", "NHWC", "1d"])
+def test_running_statistics_update_in_place(rng, shape, axis, x_dtype, buffer_dtype):
+    channels = n_channels(shape, axis)
+    rm = rng.standard_normal(channels).astype(buffer_dtype)
+    rv = rng.uniform(0.5, 2.0, channels).astype(buffer_dtype)
+    rm_obj, rv_obj = rm, rv
+    expect_rm, expect_rv = rm.astype(np.float64), rv.astype(np.float64)
+    tol = 1e-12 if buffer_dtype == "float64" else 2e-6
+    for step, momentum in enumerate((0.1, 0.3, 0.9, 0.5)):
+        x = make_input(rng, shape, axis, x_dtype)
+        bnfast.batch_norm_forward(x, axis=axis, running_mean=rm, running_var=rv,
+                                  momentum=momentum)
+        _, mean, _, expect_rm, expect_rv = ref.batch_norm_forward(
+            x, axis=axis, running_mean=expect_rm, running_var=expect_rv, momentum=momentum)
+        assert rm is rm_obj and rv is rv_obj
+        assert rm.dtype == np.dtype(buffer_dtype) and rv.dtype == np.dtype(buffer_dtype)
+        np.testing.assert_allclose(rm, expect_rm, rtol=tol, atol=tol * np.abs(expect_rm).max(),
+                                   err_msg=f"running_mean after step {step}")
+        np.testing.assert_allclose(rv, expect_rv, rtol=tol,
+                                   err_msg=f"running_var after step {step}")
+        # Feed back what the buffers actually hold, so float32 rounding does not accumulate.
+        expect_rm, expect_rv = rm.astype(np.float64), rv.astype(np.float64)
+
+
+def test_running_var_is_unbiased_and_normalization_biased(rng):
+    x = make_input(rng, (5, 2), 1, "float64")
+    rm, rv = np.zeros(2), np.zeros(2)
+    y, mean, invstd = bnfast.batch_norm_forward(x, running_mean=rm, running_var=rv, momentum=1.0,
+                                                eps=0.0)
+    np.testing.assert_allclose(rm, x.mean(axis=0), rtol=1e-13, atol=1e-13 * np.abs(x).max())
+    np.testing.assert_allclose(rv, x.var(axis=0, ddof=1), rtol=1e-12)
+    np.testing.assert_allclose(1 / invstd**2, x.var(axis=0, ddof=0), rtol=1e-12)
+
+
+def test_momentum_zero_keeps_running_statistics(rng):
+    x = make_input(rng, (30, 4), 1, "float64")
+    rm, rv = rng.standard_normal(4), rng.uniform(0.5, 2.0, 4)
+    rm0, rv0 = rm.copy(), rv.copy()
+    bnfast.batch_norm_forward(x, running_mean=rm, running_var=rv, momentum=0.0)
+    np.testing.assert_allclose(rm, rm0, rtol=1e-15)
+    np.testing.assert_allclose(rv, rv0, rtol=1e-15)
+
+
+def test_running_statistics_strided_buffers(rng):
+    x = make_input(rng, (30, 4), 1, "float64")
+    storage_m = np.zeros(8)
+    storage_v = np.ones(8)
+    rm, rv = storage_m[::2], storage_v[::-2]
+    bnfast.batch_norm_forward(x, running_mean=rm, running_var=rv)
+    np.testing.assert_allclose(storage_m[::2], 0.1 * x.mean(axis=0), rtol=1e-12,
+                               atol=1e-13 * np.abs(x).max())
+    np.testing.assert_allclose(storage_v[::-2], 0.9 + 0.1 * x.var(axis=0, ddof=1), rtol=1e-12)
+    np.testing.assert_array_equal(storage_m[1::2], 0.0)
+    np.testing.assert_array_equal(storage_v[-2::-2], 1.0)
+
+
+@pytest.mark.parametrize("buffer_dtype", ["float32", "float64"])
+@pytest.mark.parametrize("bad", ["beta-length", "gamma-complex", "single-value", "eps", "momentum",
+                                 "out-shape", "out-readonly", "running-var-length"])
+def test_failed_call_leaves_running_statistics_untouched(rng, bad, buffer_dtype):
+    shape = (1, 4) if bad == "single-value" else (20, 4)
+    x = make_input(rng, shape, 1, "float64")
+    rm = rng.standard_normal(4).astype(buffer_dtype)
+    rv = rng.uniform(0.5, 2.0, 4).astype(buffer_dtype)
+    rv_arg = rv
+    rm0, rv0 = rm.copy(), rv.copy()
+    gamma, beta = make_channel_params(rng, 4)
+    kwargs = dict(eps=1e-5, momentum=0.1, out=None)
+    if bad == "beta-length":
+        beta = np.ones(5)
+    elif bad == "gamma-complex":
+        gamma = gamma.astype(np.complex128)
+    elif bad == "eps":
+        kwargs["eps"] = -1.0
+    elif bad == "momentum":
+        kwargs["momentum"] = 1.5
+    elif bad == "out-shape":
+        kwargs["out"] = np.empty((20, 5))
+    elif bad == "out-readonly":
+        kwargs["out"] = np.empty((20, 4))
+        kwargs["out"].flags.writeable = False
+    elif bad == "running-var-length":
+        rv_arg = np.ones(3, dtype=buffer_dtype)
+    with pytest.raises(ValueError):
+        bnfast.batch_norm_forward(x, gamma, beta, running_mean=rm, running_var=rv_arg, **kwargs)
+    assert rm.tobytes() == rm0.tobytes() and rv.tobytes() == rv0.tobytes()
+
+
+# ---------------------------------------------------------------- out=
+
+@pytest.mark.parametrize("dtype", ["float64", "float32", "float16"])
+@pytest.mark.parametrize("layout", ["C", "F"])
+def test_forward_out_is_x_in_place(rng, dtype, layout):
+    x = make_input(rng, (16, 5, 3, 4), 1, dtype)
+    x = np.asfortranarray(x) if layout == "F" else x
+    x_copy = x.copy()
+    gamma, beta = make_channel_params(rng, 5)
+    ry, rmean, rinvstd, _, _ = ref.batch_norm_forward(x_copy, gamma, beta)
+    y, mean, invstd = bnfast.batch_norm_forward(x, gamma, beta, out=x)
+    assert y is x
+    assert_output_close(x, ry, np.dtype(dtype))
+    # Statistics come from the input values, not from partially overwritten ones.
+    assert_stat_close(mean, rmean, STAT_RTOL[np.dtype(dtype)], np.abs(x_copy).max(), "mean")
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_forward_out_separate_buffer(rng, dtype):
+    x = make_input(rng, (16, 3, 4, 5), -1, dtype)
+    out = np.full(x.shape, np.nan, dtype=dtype)
+    y, _, _ = bnfast.batch_norm_forward(x, axis=-1, out=out)
+    assert y is out
+    assert_output_close(out, ref.batch_norm_forward(x, axis=-1)[0], np.dtype(dtype))
+
+
+def test_forward_out_non_contiguous_buffer(rng):
+    x = make_input(rng, (12, 5), 1, "float64")
+    storage = np.zeros((5, 24))
+    out = storage.T[::2]  # shape (12, 5), neither C nor F contiguous
+    y, _, _ = bnfast.batch_norm_forward(x, out=out)
+    assert y is out
+    assert_output_close(out, ref.batch_norm_forward(x)[0], np.float64)
+    np.testing.assert_array_equal(storage.T[1::2], 0.0)
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_inference_out(rng, dtype):
+    x = make_input(rng, (10, 4, 6), 1, dtype)
+    rm, rv = rng.standard_normal(4), rng.uniform(0.5, 2.0, 4)
+    ry = ref.batch_norm_inference(x, rm, rv)
+    out = np.empty_like(x)
+    assert bnfast.batch_norm_inference(x, rm, rv, out=out) is out
+    assert_output_close(out, ry, np.dtype(dtype))
+    assert bnfast.batch_norm_inference(x, rm, rv, out=x) is x
+    assert_output_close(x, ry, np.dtype(dtype))
+
+
+@pytest.mark.parametrize("target", ["separate", "dy", "x"])
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_backward_out(rng, dtype, target):
+    x = make_input(rng, (10, 4, 6), 1, dtype)
+    dy = make_input(rng, (10, 4, 6), 1, dtype)
+    gamma = make_channel_params(rng, 4)[0]
+    _, mean, invstd, _, _ = ref.batch_norm_forward(x)
+    rdx, rdgamma, rdbeta = ref.batch_norm_backward(dy, x, mean, invstd, gamma)
+    scales = backward_scales(dy, x, mean, invstd, gamma, 1)
+    out = {"separate": np.empty_like(x), "dy": dy, "x": x}[target]
+    dx, dgamma, dbeta = bnfast.batch_norm_backward(dy, x, mean, invstd, gamma, out=out)
+    assert dx is out
+    assert_output_close(dx, rdx, np.dtype(dtype), scale=scales[0])
+    assert_stat_close(dgamma, rdgamma, STAT_RTOL[np.dtype(dtype)], scales[1], "dgamma")
+    assert_stat_close(dbeta, rdbeta, STAT_RTOL[np.dtype(dtype)], scales[2], "dbeta")
+
+
+def test_integer_input_output_is_float64():
+    x = np.arange(12, dtype=np.int32).reshape(4, 3) * 3 + 7
+    y, _, _ = bnfast.batch_norm_forward(x)
+    assert y.dtype == np.float64
+    assert bnfast.batch_norm_inference(x, np.zeros(3), np.ones(3)).dtype == np.float64
+    out = np.empty((4, 3))
+    assert bnfast.batch_norm_forward(x, out=out)[0] is out
