@@ -7,6 +7,7 @@ written: a call that raises leaves its arguments as they were.
 import math
 import numbers
 import operator
+import sys
 
 import numpy as np
 from numpy.exceptions import AxisError
@@ -77,6 +78,8 @@ def channel_vector(v, C, name):
     """A per-channel argument as a C-contiguous float64 vector of shape (C,)."""
     if v is None:
         return None
+    if type(v) is np.ndarray and v.dtype is _F64 and v.shape == (C,) and v.flags.c_contiguous:
+        return v  # the common case, cheaply
     a = np.asarray(v)
     if a.dtype.kind not in "fiub" or (a.dtype.kind == "f" and a.dtype.itemsize > 8):
         raise ValueError(f"{name}: expected real numbers of shape ({C},), got dtype {a.dtype}")
@@ -110,19 +113,32 @@ def running_buffer(v, C, name):
     return np.ascontiguousarray(v, dtype=_F64), True
 
 
+def _as_float(value, name):
+    """A real number as a float; ValueError (not OverflowError) when it is too big for one."""
+    try:
+        return float(value)
+    except OverflowError:
+        raise ValueError(f"{name}: expected a real number, got one too large for a float: "
+                         f"{value!r:.40}") from None
+
+
 def check_eps(eps):
+    if type(eps) is float and 0.0 <= eps < math.inf:  # the common case, cheaply
+        return eps
     if isinstance(eps, bool) or not isinstance(eps, numbers.Real):
         raise ValueError(f"eps: expected a real number >= 0, got {eps!r}")
-    eps = float(eps)
+    eps = _as_float(eps, "eps")
     if not (0.0 <= eps < math.inf):
         raise ValueError(f"eps: expected a finite real number >= 0, got {eps!r}")
     return eps
 
 
 def check_momentum(momentum):
+    if type(momentum) is float and 0.0 <= momentum <= 1.0:  # the common case, cheaply
+        return momentum
     if isinstance(momentum, bool) or not isinstance(momentum, numbers.Real):
         raise ValueError(f"momentum: expected a real number in [0, 1], got {momentum!r}")
-    momentum = float(momentum)
+    momentum = _as_float(momentum, "momentum")
     if not 0.0 <= momentum <= 1.0:
         raise ValueError(f"momentum: expected a real number in [0, 1], got {momentum!r}")
     return momentum
@@ -209,3 +225,9 @@ def check_float_dtype(dtype, name="dtype"):
         raise ValueError(f"{name}: expected a float dtype (float16, float32 or float64), "
                          f"got {dt}")
     return dt.newbyteorder("=")
+
+
+def is_dask_array(x):
+    """True when ``x`` is a dask array; never imports dask (unimported, no array can be one)."""
+    da = sys.modules.get("dask.array")
+    return da is not None and isinstance(x, da.Array)
