@@ -114,6 +114,7 @@ directives = {
     "cdivision": True,
     "nonecheck": False,
     "embedsignature": True,
+    "autotestdict": False,
 }
 
 extensions = [

@@ -1,16 +1,21 @@
 """scikit-learn transformer: ``BatchNormScaler``, StandardScaler on bnfast's Welford kernels.
 
 scikit-learn is optional: this module imports without it, and constructing the scaler then
-raises an ImportError that says what to install.
+raises an ImportError that says what to install. Dask arrays are fitted through their
+scheduler and transformed lazily (``bnfast.dask``); dask is imported only when given one.
 """
+import contextlib
 import numbers
 
 import numpy as np
 
 from ._functional import batch_norm_inference, merge_moments, moments_state
-from ._validation import check_bool, check_eps, check_momentum, check_n_threads
+from ._validation import check_bool, check_eps, check_momentum, check_n_threads, is_dask_array
 
 __all__ = ["BatchNormScaler"]
+
+_SKLEARN_IMPORT_ERROR: "ImportError | None"
+_BASES: "tuple[type, ...]"
 
 try:
     from sklearn.base import BaseEstimator, OneToOneFeatureMixin, TransformerMixin
@@ -58,13 +63,29 @@ def _check_array(X, **kwargs):
     return check_array(X, **kwargs)
 
 
+@contextlib.contextmanager
+def _unchanged_on_error(estimator):
+    """A fit that raises (KeyboardInterrupt included) leaves the estimator as it was.
+
+    Fitting rebinds its attributes to new objects, never changes them in place, so a shallow
+    copy of ``vars(estimator)`` is enough to put everything back.
+    """
+    saved = dict(vars(estimator))
+    try:
+        yield
+    except BaseException:
+        vars(estimator).clear()
+        vars(estimator).update(saved)
+        raise
+
+
 def _owned_copy(X, X_in):
     """True when validation made ``X`` a fresh array, which may then be written in place."""
     return (X is not X_in and isinstance(X_in, np.ndarray)
             and not np.may_share_memory(X, X_in))
 
 
-class BatchNormScaler(*_BASES):
+class BatchNormScaler(*_BASES):  # type: ignore[misc]
     """Standardize features with batch-norm statistics: ``(x - mean_) / sqrt(var_ + eps)``.
 
     A scikit-learn transformer (fit / partial_fit / transform / inverse_transform /
@@ -124,6 +145,12 @@ class BatchNormScaler(*_BASES):
       statistics are float64 whatever the input.
     - Sparse input is not supported: it raises TypeError (use StandardScaler with
       ``with_mean=False`` for sparse data, or ``X.toarray()``).
+    - Dask arrays: ``fit`` / ``partial_fit`` compute the statistics through the dask
+      scheduler (a ``dask.distributed`` cluster when a Client is active): each chunk's
+      Welford state from the kernels, merged with ``bnfast.merge_moments``, exactly as
+      ``fit`` on the whole array in memory up to rounding. ``transform``,
+      ``inverse_transform`` and ``fit_transform`` return lazy dask arrays. ``sample_weight``
+      may be a NumPy or a dask array. ``copy`` has no effect (dask arrays are immutable).
 
     Examples
     --------
@@ -172,8 +199,9 @@ class BatchNormScaler(*_BASES):
         -------
         self
         """
-        self._reset()
-        self._partial_fit(X, sample_weight)
+        with _unchanged_on_error(self):
+            self._reset()
+            self._partial_fit(X, sample_weight)
         return self
 
     def partial_fit(self, X, y=None, sample_weight=None):
@@ -190,7 +218,8 @@ class BatchNormScaler(*_BASES):
         -------
         self
         """
-        self._partial_fit(X, sample_weight)
+        with _unchanged_on_error(self):
+            self._partial_fit(X, sample_weight)
         return self
 
     def fit_transform(self, X, y=None, sample_weight=None):
@@ -200,10 +229,11 @@ class BatchNormScaler(*_BASES):
         -------
         X_new : ndarray of shape (n_samples, n_features)
         """
-        self._reset()
-        Xv = self._partial_fit(X, sample_weight)
-        copy = check_bool(self.copy, "copy")
-        return self._transform_array(Xv, copy and not _owned_copy(Xv, X))
+        with _unchanged_on_error(self):
+            self._reset()
+            Xv = self._partial_fit(X, sample_weight)
+            copy = check_bool(self.copy, "copy")
+            return self._transform_array(Xv, copy and not _owned_copy(Xv, X))
 
     def _sample_weight(self, sample_weight, n_samples):
         if sample_weight is None:
@@ -246,6 +276,49 @@ class BatchNormScaler(*_BASES):
             full[cols] = part
         return state
 
+    def _check_dask(self, X, reset):
+        """A dask X checked as validate_data checks arrays (without computing it), as float."""
+        if X.ndim != 2:
+            raise ValueError(f"Expected 2D array, got {X.ndim}D array instead")
+        if X.dtype.kind not in "fiub" or X.dtype.itemsize > 8:
+            raise ValueError(f"X: expected real numbers, got a dask array of dtype {X.dtype}")
+        n_samples, n_features = X.shape
+        if n_features != n_features:
+            raise ValueError("X: the number of features is unknown; call "
+                             "X.compute_chunk_sizes() first")
+        if n_samples == 0 or n_features == 0:
+            raise ValueError(f"Found array with shape {X.shape} while a minimum of 1 sample "
+                             f"and 1 feature is required by {type(self).__name__}.")
+        if reset:
+            self.n_features_in_ = n_features
+            if hasattr(self, "feature_names_in_"):
+                del self.feature_names_in_
+        elif n_features != self.n_features_in_:
+            raise ValueError(f"X has {n_features} features, but {type(self).__name__} is "
+                             f"expecting {self.n_features_in_} features as input.")
+        return X if X.dtype in _FLOAT_DTYPES else X.astype(np.float64)
+
+    def _dask_batch_state(self, X, sample_weight, n_threads):
+        """Welford state of a dask X, computed through its scheduler (NaN skipped)."""
+        import dask
+
+        from .dask import moments_state as dask_moments_state
+
+        w = sample_weight
+        if w is not None and not is_dask_array(w):
+            w = self._sample_weight(w, X.shape[0])
+        state = dask_moments_state(X, skipna=True, sample_weight=w, n_threads=n_threads)
+        any_weight = True if w is None or not is_dask_array(w) else (w != 0).any()
+        count, mean, m2, any_weight = dask.compute(*state, any_weight)
+        if not any_weight:
+            raise ValueError("sample_weight: expected at least one non-zero weight, "
+                             "got all zero weights")
+        if not (np.isfinite(mean) & np.isfinite(m2))[count > 0].all():
+            # NaN are skipped, so only infinity (or overflow) leaves non-finite statistics.
+            raise ValueError("Input X contains infinity or a value too large for "
+                             "dtype('float64').")
+        return count, mean, m2
+
     def _previous_state(self, n_features):
         """The fitted (count, mean, m2) as a mergeable state (features never seen: zeros)."""
         count = np.broadcast_to(np.asarray(self.n_samples_seen_, np.float64),
@@ -264,14 +337,18 @@ class BatchNormScaler(*_BASES):
         check_bool(self.copy, "copy")
         n_threads = check_n_threads(self.n_threads) or None
         first_call = not hasattr(self, "n_samples_seen_")
-        # Infinity is rejected from the statistics (see _batch_state): no extra pass here.
-        X = _validate_data(self, X, dtype=_FLOAT_DTYPES, ensure_all_finite=False,
-                           reset=first_call)
-        n_samples, n_features = X.shape
-        w = self._sample_weight(sample_weight, n_samples)
-        count, mean, m2 = self._batch_state(X, w, n_threads)
+        if is_dask_array(X):
+            X = self._check_dask(X, reset=first_call)
+            count, mean, m2 = self._dask_batch_state(X, sample_weight, n_threads)
+        else:
+            # Infinity is rejected from the statistics (see _batch_state): no extra pass here.
+            X = _validate_data(self, X, dtype=_FLOAT_DTYPES, ensure_all_finite=False,
+                               reset=first_call)
+            w = self._sample_weight(sample_weight, X.shape[0])
+            count, mean, m2 = self._batch_state(X, w, n_threads)
+        n_features = X.shape[1]
 
-        weighted = w is not None or (
+        weighted = sample_weight is not None or (
             not first_call and np.asarray(self.n_samples_seen_).dtype.kind == "f")
         with np.errstate(invalid="ignore", divide="ignore"):
             if first_call:
@@ -320,7 +397,9 @@ class BatchNormScaler(*_BASES):
         """The (inverse) transform of a validated float array, by one inference-kernel pass."""
         with_mean = check_bool(self.with_mean, "with_mean")
         with_std = check_bool(self.with_std, "with_std")
-        copy = copy or not X.flags.writeable  # read-only input: a new array, never an error
+        dask_input = is_dask_array(X)
+        if not dask_input:
+            copy = copy or not X.flags.writeable  # read-only input: a new array, never an error
         if not with_mean and not with_std:
             return X.copy() if copy else X
         n_features = X.shape[1]
@@ -331,9 +410,13 @@ class BatchNormScaler(*_BASES):
         else:        # (x - mean_) * (1 / scale_)
             center = zeros if mean is None else mean
             gamma, beta = (1.0 / self.scale_ if with_std else None), None
+        n_threads = check_n_threads(self.n_threads) or None
+        if dask_input:  # lazy: one map_blocks of the same kernel
+            from .dask import batch_norm_inference as dask_batch_norm_inference
+            return dask_batch_norm_inference(X, center, ones, gamma, beta, axis=1, eps=0.0,
+                                             n_threads=n_threads)
         return batch_norm_inference(X, center, ones, gamma, beta, axis=1, eps=0.0,
-                                    out=None if copy else X,
-                                    n_threads=check_n_threads(self.n_threads) or None)
+                                    out=None if copy else X, n_threads=n_threads)
 
     def transform(self, X, copy=None):
         """Standardize X: ``(X - mean_) / scale_`` (NaN stays NaN).
@@ -351,6 +434,8 @@ class BatchNormScaler(*_BASES):
         """
         check_is_fitted(self)
         copy = check_bool(self.copy if copy is None else copy, "copy")
+        if is_dask_array(X):
+            return self._transform_array(self._check_dask(X, reset=False), copy)
         Xv = _validate_data(self, X, reset=False, dtype=_FLOAT_DTYPES, copy=False,
                             force_writeable=not copy, ensure_all_finite="allow-nan")
         return self._transform_array(Xv, copy and not _owned_copy(Xv, X))
@@ -370,6 +455,9 @@ class BatchNormScaler(*_BASES):
         """
         check_is_fitted(self)
         copy = check_bool(self.copy if copy is None else copy, "copy")
+        if is_dask_array(X):
+            return self._transform_array(self._check_dask(X, reset=False), copy,
+                                         inverse=True)
         Xv = _check_array(X, dtype=_FLOAT_DTYPES, copy=False, force_writeable=not copy,
                           ensure_all_finite="allow-nan", input_name="X", estimator=self)
         if Xv.shape[1] != self.n_features_in_:
