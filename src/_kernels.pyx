@@ -14,6 +14,7 @@ loop, so the statistics are bit-identical for every thread count.
 from cython.parallel cimport prange
 from libc.math cimport sqrt
 from libc.stdlib cimport free, malloc
+from libc.string cimport memcpy
 cimport numpy as cnp
 
 cnp.import_array()
@@ -80,6 +81,9 @@ cdef enum:
     BLOCK = 4096
     # Elements per block of tile rows (inner == 1): larger, to amortize the per-channel merges.
     TILE_BLOCK = 16384
+    # The first block of a chunk is shifted by the mean of its first few values per channel:
+    # close enough to the mean that the second pass is rarely needed.
+    SHIFT_PROBE = 8
     # Channels per task when inner == 1 (the loops run along C inside a tile).
     TILE_C = 512
     # Coefficients are replicated to about this many elements so that the elementwise
@@ -222,6 +226,28 @@ cdef inline void chan_apply(double *mean, double *m2, double mean_b, double m2_b
 
 # --- Statistics -----------------------------------------------------------------------------
 
+cdef inline double first_values_mean(const floating *x, intp n) noexcept nogil:
+    """Mean of x[0:n] (n >= 1): the shift guess for a chunk's first block of runs."""
+    cdef double s = 0.0
+    cdef intp i
+    for i in range(n):
+        s += x[i]
+    return s / n
+
+
+cdef inline void first_rows_mean(const floating *x, intp nrows, intp ncols, intp stride,
+                                 double *out) noexcept nogil:
+    """Per-column mean of the first nrows (>= 1) tile rows: the tiles' shift guess."""
+    cdef intp r, c
+    for c in range(ncols):
+        out[c] = x[c]
+    for r in range(1, nrows):
+        for c in range(ncols):
+            out[c] += x[r * stride + c]
+    for c in range(ncols):
+        out[c] /= nrows
+
+
 cdef void moments_task(const floating *x, const Plan *p, intp k, intp t, double *st_n,
                        double *st_mean, double *st_m2) noexcept nogil:
     """Welford state of chunk k of channel task t, written at st_*[k * C + channel].
@@ -247,7 +273,7 @@ cdef void moments_task(const floating *x, const Plan *p, intp k, intp t, double 
         for b in range(k * p.blocks_per_chunk, b1):
             run_block(p, b, &row0, &nrows, &start, &length)
             ptr = x + (row0 * p.C + t) * p.inner + start
-            shift[0] = mean[0] if n > 0 else <double>ptr[0]
+            shift[0] = mean[0] if n > 0 else first_values_mean(ptr, min(length, SHIFT_PROBE))
             if floating is float:
                 run_moments_f32(ptr, nrows, length, p.C * p.inner, shift[0], &bmean, &bm2)
             else:
@@ -269,8 +295,11 @@ cdef void moments_task(const floating *x, const Plan *p, intp k, intp t, double 
         row0 = b * p.rows_per_block
         nrows = min(p.rows_per_block, p.outer - row0)
         ptr = x + row0 * p.C + c0
-        for j in range(nc):
-            shift[j] = mean[j] if n > 0 else <double>ptr[j]
+        if n > 0:
+            for j in range(nc):
+                shift[j] = mean[j]
+        else:
+            first_rows_mean(ptr, min(nrows, SHIFT_PROBE), nc, p.C, shift)
         if floating is float:
             tile_moments_f32(ptr, nrows, nc, p.C, shift, tmean, tm2, scratch)
         else:
@@ -400,8 +429,11 @@ cdef int replicate(const double **coef, double **rep, int n_coef, intp C, intp s
             raise MemoryError()
     for i in range(n_coef):
         rep[i] = buf + i * span * C
-        for j in range(span * C):
-            rep[i][j] = coef[i][j % C]
+        memcpy(rep[i], coef[i], C * sizeof(double))
+        j = 1
+        while j < span:  # double the filled part until it covers span copies
+            memcpy(rep[i] + j * C, rep[i], min(j, span - j) * C * sizeof(double))
+            j += min(j, span - j)
     return 0
 
 
