@@ -96,9 +96,6 @@ cdef enum:
     MIN_CHUNK = 32768
     # A thread is only woken for at least this many elements of work.
     MIN_PER_THREAD = 65536
-    # Outputs at least this large (bytes) are written with non-temporal stores, unless in
-    # place: they cannot stay in cache anyway, and streaming skips reading them first.
-    STREAM_MIN_BYTES = 16 << 20
     # Channels of at most this many bytes (runs layout) are reduced and then normalized by
     # one task while they sit in L2/L3: the training forward then reads x once from memory.
     FUSE_MAX_BYTES = 1 << 20
@@ -437,9 +434,17 @@ cdef int replicate(const double **coef, double **rep, int n_coef, intp C, intp s
     return 0
 
 
+# Outputs at least this large (bytes) are written with non-temporal stores, unless in place,
+# which skips reading them before writing. Off by default: on the reference machine (2-core
+# AMD EPYC VM, 32 MiB L3) streaming was 0-44% slower at 1 thread and 7% faster to 21% slower
+# at 2 threads for 24-200 MiB outputs (python -m bnfast bench, same run). Tunable with
+# set_stream_min_bytes() for machines where it pays.
+cdef intp stream_min_bytes = (<intp>1) << 62
+
+
 cdef inline bint streams(const void *out, const void *a, const void *b, intp nbytes) noexcept nogil:
     """Whether to write an output of nbytes with non-temporal stores (never in place)."""
-    return nbytes >= STREAM_MIN_BYTES and out != a and out != b
+    return nbytes >= stream_min_bytes and out != a and out != b
 
 
 cdef int normalize(const floating *x, floating *y, const Plan *p, const double *mean,
@@ -991,6 +996,17 @@ def merge_states(cnp.ndarray count, cnp.ndarray mean, cnp.ndarray m2, cnp.ndarra
 def plan(intp outer, intp C, intp inner, intp itemsize=4):
     """The blocking of a (outer, C, inner) array, as a dict (for tests and benchmarks)."""
     return make_plan(outer, C, inner, itemsize)
+
+
+def set_stream_min_bytes(intp nbytes):
+    """Set the output size from which non-temporal stores are used; returns the old value.
+
+    Results do not depend on it (only speed does).
+    """
+    global stream_min_bytes
+    old = stream_min_bytes
+    stream_min_bytes = max(nbytes, 0)
+    return old
 
 
 def openmp_enabled():
