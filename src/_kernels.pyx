@@ -323,25 +323,35 @@ cdef int alloc_states(const Plan *p, double **st_n, double **st_mean,
     return 0
 
 
+cdef inline void merge_channel(const Plan *p, const double *st_n, const double *st_mean,
+                               const double *st_m2, double *count, double *mean, double *m2,
+                               intp c) noexcept nogil:
+    cdef intp k, idx
+    cdef double n = st_n[c], wb, wab
+    mean[c] = st_mean[c]
+    m2[c] = st_m2[c]
+    for k in range(1, p.n_chunks):
+        idx = k * p.C + c
+        if st_n[idx] != 0:
+            chan_weights(n, st_n[idx], &wb, &wab)
+            chan_apply(&mean[c], &m2[c], st_mean[idx], st_m2[idx], wb, wab)
+            n = n + st_n[idx]
+    if count != NULL:
+        count[c] = n
+
+
 cdef void merge_chunks(const Plan *p, const double *st_n, const double *st_mean,
                        const double *st_m2, double *count, double *mean, double *m2,
                        int n_threads) noexcept nogil:
     """Merge the chunk states of every channel, in chunk order, into count, mean and m2."""
-    cdef intp c, k, idx
-    cdef double n, wb, wab
+    cdef intp c
     cdef int nt = n_threads_for(n_threads, p.n_chunks * p.C, p.C)
-    for c in prange(p.C, num_threads=nt, schedule='static', use_threads_if=nt > 1):
-        n = st_n[c]
-        mean[c] = st_mean[c]
-        m2[c] = st_m2[c]
-        for k in range(1, p.n_chunks):
-            idx = k * p.C + c
-            if st_n[idx] != 0:
-                chan_weights(n, st_n[idx], &wb, &wab)
-                chan_apply(&mean[c], &m2[c], st_mean[idx], st_m2[idx], wb, wab)
-                n = n + st_n[idx]
-        if count != NULL:
-            count[c] = n
+    if nt > 1:
+        for c in prange(p.C, num_threads=nt, schedule='static'):
+            merge_channel(p, st_n, st_mean, st_m2, count, mean, m2, c)
+    else:
+        for c in range(p.C):
+            merge_channel(p, st_n, st_mean, st_m2, count, mean, m2, c)
 
 
 cdef int channel_moments(const floating *x, const Plan *p, double *mean, double *m2,
@@ -353,8 +363,12 @@ cdef int channel_moments(const floating *x, const Plan *p, double *mean, double 
     cdef double *st_mean
     cdef double *st_m2
     alloc_states(p, &st_n, &st_mean, &st_m2)
-    for task in prange(n_tasks, num_threads=nt, schedule='static', use_threads_if=nt > 1):
-        moments_task(x, p, task // p.n_ctasks, task % p.n_ctasks, st_n, st_mean, st_m2)
+    if nt > 1:
+        for task in prange(n_tasks, num_threads=nt, schedule='static'):
+            moments_task(x, p, task // p.n_ctasks, task % p.n_ctasks, st_n, st_mean, st_m2)
+    else:
+        for task in range(n_tasks):
+            moments_task(x, p, task // p.n_ctasks, task % p.n_ctasks, st_n, st_mean, st_m2)
     merge_chunks(p, st_n, st_mean, st_m2, NULL, mean, m2, n_threads)
     free(st_n)
     return 0
@@ -408,8 +422,12 @@ cdef int masked_moments(const floating *x, const double *w, const Plan *p, doubl
     cdef double *st_mean
     cdef double *st_m2
     alloc_states(p, &st_n, &st_mean, &st_m2)
-    for task in prange(n_tasks, num_threads=nt, schedule='static', use_threads_if=nt > 1):
-        masked_task(x, w, p, task // p.n_ctasks, task % p.n_ctasks, st_n, st_mean, st_m2)
+    if nt > 1:
+        for task in prange(n_tasks, num_threads=nt, schedule='static'):
+            masked_task(x, w, p, task // p.n_ctasks, task % p.n_ctasks, st_n, st_mean, st_m2)
+    else:
+        for task in range(n_tasks):
+            masked_task(x, w, p, task // p.n_ctasks, task % p.n_ctasks, st_n, st_mean, st_m2)
     merge_chunks(p, st_n, st_mean, st_m2, count, mean, m2, n_threads)
     free(st_n)
     return 0
@@ -447,10 +465,39 @@ cdef inline bint streams(const void *out, const void *a, const void *b, intp nby
     return nbytes >= stream_min_bytes and out != a and out != b
 
 
+cdef inline void normalize_segment(const floating *x, floating *y, const Plan *p, intp seg,
+                                   const double *mean, const double *scale, const double *shift,
+                                   bint stream) noexcept nogil:
+    """Segment seg of the runs layout: a piece of one (sample, channel) row."""
+    cdef intp row = seg // p.pieces
+    cdef intp c = row % p.C
+    cdef intp start = (seg % p.pieces) * p.piece_len
+    cdef intp length = min(p.piece_len, p.inner - start)
+    if floating is float:
+        run_normalize_f32(x + row * p.inner + start, y + row * p.inner + start, length,
+                          mean[c], scale[c], shift[c], stream)
+    else:
+        run_normalize_f64(x + row * p.inner + start, y + row * p.inner + start, length,
+                          mean[c], scale[c], shift[c], stream)
+
+
+cdef inline void normalize_rows(const floating *x, floating *y, const Plan *p, intp seg,
+                                intp span, double **rep, bint stream) noexcept nogil:
+    """Segment seg of the tiled layout: `span` whole samples."""
+    cdef intp o = seg * span
+    cdef intp o1 = min(o + span, p.outer)
+    if floating is float:
+        row_normalize_f32(x + o * p.C, y + o * p.C, (o1 - o) * p.C, rep[0], rep[1], rep[2],
+                          stream)
+    else:
+        row_normalize_f64(x + o * p.C, y + o * p.C, (o1 - o) * p.C, rep[0], rep[1], rep[2],
+                          stream)
+
+
 cdef int normalize(const floating *x, floating *y, const Plan *p, const double *mean,
                    const double *scale, const double *shift, int n_threads) except -1 nogil:
     """y = (x - mean) * scale + shift per channel (y may be x)."""
-    cdef intp seg, row, c, start, length, o, o1, span, n_segments
+    cdef intp seg, span, n_segments
     cdef int nt
     cdef bint stream = streams(y, x, x, p.outer * p.C * p.inner * sizeof(floating))
     cdef const double *coef[3]
@@ -458,17 +505,12 @@ cdef int normalize(const floating *x, floating *y, const Plan *p, const double *
     if not p.tiled:
         n_segments = p.outer * p.C * p.pieces
         nt = n_threads_for(n_threads, p.outer * p.C * p.inner, n_segments)
-        for seg in prange(n_segments, num_threads=nt, schedule='static', use_threads_if=nt > 1):
-            row = seg // p.pieces
-            c = row % p.C
-            start = (seg % p.pieces) * p.piece_len
-            length = min(p.piece_len, p.inner - start)
-            if floating is float:
-                run_normalize_f32(x + row * p.inner + start, y + row * p.inner + start, length,
-                                  mean[c], scale[c], shift[c], stream)
-            else:
-                run_normalize_f64(x + row * p.inner + start, y + row * p.inner + start, length,
-                                  mean[c], scale[c], shift[c], stream)
+        if nt > 1:
+            for seg in prange(n_segments, num_threads=nt, schedule='static'):
+                normalize_segment(x, y, p, seg, mean, scale, shift, stream)
+        else:
+            for seg in range(n_segments):
+                normalize_segment(x, y, p, seg, mean, scale, shift, stream)
         return 0
     # Tiled: `span` samples per call, with the coefficients repeated span times.
     span = max(1, min(ROW_SPAN // p.C, p.outer))
@@ -478,43 +520,53 @@ cdef int normalize(const floating *x, floating *y, const Plan *p, const double *
     replicate(coef, rep, 3, p.C, span)
     n_segments = ceil_div(p.outer, span)
     nt = n_threads_for(n_threads, p.outer * p.C, n_segments)
-    for seg in prange(n_segments, num_threads=nt, schedule='static', use_threads_if=nt > 1):
-        o = seg * span
-        o1 = min(o + span, p.outer)
-        if floating is float:
-            row_normalize_f32(x + o * p.C, y + o * p.C, (o1 - o) * p.C, rep[0], rep[1], rep[2],
-                              stream)
-        else:
-            row_normalize_f64(x + o * p.C, y + o * p.C, (o1 - o) * p.C, rep[0], rep[1], rep[2],
-                              stream)
+    if nt > 1:
+        for seg in prange(n_segments, num_threads=nt, schedule='static'):
+            normalize_rows(x, y, p, seg, span, rep, stream)
+    else:
+        for seg in range(n_segments):
+            normalize_rows(x, y, p, seg, span, rep, stream)
     free(rep[0])
     return 0
+
+
+cdef inline void forward_channel(const floating *x, floating *y, const Plan *p, intp c,
+                                 const double *gamma, const double *beta, double eps,
+                                 double *st_n, double *mean, double *m2, double *invstd,
+                                 bint stream) noexcept nogil:
+    """Statistics of channel c, then its normalized rows, while they sit in cache."""
+    cdef intp o
+    cdef double scale, shift
+    moments_task(x, p, 0, c, st_n, mean, m2)
+    invstd[c] = 1.0 / sqrt(m2[c] / <double>(p.outer * p.inner) + eps)
+    scale = invstd[c] * gamma[c] if gamma != NULL else invstd[c]
+    shift = beta[c] if beta != NULL else 0.0
+    for o in range(p.outer):
+        if floating is float:
+            run_normalize_f32(x + (o * p.C + c) * p.inner, y + (o * p.C + c) * p.inner,
+                              p.inner, mean[c], scale, shift, stream)
+        else:
+            run_normalize_f64(x + (o * p.C + c) * p.inner, y + (o * p.C + c) * p.inner,
+                              p.inner, mean[c], scale, shift, stream)
 
 
 cdef int forward_fused(const floating *x, floating *y, const Plan *p, const double *gamma,
                        const double *beta, double eps, double *mean, double *m2,
                        double *invstd, int n_threads) except -1 nogil:
     """Training forward one channel at a time: statistics, then normalize from cache."""
-    cdef intp c, o
-    cdef double m = <double>(p.outer * p.inner), scale, shift
+    cdef intp c
     cdef double *st_n = <double *>malloc(p.C * sizeof(double))
     cdef int nt = n_threads_for(n_threads, p.outer * p.C * p.inner, p.C)
     cdef bint stream = streams(y, x, x, p.outer * p.C * p.inner * sizeof(floating))
     if st_n == NULL:
         with gil:
             raise MemoryError()
-    for c in prange(p.C, num_threads=nt, schedule='static', use_threads_if=nt > 1):
-        moments_task(x, p, 0, c, st_n, mean, m2)
-        invstd[c] = 1.0 / sqrt(m2[c] / m + eps)
-        scale = invstd[c] * gamma[c] if gamma != NULL else invstd[c]
-        shift = beta[c] if beta != NULL else 0.0
-        for o in range(p.outer):
-            if floating is float:
-                run_normalize_f32(x + (o * p.C + c) * p.inner, y + (o * p.C + c) * p.inner,
-                                  p.inner, mean[c], scale, shift, stream)
-            else:
-                run_normalize_f64(x + (o * p.C + c) * p.inner, y + (o * p.C + c) * p.inner,
-                                  p.inner, mean[c], scale, shift, stream)
+    if nt > 1:
+        for c in prange(p.C, num_threads=nt, schedule='static'):
+            forward_channel(x, y, p, c, gamma, beta, eps, st_n, mean, m2, invstd, stream)
+    else:
+        for c in range(p.C):
+            forward_channel(x, y, p, c, gamma, beta, eps, st_n, mean, m2, invstd, stream)
     free(st_n)
     return 0
 
@@ -585,8 +637,12 @@ cdef int grad_sums(const floating *dy, const floating *x, const Plan *p, const d
                 raise MemoryError()
         st_a = st
         st_b = st + states
-    for task in prange(n_tasks, num_threads=nt, schedule='static', use_threads_if=nt > 1):
-        grad_sums_task(dy, x, p, mean, task // p.n_ctasks, task % p.n_ctasks, st_a, st_b)
+    if nt > 1:
+        for task in prange(n_tasks, num_threads=nt, schedule='static'):
+            grad_sums_task(dy, x, p, mean, task // p.n_ctasks, task % p.n_ctasks, st_a, st_b)
+    else:
+        for task in range(n_tasks):
+            grad_sums_task(dy, x, p, mean, task // p.n_ctasks, task % p.n_ctasks, st_a, st_b)
     if p.n_chunks > 1:
         for c in range(p.C):
             sum_dy[c] = st_a[c]
@@ -598,11 +654,39 @@ cdef int grad_sums(const floating *dy, const floating *x, const Plan *p, const d
     return 0
 
 
+cdef inline void grad_input_segment(const floating *dy, const floating *x, floating *dx,
+                                    const Plan *p, intp seg, const double *mean, const double *a,
+                                    const double *b, const double *k, bint stream) noexcept nogil:
+    """Segment seg of the runs layout: a piece of one (sample, channel) row."""
+    cdef intp row = seg // p.pieces
+    cdef intp c = row % p.C
+    cdef intp off = row * p.inner + (seg % p.pieces) * p.piece_len
+    cdef intp length = min(p.piece_len, p.inner - (seg % p.pieces) * p.piece_len)
+    if floating is float:
+        run_grad_input_f32(dy + off, x + off, dx + off, length, mean[c], a[c], b[c], k[c], stream)
+    else:
+        run_grad_input_f64(dy + off, x + off, dx + off, length, mean[c], a[c], b[c], k[c], stream)
+
+
+cdef inline void grad_input_rows(const floating *dy, const floating *x, floating *dx,
+                                 const Plan *p, intp seg, intp span, double **rep,
+                                 bint stream) noexcept nogil:
+    """Segment seg of the tiled layout: `span` whole samples."""
+    cdef intp o = seg * span
+    cdef intp o1 = min(o + span, p.outer)
+    if floating is float:
+        row_grad_input_f32(dy + o * p.C, x + o * p.C, dx + o * p.C, (o1 - o) * p.C,
+                           rep[0], rep[1], rep[2], rep[3], stream)
+    else:
+        row_grad_input_f64(dy + o * p.C, x + o * p.C, dx + o * p.C, (o1 - o) * p.C,
+                           rep[0], rep[1], rep[2], rep[3], stream)
+
+
 cdef int grad_input(const floating *dy, const floating *x, floating *dx, const Plan *p,
                     const double *mean, const double *a, const double *b, const double *k,
                     int n_threads) except -1 nogil:
     """dx = ((dy - a) - (x - mean) * b) * k per channel (dx may be dy or x)."""
-    cdef intp seg, row, c, start, length, o, o1, span, n_segments
+    cdef intp seg, span, n_segments
     cdef int nt
     cdef bint stream = streams(dx, dy, x, p.outer * p.C * p.inner * sizeof(floating))
     cdef const double *coef[4]
@@ -610,19 +694,12 @@ cdef int grad_input(const floating *dy, const floating *x, floating *dx, const P
     if not p.tiled:
         n_segments = p.outer * p.C * p.pieces
         nt = n_threads_for(n_threads, 2 * p.outer * p.C * p.inner, n_segments)
-        for seg in prange(n_segments, num_threads=nt, schedule='static', use_threads_if=nt > 1):
-            row = seg // p.pieces
-            c = row % p.C
-            start = (seg % p.pieces) * p.piece_len
-            length = min(p.piece_len, p.inner - start)
-            if floating is float:
-                run_grad_input_f32(dy + row * p.inner + start, x + row * p.inner + start,
-                                   dx + row * p.inner + start, length, mean[c], a[c], b[c], k[c],
-                                   stream)
-            else:
-                run_grad_input_f64(dy + row * p.inner + start, x + row * p.inner + start,
-                                   dx + row * p.inner + start, length, mean[c], a[c], b[c], k[c],
-                                   stream)
+        if nt > 1:
+            for seg in prange(n_segments, num_threads=nt, schedule='static'):
+                grad_input_segment(dy, x, dx, p, seg, mean, a, b, k, stream)
+        else:
+            for seg in range(n_segments):
+                grad_input_segment(dy, x, dx, p, seg, mean, a, b, k, stream)
         return 0
     span = max(1, min(ROW_SPAN // p.C, p.outer))
     coef[0] = mean
@@ -632,39 +709,49 @@ cdef int grad_input(const floating *dy, const floating *x, floating *dx, const P
     replicate(coef, rep, 4, p.C, span)
     n_segments = ceil_div(p.outer, span)
     nt = n_threads_for(n_threads, 2 * p.outer * p.C, n_segments)
-    for seg in prange(n_segments, num_threads=nt, schedule='static', use_threads_if=nt > 1):
-        o = seg * span
-        o1 = min(o + span, p.outer)
-        if floating is float:
-            row_grad_input_f32(dy + o * p.C, x + o * p.C, dx + o * p.C, (o1 - o) * p.C,
-                               rep[0], rep[1], rep[2], rep[3], stream)
-        else:
-            row_grad_input_f64(dy + o * p.C, x + o * p.C, dx + o * p.C, (o1 - o) * p.C,
-                               rep[0], rep[1], rep[2], rep[3], stream)
+    if nt > 1:
+        for seg in prange(n_segments, num_threads=nt, schedule='static'):
+            grad_input_rows(dy, x, dx, p, seg, span, rep, stream)
+    else:
+        for seg in range(n_segments):
+            grad_input_rows(dy, x, dx, p, seg, span, rep, stream)
     free(rep[0])
     return 0
+
+
+cdef inline void backward_channel(const floating *dy, const floating *x, floating *dx,
+                                  const Plan *p, intp c, const double *mean, const double *invstd,
+                                  const double *gamma, double *dgamma, double *dbeta,
+                                  bint stream) noexcept nogil:
+    """Both sums of channel c, then its dx rows, while dy and x sit in cache."""
+    cdef intp o, off
+    cdef double m = <double>(p.outer * p.inner), a, b, k
+    grad_sums_task(dy, x, p, mean, 0, c, dbeta, dgamma)
+    dgamma[c] = dgamma[c] * invstd[c]
+    a = dbeta[c] / m
+    b = invstd[c] * dgamma[c] / m
+    k = invstd[c] * gamma[c] if gamma != NULL else invstd[c]
+    for o in range(p.outer):
+        off = (o * p.C + c) * p.inner
+        if floating is float:
+            run_grad_input_f32(dy + off, x + off, dx + off, p.inner, mean[c], a, b, k, stream)
+        else:
+            run_grad_input_f64(dy + off, x + off, dx + off, p.inner, mean[c], a, b, k, stream)
 
 
 cdef int backward_fused(const floating *dy, const floating *x, floating *dx, const Plan *p,
                         const double *mean, const double *invstd, const double *gamma,
                         double *dgamma, double *dbeta, int n_threads) except -1 nogil:
     """Backward one channel at a time: both sums, then dx while dy and x sit in cache."""
-    cdef intp c, o, off
-    cdef double m = <double>(p.outer * p.inner), a, b, k
+    cdef intp c
     cdef int nt = n_threads_for(n_threads, 2 * p.outer * p.C * p.inner, p.C)
     cdef bint stream = streams(dx, dy, x, p.outer * p.C * p.inner * sizeof(floating))
-    for c in prange(p.C, num_threads=nt, schedule='static', use_threads_if=nt > 1):
-        grad_sums_task(dy, x, p, mean, 0, c, dbeta, dgamma)
-        dgamma[c] = dgamma[c] * invstd[c]
-        a = dbeta[c] / m
-        b = invstd[c] * dgamma[c] / m
-        k = invstd[c] * gamma[c] if gamma != NULL else invstd[c]
-        for o in range(p.outer):
-            off = (o * p.C + c) * p.inner
-            if floating is float:
-                run_grad_input_f32(dy + off, x + off, dx + off, p.inner, mean[c], a, b, k, stream)
-            else:
-                run_grad_input_f64(dy + off, x + off, dx + off, p.inner, mean[c], a, b, k, stream)
+    if nt > 1:
+        for c in prange(p.C, num_threads=nt, schedule='static'):
+            backward_channel(dy, x, dx, p, c, mean, invstd, gamma, dgamma, dbeta, stream)
+    else:
+        for c in range(p.C):
+            backward_channel(dy, x, dx, p, c, mean, invstd, gamma, dgamma, dbeta, stream)
     return 0
 
 
