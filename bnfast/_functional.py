@@ -8,6 +8,7 @@ from ._validation import (
     as_array,
     channel_shape,
     channel_vector,
+    check_bool,
     check_eps,
     check_momentum,
     check_n_threads,
@@ -97,6 +98,11 @@ def moments(x, axis=1, ddof=0, *, n_threads=None):
     nt = check_n_threads(n_threads)
     if isinstance(ddof, bool) or not isinstance(ddof, (int, float, np.integer, np.floating)):
         raise ValueError(f"ddof: expected a real number, got {ddof!r}")
+    try:  # a float: m - ddof on an unsigned NumPy integer would wrap around
+        ddof = float(ddof)
+    except OverflowError:
+        raise ValueError(f"ddof: expected a real number within float64's range, "
+                         f"got {ddof!r:.40}") from None
     m = outer * inner
     mean = np.empty(C)
     m2 = np.empty(C)
@@ -155,6 +161,7 @@ def moments_state(x, axis=1, *, skipna=False, sample_weight=None, n_threads=None
     outer, C, inner = channel_shape(a, axis)
     work, _ = dtype_policy(a.dtype)
     nt = check_n_threads(n_threads)
+    skipna = check_bool(skipna, "skipna")
     w = None
     if sample_weight is not None:
         if a.ndim != 2 or inner != 1:
@@ -219,11 +226,16 @@ def merge_moments(states):
             count, mean, m2 = state
         except (TypeError, ValueError):
             raise ValueError(f"states[{i}]: expected a (count, mean, m2) triple") from None
-        mean = np.array(mean, dtype=np.float64, ndmin=1)
+        try:
+            mean = np.array(mean, dtype=np.float64, ndmin=1)
+            count = np.asarray(count, np.float64)
+        except OverflowError:  # a Python int beyond float64
+            raise ValueError(f"states[{i}]: expected real numbers within float64's range") \
+                from None
         C = mean.shape[0]
         if mean.ndim != 1:
             raise ValueError(f"states[{i}]: expected mean of shape (C,), got {mean.shape}")
-        count = np.ascontiguousarray(np.broadcast_to(np.asarray(count, np.float64), (C,)))
+        count = np.ascontiguousarray(np.broadcast_to(count, (C,)))
         m2 = channel_vector(m2, C, f"states[{i}] m2")
         if merged is None:
             merged = (count.copy(), mean.copy(), m2.copy())
@@ -287,6 +299,10 @@ def batch_norm_forward(x, gamma=None, beta=None, *, axis=1, eps=1e-5, running_me
     >>> round(float(y.mean()), 12), round(float(y.var()), 4)
     (0.0, 1.0)
     """
+    fast = _kernels.forward_train_fast(x, gamma, beta, axis, eps, running_mean, running_var,
+                                       momentum, out, n_threads)
+    if fast is not None:  # the plain case, recognized and computed without Python between
+        return fast
     a = as_array(x)
     outer, C, inner = channel_shape(a, axis)
     work, odt = dtype_policy(a.dtype)
@@ -303,11 +319,15 @@ def batch_norm_forward(x, gamma=None, beta=None, *, axis=1, eps=1e-5, running_me
     mean = np.empty(C)
     invstd = np.empty(C)
     x3, y3, direct = _buffers(a, (outer, C, inner), work, out, (a,))
-    _kernels.forward_train(x3, y3, g, b, eps, mean, invstd, rm, rv, momentum, nt)
-    if rm_back:
-        running_mean[...] = rm
-    if rv_back:
-        running_var[...] = rv
+    try:
+        _kernels.forward_train(x3, y3, g, b, eps, mean, invstd, rm, rv, momentum, nt)
+    finally:
+        # Also when KeyboardInterrupt is raised as the kernel returns: running statistics
+        # kept in a float64 copy are then updated whole, like those the kernel writes itself.
+        if rm_back:
+            running_mean[...] = rm
+        if rv_back:
+            running_var[...] = rv
     return _finish(y3, a.shape, odt, out, direct), mean, invstd
 
 
@@ -416,3 +436,33 @@ def batch_norm_backward(dy, x, mean, invstd, gamma=None, *, axis=1, out=None, n_
     dbeta = np.empty(C)
     _kernels.backward(dy3, x3, dx3, mu, inv, g, dgamma, dbeta, nt)
     return _finish(dx3, a.shape, odt, out, direct), dgamma, dbeta
+
+
+def _training_stats_from_state(state, eps, running_mean, running_var, momentum, shape):
+    """Training-mode ``(mean, var, invstd)`` of a merged Welford state ``(count, mean, m2)``.
+
+    For statistics no single kernel call saw (dask chunks, several processes): the checks and
+    the running-statistics rule of ``batch_norm_forward`` (running_var receives the unbiased
+    variance), applied to the merged state. The running buffers are updated in place, and only
+    once every check has passed. ``shape`` is the global input's, for the error message.
+    """
+    count, mean, m2 = state
+    C = mean.shape[0]
+    eps = check_eps(eps)
+    momentum = check_momentum(momentum)
+    rm, rm_back = running_buffer(running_mean, C, "running_mean")
+    rv, rv_back = running_buffer(running_var, C, "running_var")
+    m = float(count[0]) if C else 0.0
+    _check_training_size(m, C, shape)
+    var = m2 / count
+    invstd = 1.0 / np.sqrt(var + eps)
+    # The kernel's arithmetic (float64, then stored in the buffer's dtype).
+    if rm is not None:
+        rm[...] = (1.0 - momentum) * rm.astype(np.float64) + momentum * mean
+    if rv is not None:
+        rv[...] = (1.0 - momentum) * rv.astype(np.float64) + momentum * (m2 * (1.0 / (m - 1.0)))
+    if rm_back:
+        running_mean[...] = rm
+    if rv_back:
+        running_var[...] = rv
+    return mean, var, invstd

@@ -21,6 +21,18 @@ def forward_train(
     momentum: float,
     n_threads: int,
 ) -> None: ...
+def forward_train_fast(
+    x: object,
+    gamma: object,
+    beta: object,
+    axis: object,
+    eps: object,
+    running_mean: object,
+    running_var: object,
+    momentum: object,
+    out: object,
+    n_threads: object,
+) -> tuple[_F, _F64, _F64] | None: ...
 def forward_infer(
     x: _F,
     out: _F,

@@ -908,6 +908,37 @@ cdef int forward_split(const void *x, void *out, const Plan *p, int typenum,
     return 0
 
 
+cdef int train_impl(const void *x, void *y, int typenum, intp outer, intp C, intp inner,
+                    const double *gamma, const double *beta, double eps, double *mean,
+                    double *invstd, object running_mean, object running_var, double momentum,
+                    int n_threads) except -1:
+    """Training forward on raw buffers (outer * inner >= 2, C >= 1), running stats updated."""
+    cdef double m = <double>(outer * inner)
+    cdef intp itemsize = 4 if typenum == cnp.NPY_FLOAT32 else 8
+    cdef Plan p = make_plan(outer, C, inner, itemsize)
+    cdef double *scratch = <double *>malloc(3 * C * sizeof(double))
+    cdef double *m2 = scratch
+    if scratch == NULL:
+        raise MemoryError()
+    try:
+        with nogil:
+            if p.fused and typenum == cnp.NPY_FLOAT32:
+                forward_fused(<const float *>x, <float *>y, &p, gamma, beta, eps, mean, m2,
+                              invstd, n_threads)
+            elif p.fused:
+                forward_fused(<const double *>x, <double *>y, &p, gamma, beta, eps, mean, m2,
+                              invstd, n_threads)
+            else:
+                forward_split(x, y, &p, typenum, gamma, beta, eps, mean, m2, invstd,
+                              scratch + C, scratch + 2 * C, n_threads)
+        # Unbiased variance m2 / (m - 1) goes into running_var (PyTorch's convention).
+        update_running(running_mean, mean, C, momentum, 1.0, "running_mean")
+        update_running(running_var, m2, C, momentum, 1.0 / (m - 1.0), "running_var")
+    finally:
+        free(scratch)
+    return 0
+
+
 def forward_train(cnp.ndarray x, cnp.ndarray out, object gamma, object beta, double eps,
                   cnp.ndarray mean, cnp.ndarray invstd, object running_mean,
                   object running_var, double momentum, int n_threads):
@@ -916,17 +947,11 @@ def forward_train(cnp.ndarray x, cnp.ndarray out, object gamma, object beta, dou
     Requires at least 2 elements per channel (checked by the Python layer).
     """
     cdef int typenum = working_type(x, "x")
-    cdef intp outer = x.shape[0], C = x.shape[1], inner = x.shape[2], c
-    cdef double m = <double>(outer * inner)
+    cdef intp outer = x.shape[0], C = x.shape[1], inner = x.shape[2]
     cdef double *pmean = vec_ptr(mean, C, "mean", True)
     cdef double *pinv = vec_ptr(invstd, C, "invstd", True)
     cdef double *pg = vec_ptr(gamma, C, "gamma", False)
     cdef double *pb = vec_ptr(beta, C, "beta", False)
-    cdef double *scratch
-    cdef double *scale
-    cdef double *shift
-    cdef double *m2
-    cdef Plan p = make_plan(outer, C, inner, x.itemsize)
     check_like(out, x, typenum, "out", True)
     check_running(running_mean, C, "running_mean")
     check_running(running_var, C, "running_var")
@@ -934,29 +959,127 @@ def forward_train(cnp.ndarray x, cnp.ndarray out, object gamma, object beta, dou
         raise ValueError("training needs more than 1 value per channel")
     if C == 0:
         return
-    scratch = <double *>malloc(3 * C * sizeof(double))
-    if scratch == NULL:
+    train_impl(cnp.PyArray_DATA(x), cnp.PyArray_DATA(out), typenum, outer, C, inner, pg, pb,
+               eps, pmean, pinv, running_mean, running_var, momentum, n_threads)
+
+
+cdef bint plain_array(object a, int typenum, intp ndim) noexcept:
+    """a is exactly an ndarray of typenum, ndim dimensions, C-contiguous, aligned, native."""
+    cdef cnp.ndarray arr
+    if type(a) is not cnp.ndarray:
+        return False
+    arr = <cnp.ndarray>a
+    return (cnp.PyArray_TYPE(arr) == typenum and cnp.PyArray_NDIM(arr) == ndim
+            and cnp.PyArray_IS_C_CONTIGUOUS(arr) and cnp.PyArray_ISALIGNED(arr)
+            and cnp.PyArray_ISNOTSWAPPED(arr))
+
+
+cdef bint plain_vector(object a, intp C, bint write) noexcept:
+    """a is None, or a plain float32/float64 vector of length C (writeable if write)."""
+    if a is None:
+        return True
+    if not (plain_array(a, cnp.NPY_FLOAT64, 1) or plain_array(a, cnp.NPY_FLOAT32, 1)):
+        return False
+    if (<cnp.ndarray>a).shape[0] != C:
+        return False
+    return not write or cnp.PyArray_ISWRITEABLE(<cnp.ndarray>a)
+
+
+cdef const double *as_doubles(object a, double *buf, intp C) noexcept:
+    """A plain vector's values as doubles: its own data, or converted into buf."""
+    cdef cnp.ndarray arr
+    cdef const float *f
+    cdef intp c
+    if a is None:
+        return NULL
+    arr = <cnp.ndarray>a
+    if cnp.PyArray_TYPE(arr) == cnp.NPY_FLOAT64:
+        return <const double *>cnp.PyArray_DATA(arr)
+    f = <const float *>cnp.PyArray_DATA(arr)
+    for c in range(C):
+        buf[c] = f[c]
+    return buf
+
+
+def forward_train_fast(object x, object gamma, object beta, object axis, object eps,
+                       object running_mean, object running_var, object momentum, object out,
+                       object n_threads):
+    """batch_norm_forward for the plain case, with no Python in between; None otherwise.
+
+    The plain case: x a C-contiguous native float32/float64 ndarray, an int axis in range,
+    float eps >= 0 and momentum in [0, 1], per-channel arguments None or plain float32/64
+    vectors of length C, out None or a writeable C-contiguous array like x that is x itself
+    or does not overlap it, n_threads None or an int >= 1, and at least 2 values per channel.
+    Anything else returns None, and the caller takes the validating path, which also
+    produces every error message: this only recognizes, it never rejects.
+    """
+    cdef cnp.ndarray arr, y, mean, invstd
+    cdef int typenum, ndim, ax, nt = 0, i
+    cdef intp outer = 1, C, inner = 1, nbytes
+    cdef double e, mom
+    cdef double *buf
+    cdef char *xs
+    cdef char *ys
+    if type(x) is not cnp.ndarray:
+        return None
+    arr = <cnp.ndarray>x
+    typenum = cnp.PyArray_TYPE(arr)
+    if typenum != cnp.NPY_FLOAT32 and typenum != cnp.NPY_FLOAT64:
+        return None
+    ndim = cnp.PyArray_NDIM(arr)
+    if not plain_array(x, typenum, ndim) or ndim < 2 or type(axis) is not int:
+        return None
+    if type(eps) is not float or type(momentum) is not float:
+        return None
+    e = eps
+    mom = momentum
+    if not (0.0 <= e < float("inf")) or not (0.0 <= mom <= 1.0):
+        return None
+    if n_threads is not None:
+        if type(n_threads) is not int or not 1 <= n_threads <= 65536:
+            return None
+        nt = n_threads
+    if not -ndim <= axis < ndim:
+        return None
+    ax = axis % ndim
+    for i in range(ndim):
+        if i < ax:
+            outer *= arr.shape[i]
+        elif i > ax:
+            inner *= arr.shape[i]
+    C = arr.shape[ax]
+    if C < 1 or outer * inner < 2:
+        return None
+    if not (plain_vector(gamma, C, False) and plain_vector(beta, C, False)
+            and plain_vector(running_mean, C, True) and plain_vector(running_var, C, True)):
+        return None
+    if out is None:
+        y = cnp.PyArray_EMPTY(ndim, arr.shape, typenum, 0)
+    else:
+        if not plain_array(out, typenum, ndim) or not cnp.PyArray_ISWRITEABLE(<cnp.ndarray>out):
+            return None
+        y = <cnp.ndarray>out
+        for i in range(ndim):
+            if y.shape[i] != arr.shape[i]:
+                return None
+        nbytes = cnp.PyArray_NBYTES(arr)
+        xs = <char *>cnp.PyArray_DATA(arr)
+        ys = <char *>cnp.PyArray_DATA(y)
+        if xs != ys and xs < ys + nbytes and ys < xs + nbytes:
+            return None  # partial overlap: the validating path copies
+    mean = cnp.PyArray_EMPTY(1, &C, cnp.NPY_FLOAT64, 0)
+    invstd = cnp.PyArray_EMPTY(1, &C, cnp.NPY_FLOAT64, 0)
+    buf = <double *>malloc(2 * C * sizeof(double))
+    if buf == NULL:
         raise MemoryError()
-    m2 = scratch
-    scale = scratch + C
-    shift = scratch + 2 * C
     try:
-        with nogil:
-            if p.fused and typenum == cnp.NPY_FLOAT32:
-                forward_fused(<const float *>cnp.PyArray_DATA(x), <float *>cnp.PyArray_DATA(out),
-                              &p, pg, pb, eps, pmean, m2, pinv, n_threads)
-            elif p.fused:
-                forward_fused(<const double *>cnp.PyArray_DATA(x),
-                              <double *>cnp.PyArray_DATA(out), &p, pg, pb, eps, pmean, m2, pinv,
-                              n_threads)
-            else:
-                forward_split(cnp.PyArray_DATA(x), cnp.PyArray_DATA(out), &p, typenum, pg, pb,
-                              eps, pmean, m2, pinv, scale, shift, n_threads)
-        # Unbiased variance m2 / (m - 1) goes into running_var (PyTorch's convention).
-        update_running(running_mean, pmean, C, momentum, 1.0, "running_mean")
-        update_running(running_var, m2, C, momentum, 1.0 / (m - 1.0), "running_var")
+        train_impl(cnp.PyArray_DATA(arr), cnp.PyArray_DATA(y), typenum, outer, C, inner,
+                   as_doubles(gamma, buf, C), as_doubles(beta, buf + C, C), e,
+                   <double *>cnp.PyArray_DATA(mean), <double *>cnp.PyArray_DATA(invstd),
+                   running_mean, running_var, mom, nt)
     finally:
-        free(scratch)
+        free(buf)
+    return y, mean, invstd
 
 
 def forward_infer(cnp.ndarray x, cnp.ndarray out, cnp.ndarray running_mean,

@@ -1,0 +1,57 @@
+"""The plain-case fast path of batch_norm_forward gives the validating path's exact bits."""
+import numpy as np
+import pytest
+
+import bnfast
+from bnfast import _kernels
+
+
+@pytest.mark.parametrize("shape, axis", [((256, 64), 1), ((8, 16, 9, 9), 1), ((8, 9, 9, 16), -1),
+                                         ((40, 3, 7), -2)])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_fast_path_matches_validating_path(rng, shape, axis, dtype):
+    x = (rng.standard_normal(shape) * 2 + 5).astype(dtype)
+    C = shape[axis]
+    gamma = rng.uniform(0.5, 2, C).astype(np.float32)
+    beta = rng.standard_normal(C)
+    rm_fast, rv_fast = rng.standard_normal(C).astype(np.float32), rng.uniform(1, 2, C)
+    rm_slow, rv_slow = rm_fast.copy(), rv_fast.copy()
+
+    fast = _kernels.forward_train_fast(x, gamma, beta, axis, 1e-5, rm_fast, rv_fast, 0.1, None,
+                                       None)
+    assert fast is not None
+    # np.float64 eps and a list gamma are not "plain": this goes through the validating path.
+    assert _kernels.forward_train_fast(x, list(gamma), beta, axis, np.float64(1e-5), rm_slow,
+                                       rv_slow, 0.1, None, None) is None
+    slow = bnfast.batch_norm_forward(x, [float(g) for g in gamma], beta, axis=axis,
+                                     eps=np.float64(1e-5), running_mean=rm_slow,
+                                     running_var=rv_slow, momentum=0.1)
+    for a, b in zip(fast, slow):
+        assert a.dtype == b.dtype and a.shape == b.shape
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(rm_fast, rm_slow)
+    np.testing.assert_array_equal(rv_fast, rv_slow)
+
+
+def test_fast_path_declines_what_it_does_not_handle(rng):
+    x = rng.standard_normal((10, 4)).astype(np.float32)
+    declined = [
+        dict(x=x[:, ::-1]),                      # not contiguous
+        dict(x=x.astype(">f4")),                 # byte-swapped
+        dict(x=x[:1]),                           # one value per channel: the error path
+        dict(axis=2),                            # axis out of range: the error path
+        dict(eps=-1.0), dict(momentum=1.5),      # bad values: the error paths
+        dict(gamma=np.ones(3)),                  # wrong length: the error path
+        dict(out=np.empty((10, 4), np.float64)),  # wrong out dtype
+        dict(out=np.empty((10, 4), np.float32)[::-1]),  # strided out
+        dict(n_threads=0), dict(n_threads=True),
+    ]
+    base = dict(x=x, gamma=None, beta=None, axis=1, eps=1e-5, running_mean=None,
+                running_var=None, momentum=0.1, out=None, n_threads=None)
+    for change in declined:
+        args = {**base, **change}
+        assert _kernels.forward_train_fast(**args) is None, change
+    # Partial overlap between out and x is declined too (the validating path copies).
+    buf = rng.standard_normal(50).astype(np.float32)
+    assert _kernels.forward_train_fast(buf[:40].reshape(10, 4), None, None, 1, 1e-5, None, None,
+                                       0.1, buf[4:44].reshape(10, 4), None) is None
