@@ -347,7 +347,7 @@ cdef void merge_chunks(const Plan *p, const double *st_n, const double *st_mean,
     cdef intp c
     cdef int nt = n_threads_for(n_threads, p.n_chunks * p.C, p.C)
     if nt > 1:
-        for c in prange(p.C, num_threads=nt, schedule='static'):
+        for c in prange(p.C, num_threads=nt, schedule='dynamic'):
             merge_channel(p, st_n, st_mean, st_m2, count, mean, m2, c)
     else:
         for c in range(p.C):
@@ -364,7 +364,7 @@ cdef int channel_moments(const floating *x, const Plan *p, double *mean, double 
     cdef double *st_m2
     alloc_states(p, &st_n, &st_mean, &st_m2)
     if nt > 1:
-        for task in prange(n_tasks, num_threads=nt, schedule='static'):
+        for task in prange(n_tasks, num_threads=nt, schedule='dynamic'):
             moments_task(x, p, task // p.n_ctasks, task % p.n_ctasks, st_n, st_mean, st_m2)
     else:
         for task in range(n_tasks):
@@ -423,7 +423,7 @@ cdef int masked_moments(const floating *x, const double *w, const Plan *p, doubl
     cdef double *st_m2
     alloc_states(p, &st_n, &st_mean, &st_m2)
     if nt > 1:
-        for task in prange(n_tasks, num_threads=nt, schedule='static'):
+        for task in prange(n_tasks, num_threads=nt, schedule='dynamic'):
             masked_task(x, w, p, task // p.n_ctasks, task % p.n_ctasks, st_n, st_mean, st_m2)
     else:
         for task in range(n_tasks):
@@ -506,7 +506,7 @@ cdef int normalize(const floating *x, floating *y, const Plan *p, const double *
         n_segments = p.outer * p.C * p.pieces
         nt = n_threads_for(n_threads, p.outer * p.C * p.inner, n_segments)
         if nt > 1:
-            for seg in prange(n_segments, num_threads=nt, schedule='static'):
+            for seg in prange(n_segments, num_threads=nt, schedule='dynamic'):
                 normalize_segment(x, y, p, seg, mean, scale, shift, stream)
         else:
             for seg in range(n_segments):
@@ -521,7 +521,7 @@ cdef int normalize(const floating *x, floating *y, const Plan *p, const double *
     n_segments = ceil_div(p.outer, span)
     nt = n_threads_for(n_threads, p.outer * p.C, n_segments)
     if nt > 1:
-        for seg in prange(n_segments, num_threads=nt, schedule='static'):
+        for seg in prange(n_segments, num_threads=nt, schedule='dynamic'):
             normalize_rows(x, y, p, seg, span, rep, stream)
     else:
         for seg in range(n_segments):
@@ -562,7 +562,7 @@ cdef int forward_fused(const floating *x, floating *y, const Plan *p, const doub
         with gil:
             raise MemoryError()
     if nt > 1:
-        for c in prange(p.C, num_threads=nt, schedule='static'):
+        for c in prange(p.C, num_threads=nt, schedule='dynamic'):
             forward_channel(x, y, p, c, gamma, beta, eps, st_n, mean, m2, invstd, stream)
     else:
         for c in range(p.C):
@@ -638,7 +638,7 @@ cdef int grad_sums(const floating *dy, const floating *x, const Plan *p, const d
         st_a = st
         st_b = st + states
     if nt > 1:
-        for task in prange(n_tasks, num_threads=nt, schedule='static'):
+        for task in prange(n_tasks, num_threads=nt, schedule='dynamic'):
             grad_sums_task(dy, x, p, mean, task // p.n_ctasks, task % p.n_ctasks, st_a, st_b)
     else:
         for task in range(n_tasks):
@@ -695,7 +695,7 @@ cdef int grad_input(const floating *dy, const floating *x, floating *dx, const P
         n_segments = p.outer * p.C * p.pieces
         nt = n_threads_for(n_threads, 2 * p.outer * p.C * p.inner, n_segments)
         if nt > 1:
-            for seg in prange(n_segments, num_threads=nt, schedule='static'):
+            for seg in prange(n_segments, num_threads=nt, schedule='dynamic'):
                 grad_input_segment(dy, x, dx, p, seg, mean, a, b, k, stream)
         else:
             for seg in range(n_segments):
@@ -710,7 +710,7 @@ cdef int grad_input(const floating *dy, const floating *x, floating *dx, const P
     n_segments = ceil_div(p.outer, span)
     nt = n_threads_for(n_threads, 2 * p.outer * p.C, n_segments)
     if nt > 1:
-        for seg in prange(n_segments, num_threads=nt, schedule='static'):
+        for seg in prange(n_segments, num_threads=nt, schedule='dynamic'):
             grad_input_rows(dy, x, dx, p, seg, span, rep, stream)
     else:
         for seg in range(n_segments):
@@ -747,7 +747,7 @@ cdef int backward_fused(const floating *dy, const floating *x, floating *dx, con
     cdef int nt = n_threads_for(n_threads, 2 * p.outer * p.C * p.inner, p.C)
     cdef bint stream = streams(dx, dy, x, p.outer * p.C * p.inner * sizeof(floating))
     if nt > 1:
-        for c in prange(p.C, num_threads=nt, schedule='static'):
+        for c in prange(p.C, num_threads=nt, schedule='dynamic'):
             backward_channel(dy, x, dx, p, c, mean, invstd, gamma, dgamma, dbeta, stream)
     else:
         for c in range(p.C):
