@@ -226,6 +226,9 @@ def merge_moments(states):
             count, mean, m2 = state
         except (TypeError, ValueError):
             raise ValueError(f"states[{i}]: expected a (count, mean, m2) triple") from None
+        if count is None or mean is None or m2 is None:
+            raise ValueError(f"states[{i}]: expected a (count, mean, m2) triple of arrays, "
+                             f"got None")
         try:
             mean = np.array(mean, dtype=np.float64, ndmin=1)
             count = np.asarray(count, np.float64)
@@ -455,7 +458,8 @@ def _training_stats_from_state(state, eps, running_mean, running_var, momentum, 
     m = float(count[0]) if C else 0.0
     _check_training_size(m, C, shape)
     var = m2 / count
-    invstd = 1.0 / np.sqrt(var + eps)
+    with np.errstate(divide="ignore"):  # eps=0 on a constant channel: inf, as the kernel
+        invstd = 1.0 / np.sqrt(var + eps)
     # The kernel's arithmetic (float64, then stored in the buffer's dtype).
     if rm is not None:
         rm[...] = (1.0 - momentum) * rm.astype(np.float64) + momentum * mean

@@ -1,0 +1,382 @@
+"""Batch normalization over dask arrays: exact statistics from a cluster, lazy outputs.
+
+Each chunk's Welford state ``(count, mean, m2)`` is computed by the kernels
+(``bnfast.moments_state``) where the chunk lives, and the states are merged with
+``bnfast.merge_moments`` in a ``dask.array.reduction`` tree: only O(C) numbers per chunk
+travel, and the result equals the in-memory statistics up to rounding whatever the chunking
+(along the batch, spatial or channel axes). Outputs (``y``) are built with ``map_blocks`` and
+stay lazy. Computations run on the current dask scheduler: a ``dask.distributed.Client``'s
+cluster when one is active.
+
+What is lazy and what is computed:
+
+- ``moments`` and ``moments_state`` are lazy: they return dask arrays of float64 of shape
+  (C,), chunked like the channel axis; ``dask.compute(*moments(x))`` runs the reduction once.
+- ``batch_norm_forward`` computes the statistics at once (it returns them as NumPy arrays and
+  updates the running statistics in place) and returns ``y`` lazily.
+- ``batch_norm_inference`` is lazy.
+
+Needs dask (``pip install 'bnfast[dask]'``, that is ``dask[array,distributed]``).
+
+Examples
+--------
+>>> import dask, dask.array as da, numpy as np
+>>> import bnfast.dask
+>>> x = da.from_array(np.arange(12.0).reshape(6, 2), chunks=(4, 1))
+>>> mean, var = dask.compute(*bnfast.dask.moments(x))
+>>> mean.tolist(), var.round(6).tolist()
+([5.0, 6.0], [11.666667, 11.666667])
+>>> y, mean, invstd = bnfast.dask.batch_norm_forward(x, eps=0)
+>>> type(y).__name__, np.round(y.compute()[:, 0], 4).tolist()
+('Array', [-1.4639, -0.8783, -0.2928, 0.2928, 0.8783, 1.4639])
+"""
+import operator
+from functools import partial
+
+import numpy as np
+
+try:
+    import dask
+    import dask.array as da
+except ImportError as exc:  # pragma: no cover - exercised by the import-without-dask test
+    raise ImportError(
+        "bnfast.dask needs dask, which is not installed: pip install 'dask[array,distributed]' "
+        "(or install bnfast with its `dask` extra: pip install 'bnfast[dask]')") from exc
+
+from ._functional import (
+    _check_training_size,
+    _training_stats_from_state,
+    batch_norm_inference as _inference,
+    merge_moments as _merge_moments,
+    moments_state as _moments_state,
+)
+from ._validation import (
+    as_array,
+    channel_shape,
+    channel_vector,
+    check_eps,
+    check_momentum,
+    check_n_threads,
+    dtype_policy,
+    running_buffer,
+)
+
+__all__ = ["moments", "moments_state", "batch_norm_forward", "batch_norm_inference"]
+
+# One chunk's Welford state per channel, as one record: it travels through the reduction tree
+# as a single NumPy array, concatenated and split like any other.
+STATE_DTYPE = np.dtype([("count", np.float64), ("mean", np.float64), ("m2", np.float64)])
+
+
+# -- argument handling ------------------------------------------------------------------------
+
+def _as_dask(x):
+    """``x`` as a dask array of a real dtype (NumPy arrays and lists become one chunk)."""
+    if not isinstance(x, da.Array):
+        x = da.asarray(as_array(x))
+    as_array(np.empty(0, x.dtype))  # the TypeError of the in-memory API for non-real dtypes
+    return x
+
+
+def _channel_axis(x, axis):
+    """The channel axis of ``x`` as a non-negative index, or None when it is a single channel.
+
+    The same rules and exceptions as the in-memory functions (1-D input and ``axis=None``:
+    one channel).
+    """
+    channel_shape(x, axis)
+    if axis is None or x.ndim == 1:
+        return None
+    return operator.index(axis) % x.ndim
+
+
+def _n_channels(x, ch):
+    if ch is None:
+        return 1
+    C = x.shape[ch]
+    if C != C:  # NaN: unknown chunk sizes
+        raise ValueError("x: the size of the channel axis is unknown; call "
+                         "x.compute_chunk_sizes() first")
+    return int(C)
+
+
+def _keepdims_shape(ndim, ch, C):
+    return tuple(C if i == ch else 1 for i in range(ndim))
+
+
+def _block_channel_axis(ndim, reduced):
+    rest = [i for i in range(ndim) if i not in reduced]
+    return rest[0] if rest else None
+
+
+# -- the reduction: kernel state per chunk, merge_moments to combine --------------------------
+
+def _pack(state, shape):
+    count, mean, m2 = state
+    packed = np.empty(mean.shape, STATE_DTYPE)
+    packed["count"], packed["mean"], packed["m2"] = count, mean, m2
+    return packed.reshape(shape)
+
+
+def _chunk_state(block, weights=None, axis=(), keepdims=True, skipna=False, n_threads=None,
+                 computing_meta=False):
+    """The Welford state of one chunk, shaped with the reduced axes kept (size 1)."""
+    if computing_meta:
+        return np.empty((0,) * block.ndim, STATE_DTYPE)
+    ch = _block_channel_axis(block.ndim, axis)
+    C = 1 if ch is None else block.shape[ch]
+    w = None
+    if weights is not None:  # (rows, channels) broadcast of the sample weights
+        w = np.ascontiguousarray(weights[:, 0]) if C else np.zeros(block.shape[0])
+    state = None
+    if skipna and w is None:
+        # The plain kernel is several times faster than the NaN-skipping one, and a chunk
+        # without NaN gets finite statistics from it; only other chunks are redone.
+        state = _moments_state(block, axis=ch, n_threads=n_threads)
+        if not (np.isfinite(state[1]).all() and np.isfinite(state[2]).all()):
+            state = None
+    if state is None:
+        state = _moments_state(block, axis=ch, skipna=skipna, sample_weight=w,
+                               n_threads=n_threads)
+    return _pack(state, _keepdims_shape(block.ndim, ch, C))
+
+
+def _merge_state(states, axis=(), keepdims=True, computing_meta=False):
+    """Merge the states concatenated along the reduced axes, with ``merge_moments``."""
+    ch = _block_channel_axis(states.ndim, axis)
+    C = 1 if ch is None else states.shape[ch]
+    shape = _keepdims_shape(states.ndim, ch, C) if keepdims else ((C,) if ch is not None else ())
+    if computing_meta or states.size == 0:
+        return np.empty(tuple(0 for _ in shape), STATE_DTYPE)
+    rows = (states if ch is None else np.moveaxis(states, ch, -1)).reshape(-1, C)
+    merged = _merge_moments((r["count"], r["mean"], r["m2"]) for r in rows)
+    return _pack(merged, shape)
+
+
+def _state_array(x, axis, skipna=False, sample_weight=None, split_every=None, n_threads=None):
+    """The lazy per-channel state of ``x``: a dask array of STATE_DTYPE, shape (C,)."""
+    x = _as_dask(x)
+    ch = _channel_axis(x, axis)
+    _n_channels(x, ch)
+    n_threads = check_n_threads(n_threads) or None
+    if not isinstance(skipna, (bool, np.bool_)):
+        raise ValueError(f"skipna: expected True or False, got {skipna!r}")
+    weights = None
+    if sample_weight is not None:
+        if x.ndim != 2 or ch != 1:
+            raise ValueError("sample_weight: only for 2-D x (samples, channels) with axis=1")
+        if any(c != c for c in x.chunks[0]):
+            raise ValueError("x: unknown chunk sizes along the samples axis; call "
+                             "x.compute_chunk_sizes() first")
+        w = sample_weight if isinstance(sample_weight, da.Array) else da.asarray(
+            as_array(sample_weight, "sample_weight"))
+        as_array(np.empty(0, w.dtype), "sample_weight")
+        if w.shape != (x.shape[0],):
+            raise ValueError(f"sample_weight: expected shape ({x.shape[0]},), "
+                             f"got shape {w.shape}")
+        # Row chunks of x, so that the weights never make dask rechunk x itself.
+        weights = da.broadcast_to(w.astype(np.float64).rechunk((x.chunks[0],))[:, None],
+                                  x.shape, chunks=x.chunks)
+    reduced = tuple(i for i in range(x.ndim) if i != ch)
+    state = da.reduction(
+        x, partial(_chunk_state, skipna=bool(skipna), n_threads=n_threads), _merge_state,
+        combine=_merge_state, axis=reduced, keepdims=False, dtype=STATE_DTYPE,
+        split_every=split_every, concatenate=True, weights=weights,
+        meta=np.empty((0,) * (x.ndim - len(reduced)), STATE_DTYPE),
+        name="bnfast-moments-state")
+    return state if ch is not None else state.reshape((1,))
+
+
+# -- public API -------------------------------------------------------------------------------
+
+def moments_state(x, axis=1, *, skipna=False, sample_weight=None, split_every=None,
+                  n_threads=None):
+    """Per-channel Welford state ``(count, mean, m2)`` of a dask array, lazily.
+
+    The kernels compute each chunk's state (``bnfast.moments_state``) and
+    ``bnfast.merge_moments`` merges them in a tree (``dask.array.reduction``), so the result
+    equals the in-memory state up to rounding, whatever the chunks.
+
+    Parameters
+    ----------
+    x : dask array or array_like
+        Real input, chunked any way (along the channel axis too). NumPy input becomes a
+        single chunk.
+    axis : int or None, default 1
+        The channel axis; None or 1-D input: a single channel.
+    skipna : bool, default False
+        Ignore NaN: each channel counts only its non-NaN values.
+    sample_weight : dask array or array_like of shape (x.shape[0],), optional
+        Sample weights, for 2-D ``x`` (samples, channels) with ``axis=1``.
+    split_every : int or dict, optional
+        Fan-in of the merge tree (``dask.array.reduction``'s parameter).
+    n_threads : int or None, default None
+        Kernel threads per chunk task. None: the OpenMP default where the task runs
+        (dask.distributed's workers set OMP_NUM_THREADS=1 unless configured otherwise).
+
+    Returns
+    -------
+    count, mean, m2 : dask arrays of float64, shape (C,)
+        Lazy; they share one graph, so ``dask.compute(count, mean, m2)`` reduces once.
+    """
+    state = _state_array(x, axis, skipna, sample_weight, split_every, n_threads)
+    return state["count"], state["mean"], state["m2"]
+
+
+def _mean_block(state):
+    return np.where(state["count"] > 0, state["mean"], np.nan)
+
+
+def _var_block(state, ddof):
+    count, m2 = state["count"], state["m2"]
+    dof = count - ddof
+    with np.errstate(divide="ignore", invalid="ignore"):
+        var = np.where(dof > 0, m2 / np.where(dof > 0, dof, 1.0), m2 / 0.0)
+    return np.where(count > 0, var, np.nan)
+
+
+def moments(x, axis=1, ddof=0, *, split_every=None, n_threads=None):
+    """Per-channel mean and variance of a dask array, lazily (see ``bnfast.moments``).
+
+    Parameters
+    ----------
+    x : dask array or array_like
+        Real input, chunked any way (along the channel axis too).
+    axis : int or None, default 1
+        The channel axis.
+    ddof : int or float, default 0
+        The variance divides by ``count - ddof``.
+    split_every : int or dict, optional
+        Fan-in of the merge tree.
+    n_threads : int or None, default None
+        Kernel threads per chunk task (see ``moments_state``).
+
+    Returns
+    -------
+    mean, var : dask arrays of float64, shape (C,)
+        Lazy; ``dask.compute(mean, var)`` reduces once. As in ``bnfast.moments``, empty
+        channels give NaN and ``count - ddof <= 0`` gives inf or NaN (without a warning:
+        the division happens on the workers).
+    """
+    if isinstance(ddof, bool) or not isinstance(ddof, (int, float, np.integer, np.floating)):
+        raise ValueError(f"ddof: expected a real number, got {ddof!r}")
+    state = _state_array(x, axis, split_every=split_every, n_threads=n_threads)
+    mean = state.map_blocks(_mean_block, dtype=np.float64, meta=np.empty((0,), np.float64))
+    var = state.map_blocks(_var_block, float(ddof), dtype=np.float64,
+                           meta=np.empty((0,), np.float64))
+    return mean, var
+
+
+def _normalize_block(block, ch, center, var, gamma, beta, eps, n_threads, block_info=None):
+    """The inference kernel on one chunk, with the statistics of the chunk's channels."""
+    if ch is None:
+        sl = slice(None)
+    else:
+        sl = slice(*block_info[0]["array-location"][ch])
+    pick = (lambda v: None if v is None else v[sl])
+    return _inference(block, center[sl], var[sl], pick(gamma), pick(beta), axis=ch, eps=eps,
+                      n_threads=n_threads)
+
+
+def _normalize(x, ch, center, var, gamma, beta, eps, n_threads):
+    odt = dtype_policy(x.dtype)[1]
+    return da.map_blocks(
+        _normalize_block, x, dtype=odt, meta=np.empty((0,) * x.ndim, odt),
+        token="bnfast-normalize", ch=ch, center=center, var=var, gamma=gamma, beta=beta,
+        eps=eps, n_threads=n_threads)
+
+
+def batch_norm_forward(x, gamma=None, beta=None, *, axis=1, eps=1e-5, running_mean=None,
+                       running_var=None, momentum=0.1, split_every=None, n_threads=None):
+    """Training-mode batch normalization of a dask array with global batch statistics.
+
+    The statistics over the whole array are computed now, through the current scheduler
+    (the cluster of an active ``dask.distributed.Client``): chunk states from the kernels,
+    merged with ``merge_moments``. ``y`` is returned lazily: each chunk is normalized by the
+    inference kernel with the global statistics when ``y`` is computed (or persisted).
+
+    Parameters
+    ----------
+    x : dask array or array_like
+        Real input, chunked any way (along the channel axis too).
+    gamma, beta : array_like of shape (C,), optional
+    axis : int or None, default 1
+    eps : float, default 1e-5
+    running_mean, running_var : ndarray of shape (C,), optional
+        NumPy buffers updated in place, as in ``bnfast.batch_norm_forward`` (running_var
+        receives the unbiased variance).
+    momentum : float in [0, 1], default 0.1
+    split_every : int or dict, optional
+        Fan-in of the merge tree.
+    n_threads : int or None, default None
+        Kernel threads per chunk task.
+
+    Returns
+    -------
+    y : dask array
+        Lazy, chunked like ``x``; x's dtype (float64 for integers, float16 stays float16).
+    mean, invstd : ndarray of float64, shape (C,)
+        Computed: the global batch mean and ``1 / sqrt(var + eps)``.
+
+    Raises
+    ------
+    ValueError
+        As ``bnfast.batch_norm_forward`` (one value per channel, bad shapes, eps, momentum);
+        the running statistics are then left as they were.
+    """
+    x = _as_dask(x)
+    ch = _channel_axis(x, axis)
+    C = _n_channels(x, ch)
+    eps = check_eps(eps)
+    momentum = check_momentum(momentum)
+    n_threads = check_n_threads(n_threads) or None
+    g = channel_vector(gamma, C, "gamma")
+    b = channel_vector(beta, C, "beta")
+    running_buffer(running_mean, C, "running_mean")  # checked before the cluster works
+    running_buffer(running_var, C, "running_var")
+    m = x.size // C if C else 0
+    if m == m:  # known shape: fail before computing
+        _check_training_size(m, C, x.shape)
+    state = dask.compute(_state_array(x, axis, split_every=split_every,
+                                      n_threads=n_threads))[0]
+    mean, var, invstd = _training_stats_from_state(
+        (state["count"], state["mean"], state["m2"]), eps, running_mean, running_var,
+        momentum, x.shape)
+    return _normalize(x, ch, mean, var, g, b, eps, n_threads), mean, invstd
+
+
+def batch_norm_inference(x, running_mean, running_var, gamma=None, beta=None, *, axis=1,
+                         eps=1e-5, n_threads=None):
+    """Inference-mode batch normalization of a dask array, lazily (``map_blocks``).
+
+    ``y = (x - running_mean) / sqrt(running_var + eps) * gamma + beta`` per channel, by the
+    inference kernel on each chunk; chunks along the channel axis get their channels'
+    statistics.
+
+    Parameters
+    ----------
+    x : dask array or array_like
+    running_mean, running_var : array_like of shape (C,)
+    gamma, beta : array_like of shape (C,), optional
+    axis : int or None, default 1
+    eps : float, default 1e-5
+    n_threads : int or None, default None
+        Kernel threads per chunk task.
+
+    Returns
+    -------
+    y : dask array
+        Lazy, chunked like ``x``; x's dtype (float64 for integers).
+    """
+    x = _as_dask(x)
+    ch = _channel_axis(x, axis)
+    C = _n_channels(x, ch)
+    eps = check_eps(eps)
+    n_threads = check_n_threads(n_threads) or None
+    if running_mean is None or running_var is None:
+        raise ValueError(f"running_mean, running_var: expected arrays of shape ({C},), got None")
+    rm = channel_vector(running_mean, C, "running_mean")
+    rv = channel_vector(running_var, C, "running_var")
+    g = channel_vector(gamma, C, "gamma")
+    b = channel_vector(beta, C, "beta")
+    return _normalize(x, ch, rm, rv, g, b, eps, n_threads)
