@@ -506,7 +506,7 @@ cdef int normalize(const floating *x, floating *y, const Plan *p, const double *
         n_segments = p.outer * p.C * p.pieces
         nt = n_threads_for(n_threads, p.outer * p.C * p.inner, n_segments)
         if nt > 1:
-            for seg in prange(n_segments, num_threads=nt, schedule='dynamic'):
+            for seg in prange(n_segments, num_threads=nt, schedule='guided'):
                 normalize_segment(x, y, p, seg, mean, scale, shift, stream)
         else:
             for seg in range(n_segments):
@@ -521,7 +521,7 @@ cdef int normalize(const floating *x, floating *y, const Plan *p, const double *
     n_segments = ceil_div(p.outer, span)
     nt = n_threads_for(n_threads, p.outer * p.C, n_segments)
     if nt > 1:
-        for seg in prange(n_segments, num_threads=nt, schedule='dynamic'):
+        for seg in prange(n_segments, num_threads=nt, schedule='guided'):
             normalize_rows(x, y, p, seg, span, rep, stream)
     else:
         for seg in range(n_segments):
@@ -695,7 +695,7 @@ cdef int grad_input(const floating *dy, const floating *x, floating *dx, const P
         n_segments = p.outer * p.C * p.pieces
         nt = n_threads_for(n_threads, 2 * p.outer * p.C * p.inner, n_segments)
         if nt > 1:
-            for seg in prange(n_segments, num_threads=nt, schedule='dynamic'):
+            for seg in prange(n_segments, num_threads=nt, schedule='guided'):
                 grad_input_segment(dy, x, dx, p, seg, mean, a, b, k, stream)
         else:
             for seg in range(n_segments):
@@ -710,7 +710,7 @@ cdef int grad_input(const floating *dy, const floating *x, floating *dx, const P
     n_segments = ceil_div(p.outer, span)
     nt = n_threads_for(n_threads, 2 * p.outer * p.C, n_segments)
     if nt > 1:
-        for seg in prange(n_segments, num_threads=nt, schedule='dynamic'):
+        for seg in prange(n_segments, num_threads=nt, schedule='guided'):
             grad_input_rows(dy, x, dx, p, seg, span, rep, stream)
     else:
         for seg in range(n_segments):
