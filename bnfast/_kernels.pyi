@@ -33,6 +33,27 @@ def forward_train_fast(
     out: object,
     n_threads: object,
 ) -> tuple[_F, _F64, _F64] | None: ...
+def forward_infer_fast(
+    x: object,
+    running_mean: object,
+    running_var: object,
+    gamma: object,
+    beta: object,
+    axis: object,
+    eps: object,
+    out: object,
+    n_threads: object,
+) -> _F | None: ...
+def backward_fast(
+    dy: object,
+    x: object,
+    mean: object,
+    invstd: object,
+    gamma: object,
+    axis: object,
+    out: object,
+    n_threads: object,
+) -> tuple[_F, _F64, _F64] | None: ...
 def forward_infer(
     x: _F,
     out: _F,

@@ -28,6 +28,7 @@ ctypedef fused floating:
 cdef extern from "bn_openmp.h":
     int bn_openmp_enabled() noexcept nogil
     int bn_max_threads() noexcept nogil
+    int bn_num_procs() noexcept nogil
     const char *bn_compile_flags() noexcept nogil
 
 cdef extern from "bn_loops.h" nogil:
@@ -200,7 +201,9 @@ cdef inline void run_block(const Plan *p, intp b, intp *row0, intp *nrows, intp 
 cdef inline int n_threads_for(int requested, intp work, intp n_tasks) noexcept nogil:
     """Threads worth waking for `work` elements split into `n_tasks` tasks."""
     cdef intp t = requested if requested > 0 else bn_max_threads()
-    t = min(t, n_tasks, max(1, work // MIN_PER_THREAD))
+    # More threads than processors never helps these loops, and asking libgomp for thousands
+    # can make it fail to create them, which ends the process.
+    t = min(t, bn_num_procs(), n_tasks, max(1, work // MIN_PER_THREAD))
     return <int>max(1, t)
 
 
@@ -1001,80 +1004,105 @@ cdef const double *as_doubles(object a, double *buf, intp C) noexcept:
     return buf
 
 
-def forward_train_fast(object x, object gamma, object beta, object axis, object eps,
-                       object running_mean, object running_var, object momentum, object out,
-                       object n_threads):
-    """batch_norm_forward for the plain case, with no Python in between; None otherwise.
-
-    The plain case: x a C-contiguous native float32/float64 ndarray, an int axis in range,
-    float eps >= 0 and momentum in [0, 1], per-channel arguments None or plain float32/64
-    vectors of length C, out None or a writeable C-contiguous array like x that is x itself
-    or does not overlap it, n_threads None or an int >= 1, and at least 2 values per channel.
-    Anything else returns None, and the caller takes the validating path, which also
-    produces every error message: this only recognizes, it never rejects.
-    """
-    cdef cnp.ndarray arr, y, mean, invstd
-    cdef int typenum, ndim, ax, nt = 0, i
-    cdef intp outer = 1, C, inner = 1, nbytes
-    cdef double e, mom
-    cdef double *buf
-    cdef char *xs
-    cdef char *ys
+cdef int plain_call(object x, object axis, object n_threads, intp *outer, intp *C,
+                    intp *inner, int *nt) noexcept:
+    """typenum of x when x, axis and n_threads are the plain case, else -1 (see below)."""
+    cdef cnp.ndarray arr
+    cdef int typenum, ndim, ax, i
     if type(x) is not cnp.ndarray:
-        return None
+        return -1
     arr = <cnp.ndarray>x
     typenum = cnp.PyArray_TYPE(arr)
     if typenum != cnp.NPY_FLOAT32 and typenum != cnp.NPY_FLOAT64:
-        return None
+        return -1
     ndim = cnp.PyArray_NDIM(arr)
     if not plain_array(x, typenum, ndim) or ndim < 2 or type(axis) is not int:
+        return -1
+    nt[0] = 0
+    if n_threads is not None:
+        if type(n_threads) is not int or not 1 <= n_threads <= 65536:
+            return -1
+        nt[0] = n_threads
+    if not -ndim <= axis < ndim:
+        return -1
+    ax = axis % ndim
+    outer[0] = 1
+    inner[0] = 1
+    for i in range(ndim):
+        if i < ax:
+            outer[0] *= arr.shape[i]
+        elif i > ax:
+            inner[0] *= arr.shape[i]
+    C[0] = arr.shape[ax]
+    if C[0] < 1 or outer[0] * inner[0] < 1:
+        return -1
+    return typenum
+
+
+cdef object plain_out(object out, cnp.ndarray like, object other):
+    """A new array like `like`, or `out` when it is plain, writeable, of like's type and shape,
+    and either identical to or disjoint from `like` and `other`; None otherwise."""
+    cdef cnp.ndarray y, a
+    cdef int i
+    cdef intp nbytes
+    cdef char *ys
+    cdef char *xs
+    if out is None:
+        return cnp.PyArray_EMPTY(cnp.PyArray_NDIM(like), like.shape, cnp.PyArray_TYPE(like), 0)
+    if (not plain_array(out, cnp.PyArray_TYPE(like), cnp.PyArray_NDIM(like))
+            or not cnp.PyArray_ISWRITEABLE(<cnp.ndarray>out)):
         return None
-    if type(eps) is not float or type(momentum) is not float:
+    y = <cnp.ndarray>out
+    for i in range(cnp.PyArray_NDIM(like)):
+        if y.shape[i] != like.shape[i]:
+            return None
+    nbytes = cnp.PyArray_NBYTES(like)
+    ys = <char *>cnp.PyArray_DATA(y)
+    for a in (like, other):
+        xs = <char *>cnp.PyArray_DATA(a)
+        if xs != ys and xs < ys + nbytes and ys < xs + nbytes:
+            return None  # partial overlap: the validating path copies
+    return y
+
+
+# The fast paths below recognize the plain case of a public function (C-contiguous native
+# float32/float64 arrays, an int axis in range, float eps/momentum in range, per-channel
+# arguments None or plain float32/64 vectors of length C, out None or a plain writeable
+# array that is an input itself or disjoint from them, n_threads None or an int >= 1) and
+# compute it with no Python in between. Anything else returns None and the caller takes the
+# validating path, which also produces every error message: they recognize, never reject.
+
+def forward_train_fast(object x, object gamma, object beta, object axis, object eps,
+                       object running_mean, object running_var, object momentum, object out,
+                       object n_threads):
+    """batch_norm_forward for the plain case (see above), or None."""
+    cdef intp outer, C, inner
+    cdef int nt
+    cdef int typenum = plain_call(x, axis, n_threads, &outer, &C, &inner, &nt)
+    cdef double e, mom
+    cdef double *buf
+    cdef cnp.ndarray mean, invstd
+    cdef object y
+    if typenum < 0 or outer * inner < 2 or type(eps) is not float or type(momentum) is not float:
         return None
     e = eps
     mom = momentum
     if not (0.0 <= e < float("inf")) or not (0.0 <= mom <= 1.0):
         return None
-    if n_threads is not None:
-        if type(n_threads) is not int or not 1 <= n_threads <= 65536:
-            return None
-        nt = n_threads
-    if not -ndim <= axis < ndim:
-        return None
-    ax = axis % ndim
-    for i in range(ndim):
-        if i < ax:
-            outer *= arr.shape[i]
-        elif i > ax:
-            inner *= arr.shape[i]
-    C = arr.shape[ax]
-    if C < 1 or outer * inner < 2:
-        return None
     if not (plain_vector(gamma, C, False) and plain_vector(beta, C, False)
             and plain_vector(running_mean, C, True) and plain_vector(running_var, C, True)):
         return None
-    if out is None:
-        y = cnp.PyArray_EMPTY(ndim, arr.shape, typenum, 0)
-    else:
-        if not plain_array(out, typenum, ndim) or not cnp.PyArray_ISWRITEABLE(<cnp.ndarray>out):
-            return None
-        y = <cnp.ndarray>out
-        for i in range(ndim):
-            if y.shape[i] != arr.shape[i]:
-                return None
-        nbytes = cnp.PyArray_NBYTES(arr)
-        xs = <char *>cnp.PyArray_DATA(arr)
-        ys = <char *>cnp.PyArray_DATA(y)
-        if xs != ys and xs < ys + nbytes and ys < xs + nbytes:
-            return None  # partial overlap: the validating path copies
+    y = plain_out(out, <cnp.ndarray>x, x)
+    if y is None:
+        return None
     mean = cnp.PyArray_EMPTY(1, &C, cnp.NPY_FLOAT64, 0)
     invstd = cnp.PyArray_EMPTY(1, &C, cnp.NPY_FLOAT64, 0)
     buf = <double *>malloc(2 * C * sizeof(double))
     if buf == NULL:
         raise MemoryError()
     try:
-        train_impl(cnp.PyArray_DATA(arr), cnp.PyArray_DATA(y), typenum, outer, C, inner,
-                   as_doubles(gamma, buf, C), as_doubles(beta, buf + C, C), e,
+        train_impl(cnp.PyArray_DATA(<cnp.ndarray>x), cnp.PyArray_DATA(<cnp.ndarray>y), typenum,
+                   outer, C, inner, as_doubles(gamma, buf, C), as_doubles(beta, buf + C, C), e,
                    <double *>cnp.PyArray_DATA(mean), <double *>cnp.PyArray_DATA(invstd),
                    running_mean, running_var, mom, nt)
     finally:
@@ -1082,38 +1110,162 @@ def forward_train_fast(object x, object gamma, object beta, object axis, object 
     return y, mean, invstd
 
 
-def forward_infer(cnp.ndarray x, cnp.ndarray out, cnp.ndarray running_mean,
-                  cnp.ndarray running_var, object gamma, object beta, double eps, int n_threads):
-    """Inference forward: y = (x - running_mean) / sqrt(running_var + eps) * gamma + beta."""
-    cdef int typenum = working_type(x, "x")
-    cdef intp outer = x.shape[0], C = x.shape[1], inner = x.shape[2], c
-    cdef double *prm = vec_ptr(running_mean, C, "running_mean", False)
-    cdef double *prv = vec_ptr(running_var, C, "running_var", False)
-    cdef double *pg = vec_ptr(gamma, C, "gamma", False)
-    cdef double *pb = vec_ptr(beta, C, "beta", False)
-    cdef double *scratch
-    cdef Plan p = make_plan(outer, C, inner, x.itemsize)
-    check_like(out, x, typenum, "out", True)
-    if outer * inner == 0 or C == 0:
-        return
-    scratch = <double *>malloc(2 * C * sizeof(double))
+def forward_infer_fast(object x, object running_mean, object running_var, object gamma,
+                       object beta, object axis, object eps, object out, object n_threads):
+    """batch_norm_inference for the plain case (see above), or None."""
+    cdef intp outer, C, inner
+    cdef int nt
+    cdef int typenum = plain_call(x, axis, n_threads, &outer, &C, &inner, &nt)
+    cdef double e
+    cdef double *buf
+    cdef object y
+    if typenum < 0 or type(eps) is not float or running_mean is None or running_var is None:
+        return None
+    e = eps
+    if not (0.0 <= e < float("inf")):
+        return None
+    if not (plain_vector(running_mean, C, False) and plain_vector(running_var, C, False)
+            and plain_vector(gamma, C, False) and plain_vector(beta, C, False)):
+        return None
+    y = plain_out(out, <cnp.ndarray>x, x)
+    if y is None:
+        return None
+    buf = <double *>malloc(4 * C * sizeof(double))
+    if buf == NULL:
+        raise MemoryError()
+    try:
+        infer_impl(cnp.PyArray_DATA(<cnp.ndarray>x), cnp.PyArray_DATA(<cnp.ndarray>y), typenum,
+                   outer, C, inner, as_doubles(running_mean, buf, C),
+                   as_doubles(running_var, buf + C, C), as_doubles(gamma, buf + 2 * C, C),
+                   as_doubles(beta, buf + 3 * C, C), e, nt)
+    finally:
+        free(buf)
+    return y
+
+
+def backward_fast(object dy, object x, object mean, object invstd, object gamma, object axis,
+                  object out, object n_threads):
+    """batch_norm_backward for the plain case (see above; dy plain like x), or None."""
+    cdef intp outer, C, inner
+    cdef int nt, i
+    cdef int typenum = plain_call(x, axis, n_threads, &outer, &C, &inner, &nt)
+    cdef double *buf
+    cdef cnp.ndarray dgamma, dbeta
+    cdef object dx
+    if typenum < 0 or mean is None or invstd is None:
+        return None
+    if not plain_array(dy, typenum, cnp.PyArray_NDIM(<cnp.ndarray>x)):
+        return None
+    for i in range(cnp.PyArray_NDIM(<cnp.ndarray>x)):
+        if (<cnp.ndarray>dy).shape[i] != (<cnp.ndarray>x).shape[i]:
+            return None
+    if not (plain_vector(mean, C, False) and plain_vector(invstd, C, False)
+            and plain_vector(gamma, C, False)):
+        return None
+    dx = plain_out(out, <cnp.ndarray>x, dy)
+    if dx is None:
+        return None
+    dgamma = cnp.PyArray_EMPTY(1, &C, cnp.NPY_FLOAT64, 0)
+    dbeta = cnp.PyArray_EMPTY(1, &C, cnp.NPY_FLOAT64, 0)
+    buf = <double *>malloc(3 * C * sizeof(double))
+    if buf == NULL:
+        raise MemoryError()
+    try:
+        backward_impl(cnp.PyArray_DATA(<cnp.ndarray>dy), cnp.PyArray_DATA(<cnp.ndarray>x),
+                      cnp.PyArray_DATA(<cnp.ndarray>dx), typenum, outer, C, inner,
+                      as_doubles(mean, buf, C), as_doubles(invstd, buf + C, C),
+                      as_doubles(gamma, buf + 2 * C, C), <double *>cnp.PyArray_DATA(dgamma),
+                      <double *>cnp.PyArray_DATA(dbeta), nt)
+    finally:
+        free(buf)
+    return dx, dgamma, dbeta
+
+
+cdef int infer_impl(const void *x, void *y, int typenum, intp outer, intp C, intp inner,
+                    const double *rm, const double *rv, const double *gamma, const double *beta,
+                    double eps, int n_threads) except -1:
+    """Inference forward on raw buffers (outer * inner >= 1, C >= 1)."""
+    cdef intp c
+    cdef Plan p = make_plan(outer, C, inner, 4 if typenum == cnp.NPY_FLOAT32 else 8)
+    cdef double *scratch = <double *>malloc(2 * C * sizeof(double))
     if scratch == NULL:
         raise MemoryError()
     try:
         with nogil:
             for c in range(C):
-                scratch[c] = 1.0 / sqrt(prv[c] + eps)
-                if pg != NULL:
-                    scratch[c] = scratch[c] * pg[c]
-                scratch[C + c] = pb[c] if pb != NULL else 0.0
+                scratch[c] = 1.0 / sqrt(rv[c] + eps)
+                if gamma != NULL:
+                    scratch[c] = scratch[c] * gamma[c]
+                scratch[C + c] = beta[c] if beta != NULL else 0.0
             if typenum == cnp.NPY_FLOAT32:
-                normalize(<const float *>cnp.PyArray_DATA(x), <float *>cnp.PyArray_DATA(out),
-                          &p, prm, scratch, scratch + C, n_threads)
+                normalize(<const float *>x, <float *>y, &p, rm, scratch, scratch + C, n_threads)
             else:
-                normalize(<const double *>cnp.PyArray_DATA(x), <double *>cnp.PyArray_DATA(out),
-                          &p, prm, scratch, scratch + C, n_threads)
+                normalize(<const double *>x, <double *>y, &p, rm, scratch, scratch + C,
+                          n_threads)
     finally:
         free(scratch)
+    return 0
+
+
+def forward_infer(cnp.ndarray x, cnp.ndarray out, cnp.ndarray running_mean,
+                  cnp.ndarray running_var, object gamma, object beta, double eps, int n_threads):
+    """Inference forward: y = (x - running_mean) / sqrt(running_var + eps) * gamma + beta."""
+    cdef int typenum = working_type(x, "x")
+    cdef intp outer = x.shape[0], C = x.shape[1], inner = x.shape[2]
+    cdef double *prm = vec_ptr(running_mean, C, "running_mean", False)
+    cdef double *prv = vec_ptr(running_var, C, "running_var", False)
+    cdef double *pg = vec_ptr(gamma, C, "gamma", False)
+    cdef double *pb = vec_ptr(beta, C, "beta", False)
+    check_like(out, x, typenum, "out", True)
+    if outer * inner == 0 or C == 0:
+        return
+    infer_impl(cnp.PyArray_DATA(x), cnp.PyArray_DATA(out), typenum, outer, C, inner, prm, prv,
+               pg, pb, eps, n_threads)
+
+
+cdef int backward_impl(const void *dy, const void *x, void *dx, int typenum, intp outer, intp C,
+                       intp inner, const double *mean, const double *invstd,
+                       const double *gamma, double *dgamma, double *dbeta,
+                       int n_threads) except -1:
+    """Backward on raw buffers (outer * inner >= 1, C >= 1); dx may be dy or x."""
+    cdef intp c
+    cdef double m = <double>(outer * inner)
+    cdef Plan p = make_plan(outer, C, inner, 4 if typenum == cnp.NPY_FLOAT32 else 8)
+    cdef double *scratch
+    if p.fused:
+        with nogil:
+            if typenum == cnp.NPY_FLOAT32:
+                backward_fused(<const float *>dy, <const float *>x, <float *>dx, &p, mean,
+                               invstd, gamma, dgamma, dbeta, n_threads)
+            else:
+                backward_fused(<const double *>dy, <const double *>x, <double *>dx, &p, mean,
+                               invstd, gamma, dgamma, dbeta, n_threads)
+        return 0
+    scratch = <double *>malloc(3 * C * sizeof(double))
+    if scratch == NULL:
+        raise MemoryError()
+    try:
+        with nogil:
+            # dgamma holds sum(dy * (x - mean)) until it is scaled below.
+            if typenum == cnp.NPY_FLOAT32:
+                grad_sums(<const float *>dy, <const float *>x, &p, mean, dbeta, dgamma, n_threads)
+            else:
+                grad_sums(<const double *>dy, <const double *>x, &p, mean, dbeta, dgamma,
+                          n_threads)
+            for c in range(C):
+                dgamma[c] = dgamma[c] * invstd[c]
+                scratch[c] = dbeta[c] / m
+                scratch[C + c] = invstd[c] * dgamma[c] / m
+                scratch[2 * C + c] = invstd[c] * gamma[c] if gamma != NULL else invstd[c]
+            if typenum == cnp.NPY_FLOAT32:
+                grad_input(<const float *>dy, <const float *>x, <float *>dx, &p, mean, scratch,
+                           scratch + C, scratch + 2 * C, n_threads)
+            else:
+                grad_input(<const double *>dy, <const double *>x, <double *>dx, &p, mean,
+                           scratch, scratch + C, scratch + 2 * C, n_threads)
+    finally:
+        free(scratch)
+    return 0
 
 
 def backward(cnp.ndarray dy, cnp.ndarray x, cnp.ndarray dx, cnp.ndarray mean,
@@ -1122,14 +1274,11 @@ def backward(cnp.ndarray dy, cnp.ndarray x, cnp.ndarray dx, cnp.ndarray mean,
     """Backward: dbeta = sum dy, dgamma = sum dy * xhat, dx (may alias dy or x)."""
     cdef int typenum = working_type(x, "x")
     cdef intp outer = x.shape[0], C = x.shape[1], inner = x.shape[2], c
-    cdef double m = <double>(outer * inner)
     cdef double *pmean = vec_ptr(mean, C, "mean", False)
     cdef double *pinv = vec_ptr(invstd, C, "invstd", False)
     cdef double *pg = vec_ptr(gamma, C, "gamma", False)
     cdef double *pdg = vec_ptr(dgamma, C, "dgamma", True)
     cdef double *pdb = vec_ptr(dbeta, C, "dbeta", True)
-    cdef double *scratch
-    cdef Plan p = make_plan(outer, C, inner, x.itemsize)
     check_like(dy, x, typenum, "dy", False)
     check_like(dx, x, typenum, "dx", True)
     if C == 0:
@@ -1139,45 +1288,8 @@ def backward(cnp.ndarray dy, cnp.ndarray x, cnp.ndarray dx, cnp.ndarray mean,
             pdg[c] = 0.0
             pdb[c] = 0.0
         return
-    if p.fused:
-        with nogil:
-            if typenum == cnp.NPY_FLOAT32:
-                backward_fused(<const float *>cnp.PyArray_DATA(dy),
-                               <const float *>cnp.PyArray_DATA(x), <float *>cnp.PyArray_DATA(dx),
-                               &p, pmean, pinv, pg, pdg, pdb, n_threads)
-            else:
-                backward_fused(<const double *>cnp.PyArray_DATA(dy),
-                               <const double *>cnp.PyArray_DATA(x),
-                               <double *>cnp.PyArray_DATA(dx), &p, pmean, pinv, pg, pdg, pdb,
-                               n_threads)
-        return
-    scratch = <double *>malloc(3 * C * sizeof(double))
-    if scratch == NULL:
-        raise MemoryError()
-    try:
-        with nogil:
-            # pdg holds sum(dy * (x - mean)) until it is scaled into dgamma below.
-            if typenum == cnp.NPY_FLOAT32:
-                grad_sums(<const float *>cnp.PyArray_DATA(dy), <const float *>cnp.PyArray_DATA(x),
-                          &p, pmean, pdb, pdg, n_threads)
-            else:
-                grad_sums(<const double *>cnp.PyArray_DATA(dy),
-                          <const double *>cnp.PyArray_DATA(x), &p, pmean, pdb, pdg, n_threads)
-            for c in range(C):
-                pdg[c] = pdg[c] * pinv[c]
-                scratch[c] = pdb[c] / m
-                scratch[C + c] = pinv[c] * pdg[c] / m
-                scratch[2 * C + c] = pinv[c] * pg[c] if pg != NULL else pinv[c]
-            if typenum == cnp.NPY_FLOAT32:
-                grad_input(<const float *>cnp.PyArray_DATA(dy), <const float *>cnp.PyArray_DATA(x),
-                           <float *>cnp.PyArray_DATA(dx), &p, pmean, scratch, scratch + C,
-                           scratch + 2 * C, n_threads)
-            else:
-                grad_input(<const double *>cnp.PyArray_DATA(dy),
-                           <const double *>cnp.PyArray_DATA(x), <double *>cnp.PyArray_DATA(dx),
-                           &p, pmean, scratch, scratch + C, scratch + 2 * C, n_threads)
-    finally:
-        free(scratch)
+    backward_impl(cnp.PyArray_DATA(dy), cnp.PyArray_DATA(x), cnp.PyArray_DATA(dx), typenum,
+                  outer, C, inner, pmean, pinv, pg, pdg, pdb, n_threads)
 
 
 def merge_states(cnp.ndarray count, cnp.ndarray mean, cnp.ndarray m2, cnp.ndarray count_b,

@@ -6,9 +6,11 @@
 #include <omp.h>
 static int bn_openmp_enabled(void) { return 1; }
 static int bn_max_threads(void) { return omp_get_max_threads(); }
+static int bn_num_procs(void) { return omp_get_num_procs(); }
 #else
 static int bn_openmp_enabled(void) { return 0; }
 static int bn_max_threads(void) { return 1; }
+static int bn_num_procs(void) { return 1; }
 #endif
 
 #ifdef BNFAST_COMPILE_FLAGS

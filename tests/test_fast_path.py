@@ -55,3 +55,34 @@ def test_fast_path_declines_what_it_does_not_handle(rng):
     buf = rng.standard_normal(50).astype(np.float32)
     assert _kernels.forward_train_fast(buf[:40].reshape(10, 4), None, None, 1, 1e-5, None, None,
                                        0.1, buf[4:44].reshape(10, 4), None) is None
+
+
+@pytest.mark.parametrize("shape, axis", [((256, 64), 1), ((8, 16, 9, 9), 1), ((8, 9, 9, 16), -1)])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_inference_and_backward_fast_paths_match_validating_path(rng, shape, axis, dtype):
+    x = (rng.standard_normal(shape) * 2 + 5).astype(dtype)
+    dy = rng.standard_normal(shape).astype(dtype)
+    C = shape[axis]
+    gamma = rng.uniform(0.5, 2, C).astype(np.float32)
+    beta = rng.standard_normal(C)
+    rm, rv = rng.standard_normal(C).astype(np.float32), rng.uniform(1, 2, C)
+    mean, invstd = rng.standard_normal(C) + 5, rng.uniform(0.5, 1, C)
+
+    fast_y = _kernels.forward_infer_fast(x, rm, rv, gamma, beta, axis, 1e-5, None, None)
+    slow_y = bnfast.batch_norm_inference(x, list(rm), rv, gamma, beta, axis=axis,
+                                         eps=np.float64(1e-5))
+    assert fast_y is not None
+    np.testing.assert_array_equal(fast_y, slow_y)
+
+    fast = _kernels.backward_fast(dy, x, mean, invstd, gamma, axis, None, None)
+    slow = bnfast.batch_norm_backward(dy, x, list(mean), invstd, gamma, axis=axis)
+    assert fast is not None
+    for a, b in zip(fast, slow):
+        assert a.dtype == b.dtype
+        np.testing.assert_array_equal(a, b)
+    # In place on dy and on x: the same bits again.
+    for target in (dy.copy(), x.copy()):
+        d, xx = (target, x) if target.shape == dy.shape and np.array_equal(target, dy) else (dy, target)
+        res = bnfast.batch_norm_backward(d, xx, mean, invstd, gamma, axis=axis, out=target)
+        assert res[0] is target
+        np.testing.assert_array_equal(target, slow[0])
