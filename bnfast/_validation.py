@@ -52,14 +52,16 @@ def channel_shape(a, axis, name="x"):
     ndim = a.ndim
     if ndim == 0:
         raise ValueError(f"{name}: expected an array with at least 1 dimension, got a 0-d array")
-    if axis is None or ndim == 1:
-        if axis is not None and axis not in (-1, 0, 1):
-            raise AxisError(axis, ndim, f"{name}: a 1-D input is a single channel; axis")
+    if axis is None:
         return 1, 1, a.size
     try:
         ax = operator.index(axis)
     except TypeError:
         raise TypeError(f"axis: expected an integer or None, got {type(axis).__name__}") from None
+    if ndim == 1:
+        if ax not in (-1, 0, 1):
+            raise AxisError(ax, ndim, f"{name}: a 1-D input is a single channel; axis")
+        return 1, 1, a.size
     if not -ndim <= ax < ndim:
         raise AxisError(ax, ndim, f"axis {ax} is out of bounds for {name} with {ndim} dimensions")
     ax %= ndim

@@ -42,6 +42,12 @@ def _to_numpy(value, key):
                          f"({exc})") from None
 
 
+def _put_back(running, saved):
+    """Restore a running statistic that an interrupted forward may have updated in place."""
+    if isinstance(running, np.ndarray) and running.flags.writeable:
+        running[...] = saved
+
+
 class BatchNorm:
     """Batch normalization layer for NumPy training loops, with PyTorch's semantics.
 
@@ -191,9 +197,18 @@ class BatchNorm:
                 rm, rv = self.running_mean, self.running_var
                 count = self.num_batches_tracked + 1
                 factor = 1.0 / count if self.momentum is None else self.momentum
-            y, mean, invstd = batch_norm_forward(
-                a, self.weight, self.bias, axis=self.axis, eps=self.eps, running_mean=rm,
-                running_var=rv, momentum=factor, n_threads=self.n_threads)
+                before = (np.array(rm, copy=True), np.array(rv, copy=True))
+            try:
+                y, mean, invstd = batch_norm_forward(
+                    a, self.weight, self.bias, axis=self.axis, eps=self.eps, running_mean=rm,
+                    running_var=rv, momentum=factor, n_threads=self.n_threads)
+            except BaseException:
+                # KeyboardInterrupt is raised when the kernel returns, after it updated the
+                # running statistics: undo that, so the layer is updated whole or not at all.
+                if update:
+                    _put_back(rm, before[0])
+                    _put_back(rv, before[1])
+                raise
             if update:  # only once the forward succeeded: a failed call changes nothing
                 self.num_batches_tracked = count
             self._saved = (a, mean, invstd, None)

@@ -52,15 +52,26 @@ def _old_sklearn_kwargs(kwargs):
 
 
 def _validate_data(estimator, X, **kwargs):
-    if _sk_validate_data is not None:
-        return _sk_validate_data(estimator, X, **kwargs)
-    return estimator._validate_data(X, **_old_sklearn_kwargs(kwargs))
+    with _overflow_as_value_error(kwargs.get("input_name") or "X"):
+        if _sk_validate_data is not None:
+            return _sk_validate_data(estimator, X, **kwargs)
+        return estimator._validate_data(X, **_old_sklearn_kwargs(kwargs))
 
 
 def _check_array(X, **kwargs):
     if _sk_validate_data is None:
         kwargs = _old_sklearn_kwargs(kwargs)
-    return check_array(X, **kwargs)
+    with _overflow_as_value_error(kwargs.get("input_name") or "X"):
+        return check_array(X, **kwargs)
+
+
+@contextlib.contextmanager
+def _overflow_as_value_error(name):
+    """scikit-learn's checks let NumPy's OverflowError (a Python int beyond float64) through."""
+    try:
+        yield
+    except OverflowError as exc:
+        raise ValueError(f"{name}: expected real numbers within float64's range ({exc})") from exc
 
 
 @contextlib.contextmanager
@@ -239,7 +250,8 @@ class BatchNormScaler(*_BASES):  # type: ignore[misc]
         if sample_weight is None:
             return None
         if isinstance(sample_weight, numbers.Real):
-            w = np.full(n_samples, float(sample_weight))
+            with _overflow_as_value_error("sample_weight"):
+                w = np.full(n_samples, float(sample_weight))
         else:
             w = _check_array(sample_weight, ensure_2d=False, dtype=np.float64, order="C",
                              input_name="sample_weight")

@@ -10,6 +10,18 @@ if _HERE not in sys.path:
     sys.path.insert(0, _HERE)
 
 
+def pytest_collection_modifyitems(config, items):
+    """Tests marked slow (hours of CPU or many GiB of memory) run only when asked for:
+    ``pytest -m slow`` or BNFAST_SLOW=1. A plain ``pytest`` (CI) skips them."""
+    if os.environ.get("BNFAST_SLOW", "").strip() == "1" or "slow" in (config.option.markexpr
+                                                                       or ""):
+        return
+    skip = pytest.mark.skip(reason="slow: run with -m slow or BNFAST_SLOW=1")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
+
+
 @pytest.fixture
 def seed():
     """A fresh random seed per test, printed so a failure can be replayed with
