@@ -17,6 +17,7 @@ from ._validation import (
     direct_out,
     dtype_policy,
     running_buffer,
+    running_stats,
 )
 
 __all__ = ["moments", "moments_state", "merge_moments", "batch_norm_forward",
@@ -373,10 +374,7 @@ def batch_norm_inference(x, running_mean, running_var, gamma=None, beta=None, *,
     work, odt = dtype_policy(a.dtype)
     eps = check_eps(eps)
     nt = check_n_threads(n_threads)
-    if running_mean is None or running_var is None:
-        raise ValueError(f"running_mean, running_var: expected arrays of shape ({C},), got None")
-    rm = channel_vector(running_mean, C, "running_mean")
-    rv = channel_vector(running_var, C, "running_var")
+    rm, rv = running_stats(running_mean, running_var, C)
     g = channel_vector(gamma, C, "gamma")
     b = channel_vector(beta, C, "beta")
     if out is not None:

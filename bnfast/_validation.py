@@ -92,6 +92,14 @@ def channel_vector(v, C, name):
     return a
 
 
+def running_stats(running_mean, running_var, C):
+    """Both (read-only) running statistics, required, as float64 vectors of shape (C,)."""
+    if running_mean is None or running_var is None:
+        raise ValueError(f"running_mean, running_var: expected arrays of shape ({C},), got None")
+    return (channel_vector(running_mean, C, "running_mean"),
+            channel_vector(running_var, C, "running_var"))
+
+
 def running_buffer(v, C, name):
     """Check a running statistic updated in place; return (kernel buffer, needs write-back).
 

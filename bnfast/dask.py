@@ -59,6 +59,7 @@ from ._validation import (
     check_n_threads,
     dtype_policy,
     running_buffer,
+    running_stats,
 )
 
 __all__ = ["moments", "moments_state", "batch_norm_forward", "batch_norm_inference"]
@@ -373,10 +374,7 @@ def batch_norm_inference(x, running_mean, running_var, gamma=None, beta=None, *,
     C = _n_channels(x, ch)
     eps = check_eps(eps)
     n_threads = check_n_threads(n_threads) or None
-    if running_mean is None or running_var is None:
-        raise ValueError(f"running_mean, running_var: expected arrays of shape ({C},), got None")
-    rm = channel_vector(running_mean, C, "running_mean")
-    rv = channel_vector(running_var, C, "running_var")
+    rm, rv = running_stats(running_mean, running_var, C)
     g = channel_vector(gamma, C, "gamma")
     b = channel_vector(beta, C, "beta")
     return _normalize(x, ch, rm, rv, g, b, eps, n_threads)

@@ -19,6 +19,7 @@ from ._validation import (
     check_momentum,
     check_n_threads,
     dtype_policy,
+    running_stats,
 )
 
 __all__ = ["BatchNorm", "fold_batch_norm"]
@@ -384,10 +385,7 @@ def fold_batch_norm(weight, bias, running_mean, running_var, gamma, beta, eps=1e
                          "got a 0-d array")
     C = w.shape[0]
     eps = check_eps(eps)
-    if running_mean is None or running_var is None:
-        raise ValueError(f"running_mean, running_var: expected arrays of shape ({C},), got None")
-    rm = channel_vector(running_mean, C, "running_mean")
-    rv = channel_vector(running_var, C, "running_var")
+    rm, rv = running_stats(running_mean, running_var, C)
     g = channel_vector(gamma, C, "gamma")
     be = channel_vector(beta, C, "beta")
     b = channel_vector(bias, C, "bias")
