@@ -807,6 +807,43 @@ def short_table(file=None, threads=None):
     return rows
 
 
+SCALER_SHAPE = (65536, 256)
+SCALER_TARGET = 5.0
+
+
+def scaler_row(threads, repeats=REPEATS, min_time=MIN_TIME):
+    """``BatchNormScaler().fit_transform`` against scikit-learn's ``StandardScaler``.
+
+    On a float32 ``SCALER_SHAPE`` batch, both allocating their output as a user would.
+
+    Returns
+    -------
+    dict or None
+        Median seconds of each and their ratio; None when scikit-learn is not installed.
+    """
+    try:
+        from sklearn.preprocessing import StandardScaler
+    except ImportError:
+        return None
+    from bnfast.preprocessing import BatchNormScaler
+
+    X = np.random.default_rng(0).standard_normal(SCALER_SHAPE, dtype=np.float32) * 3 + 5
+    ours = BatchNormScaler(n_threads=threads)
+    theirs = StandardScaler()
+    times = measure({"bnfast": lambda: ours.fit_transform(X),
+                     "sklearn": lambda: theirs.fit_transform(X)}, repeats, min_time)
+    b, s = times["bnfast"]["median"], times["sklearn"]["median"]
+    return {"shape": list(SCALER_SHAPE), "dtype": "float32", "bnfast_s": b,
+            "standard_scaler_s": s, "speedup": s / b}
+
+
+def format_scaler_row(row):
+    mark = "PASS" if row["speedup"] >= SCALER_TARGET else "miss"
+    return (f"scaler fit_transform {tuple(row['shape'])} f32: BatchNormScaler "
+            f"{format_time(row['bnfast_s'])}, StandardScaler {format_time(row['standard_scaler_s'])}"
+            f", {row['speedup']:.1f}x faster (target >= {SCALER_TARGET:.0f}x: {mark})")
+
+
 def _positive_int(text):
     value = int(text)
     if value < 1:
@@ -859,8 +896,11 @@ def main(argv=None):
     elapsed = time.perf_counter() - started
     load_after = _load_average()
 
+    scaler = scaler_row(args.threads, repeats, min_time)
     print(format_table(rows))
     print()
+    if scaler is not None:
+        print(format_scaler_row(scaler))
     print(table_notes(args.threads, info["torch"]))
     missed = sum(1 for row in rows if row["missed"])
     print(f"{len(rows) - missed}/{len(rows)} rows meet every target; "
@@ -871,7 +911,8 @@ def main(argv=None):
                     "eps": EPS, "momentum": MOMENTUM, "elapsed_s": elapsed,
                     "load_average_after": load_after}
         with open(args.json, "w") as f:
-            json.dump({"machine": info, "settings": settings, "rows": rows}, f, indent=1)
+            json.dump({"machine": info, "settings": settings, "rows": rows, "scaler": scaler},
+                      f, indent=1)
             f.write("\n")
         print(f"wrote {args.json}", file=sys.stderr)
     return 0

@@ -38,3 +38,11 @@ def test_numpy_twins_match_reference(rng, shape, axis):
     np.testing.assert_allclose(dx, rdx, rtol=1e-9, atol=1e-12)
     np.testing.assert_allclose(dgamma, rdg, rtol=1e-10, atol=1e-12)
     np.testing.assert_allclose(dbeta, rdb, rtol=1e-10, atol=1e-12)
+
+
+def test_scaler_row_compares_with_standard_scaler(monkeypatch):
+    pytest.importorskip("sklearn")
+    monkeypatch.setattr(bench, "SCALER_SHAPE", (64, 5))
+    row = bench.scaler_row(threads=1, repeats=1, min_time=0)
+    assert row["bnfast_s"] > 0 and row["standard_scaler_s"] > 0
+    assert "StandardScaler" in bench.format_scaler_row(row)
