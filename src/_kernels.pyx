@@ -76,6 +76,9 @@ cdef extern from "bn_loops.h" nogil:
                             const double *k, int stream)
 
 
+# Ask for the processor count once, at import, before any call can run on another thread.
+bn_num_procs()
+
 cdef enum:
     # Elements per block of runs: a second pass, when the shift guess was poor, must find
     # the block in L1/L2.

@@ -6,7 +6,14 @@
 #include <omp.h>
 static int bn_openmp_enabled(void) { return 1; }
 static int bn_max_threads(void) { return omp_get_max_threads(); }
-static int bn_num_procs(void) { return omp_get_num_procs(); }
+/* omp_get_num_procs() asks the kernel for the affinity mask (a system call): ask once. */
+static int bn_num_procs(void)
+{
+    static int procs = 0;
+    if (procs <= 0)
+        procs = omp_get_num_procs();
+    return procs;
+}
 #else
 static int bn_openmp_enabled(void) { return 0; }
 static int bn_max_threads(void) { return 1; }
