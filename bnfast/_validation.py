@@ -71,7 +71,7 @@ def channel_shape(a, axis, name="x"):
 
 def contiguous(a, dtype, shape3):
     """``a`` as a C-contiguous native array of ``dtype`` reshaped to shape3 (copied if needed)."""
-    if a.dtype is not dtype and a.dtype != dtype or not a.flags.c_contiguous:
+    if a.dtype != dtype or not a.flags.c_contiguous:
         a = np.ascontiguousarray(a, dtype=dtype)
     return a.reshape(shape3)
 

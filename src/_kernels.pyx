@@ -803,7 +803,7 @@ cdef double *vec_ptr(object a, intp C, str name, bint write) except? NULL:
 
 
 cdef void update_running(object running, const double *batch, intp C, double momentum,
-                         double factor, str name) except *:
+                         double factor) except *:
     """running = (1 - momentum) * running + momentum * factor * batch, for float32/float64."""
     cdef cnp.ndarray r
     cdef float *rf
@@ -938,8 +938,8 @@ cdef int train_impl(const void *x, void *y, int typenum, intp outer, intp C, int
                 forward_split(x, y, &p, typenum, gamma, beta, eps, mean, m2, invstd,
                               scratch + C, scratch + 2 * C, n_threads)
         # Unbiased variance m2 / (m - 1) goes into running_var (PyTorch's convention).
-        update_running(running_mean, mean, C, momentum, 1.0, "running_mean")
-        update_running(running_var, m2, C, momentum, 1.0 / (m - 1.0), "running_var")
+        update_running(running_mean, mean, C, momentum, 1.0)
+        update_running(running_var, m2, C, momentum, 1.0 / (m - 1.0))
     finally:
         free(scratch)
     return 0
