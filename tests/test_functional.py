@@ -326,3 +326,43 @@ def test_integer_input_output_is_float64():
     assert bnfast.batch_norm_inference(x, np.zeros(3), np.ones(3)).dtype == np.float64
     out = np.empty((4, 3))
     assert bnfast.batch_norm_forward(x, out=out)[0] is out
+
+
+# Shapes chosen to take each route through the kernels: per-channel fused statistics and
+# normalize (long runs), the separate statistics and memory-order passes (short runs, or too
+# few channels), and the tiled inner == 1 layout.
+ROUTE_SHAPES = [
+    ((3, 16, 48, 48), 1, True),     # 9 KiB runs (float32; 18 KiB float64): fused
+    ((5, 20, 16, 16), 1, False),    # 1-2 KiB runs: two passes
+    ((2, 8, 64, 64), 1, False),     # 16 KiB runs but 8 channels: two passes
+    ((40, 9, 9, 24), -1, False),    # channels last: tiled
+]
+
+
+@pytest.mark.parametrize("shape, axis, fused", ROUTE_SHAPES)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_every_kernel_route_matches_reference(rng, shape, axis, fused, dtype):
+    from bnfast import _kernels
+
+    ax = axis % len(shape)
+    outer = int(np.prod(shape[:ax]))
+    inner = int(np.prod(shape[ax + 1:]))
+    plan = _kernels.plan(outer, shape[ax], inner, np.dtype(dtype).itemsize)
+    assert plan["fused"] == fused
+
+    C = shape[ax]
+    x = (rng.standard_normal(shape) * rng.uniform(0.5, 3) + rng.uniform(-50, 50)).astype(dtype)
+    dy = rng.standard_normal(shape).astype(dtype)
+    gamma, beta = make_channel_params(rng, C)
+    y, mean, invstd = bnfast.batch_norm_forward(x, gamma, beta, axis=axis)
+    ry, rmean, rinvstd, _, _ = ref.batch_norm_forward(x, gamma, beta, axis=axis)
+    assert_output_close(y, ry, dtype)
+    mean_scale, _ = stat_scales(x, axis)
+    assert_stat_close(mean, rmean, _stat_rtol(x), mean_scale, "mean")
+    assert_stat_close(invstd, rinvstd, _stat_rtol(x), 0.0, "invstd")
+    dx, dgamma, dbeta = bnfast.batch_norm_backward(dy, x, mean, invstd, gamma, axis=axis)
+    rdx, rdgamma, rdbeta = ref.batch_norm_backward(dy, x, mean, invstd, gamma, axis=axis)
+    dx_scale, dg_scale, db_scale = backward_scales(dy, x, mean, invstd, gamma, axis)
+    assert_output_close(dx, rdx, dtype, scale=dx_scale)
+    assert_stat_close(dgamma, rdgamma, _stat_rtol(x), dg_scale, "dgamma")
+    assert_stat_close(dbeta, rdbeta, _stat_rtol(x), db_scale, "dbeta")
