@@ -131,20 +131,33 @@ BN_TARGET static void BN_FN(tile_shifted_sums)(const BN_T *x, npy_intp nrows, np
 }
 
 /* Per-channel mean and M2 of a block of tile rows, like run_moments: one shifted pass, and a
- * second pass (for the whole block) if any channel's shift was too far from its mean.
+ * second pass for the channels whose shift was too far from their mean.  A channel's result
+ * depends on its own values only: the second pass re-runs exactly the same per-channel
+ * arithmetic, over the one channel when few need it, else over the span of columns from the
+ * first to the last that need it (the others in that span get their first-pass sums again,
+ * bit for bit, since their shift is unchanged).
  * shift[ncols] is the guess and is overwritten; q is scratch of ncols doubles. */
 static void BN_FN(tile_moments)(const BN_T *x, npy_intp nrows, npy_intp ncols, npy_intp stride,
                                 double *shift, double *mean, double *m2, double *q)
 {
     const double n = (double)nrows;
-    int again = 0;
+    npy_intp lo = ncols, hi = -1, again = 0;
     BN_FN(tile_shifted_sums)(x, nrows, ncols, stride, shift, mean, q);
-    for (npy_intp c = 0; c < ncols; c++)
-        again |= !bn_well_shifted(mean[c], q[c], n);
-    if (again) {
-        for (npy_intp c = 0; c < ncols; c++)
+    for (npy_intp c = 0; c < ncols; c++) {
+        if (!bn_well_shifted(mean[c], q[c], n)) {
             shift[c] += mean[c] / n;
-        BN_FN(tile_shifted_sums)(x, nrows, ncols, stride, shift, mean, q);
+            lo = c < lo ? c : lo;
+            hi = c;
+            again++;
+        }
+    }
+    if (again * 8 > hi - lo + 1) {
+        BN_FN(tile_shifted_sums)(x + lo, nrows, hi - lo + 1, stride, shift + lo, mean + lo,
+                                 q + lo);
+    } else if (again) {
+        for (npy_intp c = lo; c <= hi; c++)
+            if (!bn_well_shifted(mean[c], q[c], n))
+                BN_FN(tile_shifted_sums)(x + c, nrows, 1, stride, shift + c, mean + c, q + c);
     }
     for (npy_intp c = 0; c < ncols; c++) {
         const double sc = mean[c];
@@ -180,21 +193,31 @@ BN_TARGET static void BN_FN(tile_shifted_sums_masked)(const BN_T *x, const doubl
     }
 }
 
-/* Weighted NaN-skipping count, mean and M2 of a block of tile rows, like tile_moments.
+/* Weighted NaN-skipping count, mean and M2 of a block of tile rows, like tile_moments (the
+ * second pass again covers only the channels that need it).
  * shift[ncols] is the guess (overwritten); s is scratch of ncols doubles. */
 static void BN_FN(tile_moments_masked)(const BN_T *x, const double *w, npy_intp nrows,
                                        npy_intp ncols, npy_intp stride, double *shift,
                                        double *count, double *mean, double *m2, double *s)
 {
-    int again = 0;
+    npy_intp lo = ncols, hi = -1, again = 0;
     BN_FN(tile_shifted_sums_masked)(x, w, nrows, ncols, stride, shift, count, s, m2);
-    for (npy_intp c = 0; c < ncols; c++)
-        again |= count[c] != 0.0 && !bn_well_shifted(s[c], m2[c], count[c]);
-    if (again) {
-        for (npy_intp c = 0; c < ncols; c++)
-            if (count[c] != 0.0)
-                shift[c] += s[c] / count[c];
-        BN_FN(tile_shifted_sums_masked)(x, w, nrows, ncols, stride, shift, count, s, m2);
+    for (npy_intp c = 0; c < ncols; c++) {
+        if (count[c] != 0.0 && !bn_well_shifted(s[c], m2[c], count[c])) {
+            shift[c] += s[c] / count[c];
+            lo = c < lo ? c : lo;
+            hi = c;
+            again++;
+        }
+    }
+    if (again * 8 > hi - lo + 1) {
+        BN_FN(tile_shifted_sums_masked)(x + lo, w, nrows, hi - lo + 1, stride, shift + lo,
+                                        count + lo, s + lo, m2 + lo);
+    } else if (again) {
+        for (npy_intp c = lo; c <= hi; c++)
+            if (count[c] != 0.0 && !bn_well_shifted(s[c], m2[c], count[c]))
+                BN_FN(tile_shifted_sums_masked)(x + c, w, nrows, 1, stride, shift + c,
+                                                count + c, s + c, m2 + c);
     }
     for (npy_intp c = 0; c < ncols; c++) {
         if (count[c] != 0.0) {

@@ -36,3 +36,51 @@ def test_large_offset_float32(rng, shape, axis):
     ryi = ref.batch_norm_inference(x, rmean, rvar, axis=axis)
     assert yi.dtype == np.float32
     np.testing.assert_allclose(yi, ryi, rtol=0, atol=1e-5, err_msg="inference y")
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_badly_shifted_channel_is_redone_alone(rng, dtype):
+    """A block whose first rows are far from the channel's mean takes a second, re-shifted
+    pass for that channel only: its statistics stay accurate, and every other channel's
+    statistics are the same bits whatever its neighbours do (channels-last, one tile)."""
+    n, C = 256, 64
+    x = (rng.standard_normal((n, C)) * rng.uniform(0.5, 2) + rng.uniform(-5, 5)).astype(dtype)
+    # The shift guess is the mean of the first rows: put it at the channel's mean, so that
+    # only the channels shifted below need a second pass.
+    x[:8] += (x[8:].mean(axis=0) - x[:8].mean(axis=0)).astype(dtype)
+    bad = sorted(rng.choice(C, size=3, replace=False))
+    shifted = x.copy()
+    shifted[:16, bad] += dtype(40.0)
+    mean, var = bnfast.moments(x, axis=1)
+    smean, svar = bnfast.moments(shifted, axis=1)
+    rmean, rvar = ref.moments(shifted, axis=1)
+    np.testing.assert_allclose(svar, rvar, rtol=1e-13)
+    np.testing.assert_allclose(smean, rmean, rtol=1e-13, atol=1e-13 * np.abs(rmean).max())
+    good = np.setdiff1d(np.arange(C), bad)
+    np.testing.assert_array_equal(smean[good], mean[good])
+    np.testing.assert_array_equal(svar[good], var[good])
+
+
+def test_badly_shifted_channel_is_redone_alone_skipna(rng):
+    """The same for the NaN-skipping, weighted statistics (the scaler's)."""
+    n, C = 256, 64
+    x = rng.standard_normal((n, C)) * 1.5 + 3.0
+    x[rng.random((n, C)) < 0.05] = np.nan
+    # The first row is this kernel's shift guess: put it at the mean, so that only the
+    # shifted channels below need a second pass.
+    x[0] = np.nanmean(x[1:], axis=0)
+    w = rng.uniform(0.5, 2.0, n)
+    bad = sorted(rng.choice(C, size=2, replace=False))
+    shifted = x.copy()
+    shifted[:16, bad] += 40.0
+    count, mean, m2 = bnfast.moments_state(x, skipna=True, sample_weight=w)
+    scount, smean, sm2 = bnfast.moments_state(shifted, skipna=True, sample_weight=w)
+    good = np.setdiff1d(np.arange(C), bad)
+    np.testing.assert_array_equal(smean[good], mean[good])
+    np.testing.assert_array_equal(sm2[good], m2[good])
+    for c in bad:
+        ok = ~np.isnan(shifted[:, c])
+        v, wc = shifted[ok, c], w[ok]
+        rmean = np.sum(wc * v) / np.sum(wc)
+        np.testing.assert_allclose(smean[c], rmean, rtol=1e-13)
+        np.testing.assert_allclose(sm2[c], np.sum(wc * (v - rmean) ** 2), rtol=1e-12)
