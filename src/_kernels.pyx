@@ -50,10 +50,12 @@ cdef extern from "bn_loops.h" nogil:
                            double shift, int stream)
     void run_normalize_f64(const double *x, double *y, intp len, double mean, double scale,
                            double shift, int stream)
-    void row_normalize_f32(const float *x, float *y, intp ncols, const double *mean,
-                           const double *scale, const double *shift, int stream)
-    void row_normalize_f64(const double *x, double *y, intp ncols, const double *mean,
-                           const double *scale, const double *shift, int stream)
+    void row_normalize_f32(const float *x, float *y, intp nrows, intp ncols,
+                           const double *mean, const double *scale, const double *shift,
+                           int stream)
+    void row_normalize_f64(const double *x, double *y, intp nrows, intp ncols,
+                           const double *mean, const double *scale, const double *shift,
+                           int stream)
     void run_grad_sums_f32(const float *dy, const float *x, intp nrows, intp len, intp stride,
                            double mean, double *sum_dy, double *sum_dy_xmu)
     void run_grad_sums_f64(const double *dy, const double *x, intp nrows, intp len,
@@ -68,11 +70,11 @@ cdef extern from "bn_loops.h" nogil:
                             double a, double b, double k, int stream)
     void run_grad_input_f64(const double *dy, const double *x, double *dx, intp len,
                             double mean, double a, double b, double k, int stream)
-    void row_grad_input_f32(const float *dy, const float *x, float *dx, intp ncols,
-                            const double *mean, const double *a, const double *b,
+    void row_grad_input_f32(const float *dy, const float *x, float *dx, intp nrows,
+                            intp ncols, const double *mean, const double *a, const double *b,
                             const double *k, int stream)
-    void row_grad_input_f64(const double *dy, const double *x, double *dx, intp ncols,
-                            const double *mean, const double *a, const double *b,
+    void row_grad_input_f64(const double *dy, const double *x, double *dx, intp nrows,
+                            intp ncols, const double *mean, const double *a, const double *b,
                             const double *k, int stream)
 
 
@@ -90,9 +92,12 @@ cdef enum:
     SHIFT_PROBE = 8
     # Channels per task when inner == 1 (the loops run along C inside a tile).
     TILE_C = 512
-    # Coefficients are replicated to about this many elements so that the elementwise
-    # loops of the inner == 1 layout run over several samples per call when C is small.
-    ROW_SPAN = 1024
+    # The elementwise loops of the inner == 1 layout run along rows of at least this many
+    # elements: several samples side by side when C is small, with the coefficients
+    # repeated to match ...
+    ROW_MIN = 64
+    # ... over segments of about this many elements (four rows or more) per task.
+    ROW_SEGMENT = 8192
     # Chunks per channel task are added until there are this many tasks (shape-only, so
     # results do not depend on the thread count) ...
     TARGET_TASKS = 64
@@ -448,10 +453,50 @@ cdef int masked_moments(const floating *x, const double *w, const Plan *p, doubl
 
 # --- Elementwise passes ---------------------------------------------------------------------
 
+cdef struct RowPlan:
+    intp span              # samples per row
+    intp width             # elements per row: span * C
+    intp n_rows            # whole rows
+    intp rem_cols          # elements of the short last row (outer % span samples), or 0
+    intp per_seg           # rows per segment
+    intp n_segments
+
+
+cdef RowPlan row_plan(const Plan *p) noexcept nogil:
+    """How the elementwise passes walk the tiled layout: rows of `span` samples."""
+    cdef RowPlan r
+    r.span = max(1, min(ceil_div(ROW_MIN, p.C), p.outer))
+    r.width = r.span * p.C
+    r.n_rows = p.outer // r.span
+    r.rem_cols = (p.outer % r.span) * p.C
+    r.per_seg = max(4, ROW_SEGMENT // r.width // 4 * 4)
+    r.n_segments = ceil_div(r.n_rows, r.per_seg) + (1 if r.rem_cols else 0)
+    return r
+
+
+cdef inline void row_segment(const RowPlan *r, intp seg, intp *off, intp *nrows,
+                             intp *ncols) noexcept nogil:
+    """First element, rows and row length of segment seg."""
+    cdef intp first = seg * r.per_seg
+    if first < r.n_rows:
+        off[0] = first * r.width
+        nrows[0] = min(r.per_seg, r.n_rows - first)
+        ncols[0] = r.width
+    else:
+        off[0] = r.n_rows * r.width
+        nrows[0] = 1
+        ncols[0] = r.rem_cols
+
+
 cdef int replicate(const double **coef, double **rep, int n_coef, intp C, intp span) except -1 nogil:
-    """rep[i] = coef[i] tiled to span * C elements (one buffer), for row loops over small C."""
+    """rep[i] = coef[i] tiled to span * C elements (one buffer when span > 1, else coef)."""
     cdef intp i, j
-    cdef double *buf = <double *>malloc(n_coef * span * C * sizeof(double))
+    cdef double *buf
+    if span == 1:
+        for i in range(n_coef):
+            rep[i] = <double *>coef[i]
+        return 0
+    buf = <double *>malloc(n_coef * span * C * sizeof(double))
     if buf == NULL:
         with gil:
             raise MemoryError()
@@ -494,23 +539,22 @@ cdef inline void normalize_segment(const floating *x, floating *y, const Plan *p
                           mean[c], scale[c], shift[c], stream)
 
 
-cdef inline void normalize_rows(const floating *x, floating *y, const Plan *p, intp seg,
-                                intp span, double **rep, bint stream) noexcept nogil:
-    """Segment seg of the tiled layout: `span` whole samples."""
-    cdef intp o = seg * span
-    cdef intp o1 = min(o + span, p.outer)
+cdef inline void normalize_rows(const floating *x, floating *y, const RowPlan *r, intp seg,
+                                double **rep, bint stream) noexcept nogil:
+    """Segment seg of the tiled layout: whole rows of r.span samples."""
+    cdef intp off, nrows, ncols
+    row_segment(r, seg, &off, &nrows, &ncols)
     if floating is float:
-        row_normalize_f32(x + o * p.C, y + o * p.C, (o1 - o) * p.C, rep[0], rep[1], rep[2],
-                          stream)
+        row_normalize_f32(x + off, y + off, nrows, ncols, rep[0], rep[1], rep[2], stream)
     else:
-        row_normalize_f64(x + o * p.C, y + o * p.C, (o1 - o) * p.C, rep[0], rep[1], rep[2],
-                          stream)
+        row_normalize_f64(x + off, y + off, nrows, ncols, rep[0], rep[1], rep[2], stream)
 
 
 cdef int normalize(const floating *x, floating *y, const Plan *p, const double *mean,
                    const double *scale, const double *shift, int n_threads) except -1 nogil:
     """y = (x - mean) * scale + shift per channel (y may be x)."""
-    cdef intp seg, span, n_segments
+    cdef intp seg, n_segments
+    cdef RowPlan r
     cdef int nt
     cdef bint stream = streams(y, x, x, p.outer * p.C * p.inner * sizeof(floating))
     cdef const double *coef[3]
@@ -525,21 +569,21 @@ cdef int normalize(const floating *x, floating *y, const Plan *p, const double *
             for seg in range(n_segments):
                 normalize_segment(x, y, p, seg, mean, scale, shift, stream)
         return 0
-    # Tiled: `span` samples per call, with the coefficients repeated span times.
-    span = max(1, min(ROW_SPAN // p.C, p.outer))
+    # Tiled: rows of `span` samples, with the coefficients repeated span times.
+    r = row_plan(p)
     coef[0] = mean
     coef[1] = scale
     coef[2] = shift
-    replicate(coef, rep, 3, p.C, span)
-    n_segments = ceil_div(p.outer, span)
-    nt = n_threads_for(n_threads, p.outer * p.C, n_segments)
+    replicate(coef, rep, 3, p.C, r.span)
+    nt = n_threads_for(n_threads, p.outer * p.C, r.n_segments)
     if nt > 1:
-        for seg in prange(n_segments, num_threads=nt, schedule='guided'):
-            normalize_rows(x, y, p, seg, span, rep, stream)
+        for seg in prange(r.n_segments, num_threads=nt, schedule='guided'):
+            normalize_rows(x, y, &r, seg, rep, stream)
     else:
-        for seg in range(n_segments):
-            normalize_rows(x, y, p, seg, span, rep, stream)
-    free(rep[0])
+        for seg in range(r.n_segments):
+            normalize_rows(x, y, &r, seg, rep, stream)
+    if r.span > 1:
+        free(rep[0])
     return 0
 
 
@@ -682,24 +726,25 @@ cdef inline void grad_input_segment(const floating *dy, const floating *x, float
 
 
 cdef inline void grad_input_rows(const floating *dy, const floating *x, floating *dx,
-                                 const Plan *p, intp seg, intp span, double **rep,
+                                 const RowPlan *r, intp seg, double **rep,
                                  bint stream) noexcept nogil:
-    """Segment seg of the tiled layout: `span` whole samples."""
-    cdef intp o = seg * span
-    cdef intp o1 = min(o + span, p.outer)
+    """Segment seg of the tiled layout: whole rows of r.span samples."""
+    cdef intp off, nrows, ncols
+    row_segment(r, seg, &off, &nrows, &ncols)
     if floating is float:
-        row_grad_input_f32(dy + o * p.C, x + o * p.C, dx + o * p.C, (o1 - o) * p.C,
-                           rep[0], rep[1], rep[2], rep[3], stream)
+        row_grad_input_f32(dy + off, x + off, dx + off, nrows, ncols, rep[0], rep[1], rep[2],
+                           rep[3], stream)
     else:
-        row_grad_input_f64(dy + o * p.C, x + o * p.C, dx + o * p.C, (o1 - o) * p.C,
-                           rep[0], rep[1], rep[2], rep[3], stream)
+        row_grad_input_f64(dy + off, x + off, dx + off, nrows, ncols, rep[0], rep[1], rep[2],
+                           rep[3], stream)
 
 
 cdef int grad_input(const floating *dy, const floating *x, floating *dx, const Plan *p,
                     const double *mean, const double *a, const double *b, const double *k,
                     int n_threads) except -1 nogil:
     """dx = ((dy - a) - (x - mean) * b) * k per channel (dx may be dy or x)."""
-    cdef intp seg, span, n_segments
+    cdef intp seg, n_segments
+    cdef RowPlan r
     cdef int nt
     cdef bint stream = streams(dx, dy, x, p.outer * p.C * p.inner * sizeof(floating))
     cdef const double *coef[4]
@@ -714,21 +759,21 @@ cdef int grad_input(const floating *dy, const floating *x, floating *dx, const P
             for seg in range(n_segments):
                 grad_input_segment(dy, x, dx, p, seg, mean, a, b, k, stream)
         return 0
-    span = max(1, min(ROW_SPAN // p.C, p.outer))
+    r = row_plan(p)
     coef[0] = mean
     coef[1] = a
     coef[2] = b
     coef[3] = k
-    replicate(coef, rep, 4, p.C, span)
-    n_segments = ceil_div(p.outer, span)
-    nt = n_threads_for(n_threads, 2 * p.outer * p.C, n_segments)
+    replicate(coef, rep, 4, p.C, r.span)
+    nt = n_threads_for(n_threads, 2 * p.outer * p.C, r.n_segments)
     if nt > 1:
-        for seg in prange(n_segments, num_threads=nt, schedule='guided'):
-            grad_input_rows(dy, x, dx, p, seg, span, rep, stream)
+        for seg in prange(r.n_segments, num_threads=nt, schedule='guided'):
+            grad_input_rows(dy, x, dx, &r, seg, rep, stream)
     else:
-        for seg in range(n_segments):
-            grad_input_rows(dy, x, dx, p, seg, span, rep, stream)
-    free(rep[0])
+        for seg in range(r.n_segments):
+            grad_input_rows(dy, x, dx, &r, seg, rep, stream)
+    if r.span > 1:
+        free(rep[0])
     return 0
 
 

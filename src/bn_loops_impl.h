@@ -268,19 +268,27 @@ BN_TARGET static void BN_FN(run_normalize)(const BN_T *x, BN_T *y, npy_intp len,
     bn_stream_fence();
 }
 
-BN_TARGET static void BN_FN(row_normalize)(const BN_T *x, BN_T *y, npy_intp ncols,
-                                           const double *mean, const double *scale,
-                                           const double *shift, int stream)
+/* nrows contiguous tile rows of ncols channels (the coefficients have ncols entries). */
+BN_TARGET static void BN_FN(row_normalize)(const BN_T *x, BN_T *y, npy_intp nrows,
+                                           npy_intp ncols, const double *mean,
+                                           const double *scale, const double *shift,
+                                           int stream)
 {
     BN_T buf[BN_STREAM_BUF];
+    npy_intp r = 0;
     if (!stream) {
-        BN_FN(normalize_row_span)(x, y, ncols, mean, scale, shift);
+        for (; r < nrows; r++)
+            BN_FN(normalize_row_span)(x + r * ncols, y + r * ncols, ncols, mean, scale, shift);
         return;
     }
-    for (npy_intp i = 0; i < ncols; i += BN_STREAM_BUF) {
-        const npy_intp n = ncols - i < BN_STREAM_BUF ? ncols - i : BN_STREAM_BUF;
-        BN_FN(normalize_row_span)(x + i, buf, n, mean + i, scale + i, shift + i);
-        BN_FN(bn_stream_store)(y + i, buf, n);
+    for (; r < nrows; r++) {
+        const BN_T *xr = x + r * ncols;
+        BN_T *yr = y + r * ncols;
+        for (npy_intp i = 0; i < ncols; i += BN_STREAM_BUF) {
+            const npy_intp n = ncols - i < BN_STREAM_BUF ? ncols - i : BN_STREAM_BUF;
+            BN_FN(normalize_row_span)(xr + i, buf, n, mean + i, scale + i, shift + i);
+            BN_FN(bn_stream_store)(yr + i, buf, n);
+        }
     }
     bn_stream_fence();
 }
@@ -416,19 +424,28 @@ BN_TARGET static void BN_FN(run_grad_input)(const BN_T *dy, const BN_T *x, BN_T 
     bn_stream_fence();
 }
 
+/* nrows contiguous tile rows of ncols channels, like row_normalize. */
 BN_TARGET static void BN_FN(row_grad_input)(const BN_T *dy, const BN_T *x, BN_T *dx,
-                                            npy_intp ncols, const double *mean, const double *a,
-                                            const double *b, const double *k, int stream)
+                                            npy_intp nrows, npy_intp ncols, const double *mean,
+                                            const double *a, const double *b, const double *k,
+                                            int stream)
 {
     BN_T buf[BN_STREAM_BUF];
+    npy_intp r = 0;
     if (!stream) {
-        BN_FN(grad_input_row_span)(dy, x, dx, ncols, mean, a, b, k);
+        for (; r < nrows; r++)
+            BN_FN(grad_input_row_span)(dy + r * ncols, x + r * ncols, dx + r * ncols, ncols,
+                                       mean, a, b, k);
         return;
     }
-    for (npy_intp i = 0; i < ncols; i += BN_STREAM_BUF) {
-        const npy_intp n = ncols - i < BN_STREAM_BUF ? ncols - i : BN_STREAM_BUF;
-        BN_FN(grad_input_row_span)(dy + i, x + i, buf, n, mean + i, a + i, b + i, k + i);
-        BN_FN(bn_stream_store)(dx + i, buf, n);
+    for (; r < nrows; r++) {
+        const npy_intp o = r * ncols;
+        for (npy_intp i = 0; i < ncols; i += BN_STREAM_BUF) {
+            const npy_intp n = ncols - i < BN_STREAM_BUF ? ncols - i : BN_STREAM_BUF;
+            BN_FN(grad_input_row_span)(dy + o + i, x + o + i, buf, n, mean + i, a + i, b + i,
+                                       k + i);
+            BN_FN(bn_stream_store)(dx + o + i, buf, n);
+        }
     }
     bn_stream_fence();
 }
