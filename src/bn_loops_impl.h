@@ -372,7 +372,9 @@ BN_TARGET static void BN_FN(tile_grad_sums)(const BN_T *dy, const BN_T *x, npy_i
         sum_dy[c] = 0.0;
         sum_dy_xmu[c] = 0.0;
     }
-    for (; r + 4 <= nrows; r += 4) {
+    /* Like tile_moments: a whole row of 128 or more channels streams faster row by row. */
+    const int by4 = ncols < 128 || ncols != stride;
+    for (; by4 && r + 4 <= nrows; r += 4) {
         const BN_T *g0 = dy + r * stride, *g1 = g0 + stride, *g2 = g1 + stride, *g3 = g2 + stride;
         const BN_T *v0 = x + r * stride, *v1 = v0 + stride, *v2 = v1 + stride, *v3 = v2 + stride;
         for (npy_intp c = 0; c < ncols; c++) {
