@@ -143,10 +143,11 @@ static void BN_FN(tile_moments)(const BN_T *x, npy_intp nrows, npy_intp ncols, n
 {
     const double n = (double)nrows;
     npy_intp lo = ncols, hi = -1, again = 0;
-    /* A tile that is a whole row of 128 or more channels streams faster one row at a time:
-     * 0.70-0.74x the time at C = 128 and 256, the same at 512 (moments, 1 thread, 2-core
-     * EPYC, same run); four rows at a time stays 1.5x faster for a part of a wider row. */
-    const int by4 = ncols < 128 || ncols != stride;
+    /* A tile that is a whole row of 512 bytes or more streams faster one row at a time:
+     * 0.70-0.74x the time for float32 C = 128 and 256, 0.5x for float64 C = 64, the same for
+     * float32 C = 512 (moments, 1 thread, 2-core EPYC, same run); four rows at a time stays
+     * 1.5x faster for a part of a wider row. */
+    const int by4 = ncols * (npy_intp)sizeof(BN_T) < 512 || ncols != stride;
     BN_FN(tile_shifted_sums)(x, nrows, ncols, stride, shift, mean, q, by4);
     for (npy_intp c = 0; c < ncols; c++) {
         if (!bn_well_shifted(mean[c], q[c], n)) {
@@ -372,8 +373,8 @@ BN_TARGET static void BN_FN(tile_grad_sums)(const BN_T *dy, const BN_T *x, npy_i
         sum_dy[c] = 0.0;
         sum_dy_xmu[c] = 0.0;
     }
-    /* Like tile_moments: a whole row of 128 or more channels streams faster row by row. */
-    const int by4 = ncols < 128 || ncols != stride;
+    /* Like tile_moments: a whole row of 512 bytes or more streams faster row by row. */
+    const int by4 = ncols * (npy_intp)sizeof(BN_T) < 512 || ncols != stride;
     for (; by4 && r + 4 <= nrows; r += 4) {
         const BN_T *g0 = dy + r * stride, *g1 = g0 + stride, *g2 = g1 + stride, *g3 = g2 + stride;
         const BN_T *v0 = x + r * stride, *v1 = v0 + stride, *v2 = v1 + stride, *v3 = v2 + stride;

@@ -38,7 +38,7 @@ def test_large_offset_float32(rng, shape, axis):
     np.testing.assert_allclose(yi, ryi, rtol=0, atol=1e-5, err_msg="inference y")
 
 
-@pytest.mark.parametrize("C", [64, 256])  # tiles summed four rows at a time / row by row
+@pytest.mark.parametrize("C", [64, 256])  # float32 tiles summed 4 rows at a time / row by row
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_badly_shifted_channel_is_redone_alone(rng, dtype, C):
     """A block whose first rows are far from the channel's mean takes a second, re-shifted
