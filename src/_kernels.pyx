@@ -96,6 +96,8 @@ cdef enum:
     # the time with 256 as with 512, the backward sums 1.1-1.3x.
     TILE_C = 256
     GRAD_TILE_C = 512
+    # Statistics tasks take whole rows (every tile of a chunk) when there are this many chunks.
+    WHOLE_ROW_CHUNKS = 8
     # The elementwise loops of the inner == 1 layout run along rows of at least this many
     # elements: several samples side by side when C is small, with the coefficients
     # repeated to match ...
@@ -268,20 +270,52 @@ cdef inline void first_rows_mean(const floating *x, intp nrows, intp ncols, intp
         out[c] /= nrows
 
 
-cdef void moments_task(const floating *x, const Plan *p, intp k, intp t, double *st_n,
-                       double *st_mean, double *st_m2) noexcept nogil:
-    """Welford state of chunk k of channel task t, written at st_*[k * C + channel].
+cdef inline void tile_block_moments(const floating *x, const Plan *p, intp b, intp t, double n,
+                                    double *mean, double *m2) noexcept nogil:
+    """Fold block b of tile t into a chunk's Welford state (mean[C], m2[C]) after n rows.
 
-    Each block's sums are shifted by a guess of its mean: the chunk's mean so far, or the
-    block's first value for the chunk's first block.
+    The block's sums are shifted by a guess of its mean: the chunk's mean so far, or the
+    mean of the block's first rows for the chunk's first block.
     """
-    cdef intp b, b1, row0, nrows, start, length, c0, nc, j
-    cdef double n = 0.0, nb, wb, wab, bmean, bm2
-    cdef const floating *ptr
+    cdef intp c0 = t * p.ctile
+    cdef intp nc = min(p.ctile, p.C - c0)
+    cdef intp row0 = b * p.rows_per_block
+    cdef intp nrows = min(p.rows_per_block, p.outer - row0)
+    cdef const floating *ptr = x + row0 * p.C + c0
+    cdef double wb, wab
+    cdef intp j
     cdef double shift[TILE_C]
     cdef double tmean[TILE_C]
     cdef double tm2[TILE_C]
     cdef double scratch[TILE_C]
+    mean += c0
+    m2 += c0
+    if n > 0:
+        for j in range(nc):
+            shift[j] = mean[j]
+    else:
+        first_rows_mean(ptr, min(nrows, SHIFT_PROBE), nc, p.C, shift)
+    if floating is float:
+        tile_moments_f32(ptr, nrows, nc, p.C, shift, tmean, tm2, scratch)
+    else:
+        tile_moments_f64(ptr, nrows, nc, p.C, shift, tmean, tm2, scratch)
+    chan_weights(n, <double>nrows, &wb, &wab)
+    for j in range(nc):
+        chan_apply(&mean[j], &m2[j], tmean[j], tm2[j], wb, wab)
+
+
+cdef void moments_task(const floating *x, const Plan *p, intp k, intp t, double *st_n,
+                       double *st_mean, double *st_m2) noexcept nogil:
+    """Welford state of chunk k of channel task t (t < 0: every tile of a tiled layout, block
+    by block), written at st_*[k * C + channel].
+
+    Each block's sums are shifted by a guess of its mean: the chunk's mean so far, or the mean
+    of the block's first values for the chunk's first block.  A channel's arithmetic does not
+    depend on t: one task per tile and one task for all tiles give the same bits.
+    """
+    cdef intp b, b1, row0, nrows, start, length, c0, nc, j, t0, t1
+    cdef double n = 0.0, nb, wb, wab, bmean, bm2, shift
+    cdef const floating *ptr
     cdef double *mean = st_mean + k * p.C
     cdef double *m2 = st_m2 + k * p.C
     b1 = min((k + 1) * p.blocks_per_chunk, p.n_blocks)
@@ -293,44 +327,30 @@ cdef void moments_task(const floating *x, const Plan *p, intp k, intp t, double 
         for b in range(k * p.blocks_per_chunk, b1):
             run_block(p, b, &row0, &nrows, &start, &length)
             ptr = x + (row0 * p.C + t) * p.inner + start
-            shift[0] = mean[0] if n > 0 else first_values_mean(ptr, min(length, SHIFT_PROBE))
+            shift = mean[0] if n > 0 else first_values_mean(ptr, min(length, SHIFT_PROBE))
             if floating is float:
-                run_moments_f32(ptr, nrows, length, p.C * p.inner, shift[0], &bmean, &bm2)
+                run_moments_f32(ptr, nrows, length, p.C * p.inner, shift, &bmean, &bm2)
             else:
-                run_moments_f64(ptr, nrows, length, p.C * p.inner, shift[0], &bmean, &bm2)
+                run_moments_f64(ptr, nrows, length, p.C * p.inner, shift, &bmean, &bm2)
             nb = <double>(nrows * length)
             chan_weights(n, nb, &wb, &wab)
             chan_apply(mean, m2, bmean, bm2, wb, wab)
             n += nb
         st_n[k * p.C + t] = n
         return
-    c0 = t * p.ctile
-    nc = min(p.ctile, p.C - c0)
-    mean += c0
-    m2 += c0
-    for j in range(nc):
+    t0 = 0 if t < 0 else t
+    t1 = p.n_ctasks if t < 0 else t + 1
+    c0 = t0 * p.ctile
+    nc = min(t1 * p.ctile, p.C) - c0
+    for j in range(c0, c0 + nc):
         mean[j] = 0.0
         m2[j] = 0.0
     for b in range(k * p.blocks_per_chunk, b1):
-        row0 = b * p.rows_per_block
-        nrows = min(p.rows_per_block, p.outer - row0)
-        ptr = x + row0 * p.C + c0
-        if n > 0:
-            for j in range(nc):
-                shift[j] = mean[j]
-        else:
-            first_rows_mean(ptr, min(nrows, SHIFT_PROBE), nc, p.C, shift)
-        if floating is float:
-            tile_moments_f32(ptr, nrows, nc, p.C, shift, tmean, tm2, scratch)
-        else:
-            tile_moments_f64(ptr, nrows, nc, p.C, shift, tmean, tm2, scratch)
-        nb = <double>nrows
-        chan_weights(n, nb, &wb, &wab)
-        for j in range(nc):
-            chan_apply(&mean[j], &m2[j], tmean[j], tm2[j], wb, wab)
-        n += nb
-    for j in range(nc):
-        st_n[k * p.C + c0 + j] = n
+        for j in range(t0, t1):
+            tile_block_moments(x, p, b, j, n, mean, m2)
+        n += <double>min(p.rows_per_block, p.outer - b * p.rows_per_block)
+    for j in range(c0, c0 + nc):
+        st_n[k * p.C + j] = n
 
 
 cdef int alloc_states(const Plan *p, double **st_n, double **st_mean,
@@ -380,7 +400,11 @@ cdef void merge_chunks(const Plan *p, const double *st_n, const double *st_mean,
 cdef int channel_moments(const floating *x, const Plan *p, double *mean, double *m2,
                          int n_threads) except -1 nogil:
     """Per-channel mean and M2 of x into mean[C], m2[C]; bit-identical for any n_threads."""
-    cdef intp n_tasks = p.n_chunks * p.n_ctasks, task
+    # Tiles of part of a row stream badly one at a time: with chunks enough to share out,
+    # one task takes every tile of its chunk, block by block (same bits either way).
+    cdef bint whole_rows = p.tiled and p.n_ctasks > 1 and p.n_chunks >= WHOLE_ROW_CHUNKS
+    cdef intp per = 1 if whole_rows else p.n_ctasks
+    cdef intp n_tasks = p.n_chunks * per, task
     cdef int nt = n_threads_for(n_threads, p.outer * p.C * p.inner, n_tasks)
     cdef double *st_n
     cdef double *st_mean
@@ -388,10 +412,12 @@ cdef int channel_moments(const floating *x, const Plan *p, double *mean, double 
     alloc_states(p, &st_n, &st_mean, &st_m2)
     if nt > 1:
         for task in prange(n_tasks, num_threads=nt, schedule='dynamic'):
-            moments_task(x, p, task // p.n_ctasks, task % p.n_ctasks, st_n, st_mean, st_m2)
+            moments_task(x, p, task // per, -1 if whole_rows else task % per, st_n, st_mean,
+                         st_m2)
     else:
         for task in range(n_tasks):
-            moments_task(x, p, task // p.n_ctasks, task % p.n_ctasks, st_n, st_mean, st_m2)
+            moments_task(x, p, task // per, -1 if whole_rows else task % per, st_n, st_mean,
+                         st_m2)
     merge_chunks(p, st_n, st_mean, st_m2, NULL, mean, m2, n_threads)
     free(st_n)
     return 0
