@@ -96,7 +96,7 @@ cdef enum:
     # the time with 256 as with 512, the backward sums 1.1-1.3x.
     TILE_C = 256
     GRAD_TILE_C = 512
-    # Statistics tasks take whole rows (every tile of a chunk) when there are this many chunks.
+    # Reduction tasks take whole rows (every tile of a chunk) when there are this many chunks.
     WHOLE_ROW_CHUNKS = 8
     # The elementwise loops of the inner == 1 layout run along rows of at least this many
     # elements: several samples side by side when C is small, with the coefficients
@@ -663,8 +663,9 @@ cdef int forward_fused(const floating *x, floating *y, const Plan *p, const doub
 
 cdef void grad_sums_task(const floating *dy, const floating *x, const Plan *p, const double *mean,
                          intp k, intp t, double *st_a, double *st_b) noexcept nogil:
-    """sum(dy) and sum(dy * (x - mean)) of chunk k of channel task t, at st_*[k * C + c]."""
-    cdef intp b, b1, row0, nrows, start, length, c0, nc, j
+    """sum(dy) and sum(dy * (x - mean)) of chunk k of channel task t, at st_*[k * C + c]
+    (t < 0: every tile of a tiled layout, block by block, with the same bits)."""
+    cdef intp b, b1, row0, nrows, start, length, c0, nc, j, t0, t1, tt
     cdef double ba, bb
     cdef double ta[GRAD_TILE_C]
     cdef double tb[GRAD_TILE_C]
@@ -687,29 +688,35 @@ cdef void grad_sums_task(const floating *dy, const floating *x, const Plan *p, c
             sa[t] += ba
             sb[t] += bb
         return
-    c0 = t * p.ctile
-    nc = min(p.ctile, p.C - c0)
-    for j in range(c0, c0 + nc):
+    t0 = 0 if t < 0 else t
+    t1 = p.n_ctasks if t < 0 else t + 1
+    for j in range(t0 * p.ctile, min(t1 * p.ctile, p.C)):
         sa[j] = 0.0
         sb[j] = 0.0
     for b in range(k * p.blocks_per_chunk, b1):
         row0 = b * p.rows_per_block
         nrows = min(p.rows_per_block, p.outer - row0)
-        if floating is float:
-            tile_grad_sums_f32(dy + row0 * p.C + c0, x + row0 * p.C + c0, nrows, nc, p.C,
-                               mean + c0, ta, tb)
-        else:
-            tile_grad_sums_f64(dy + row0 * p.C + c0, x + row0 * p.C + c0, nrows, nc, p.C,
-                               mean + c0, ta, tb)
-        for j in range(nc):
-            sa[c0 + j] += ta[j]
-            sb[c0 + j] += tb[j]
+        for tt in range(t0, t1):
+            c0 = tt * p.ctile
+            nc = min(p.ctile, p.C - c0)
+            if floating is float:
+                tile_grad_sums_f32(dy + row0 * p.C + c0, x + row0 * p.C + c0, nrows, nc, p.C,
+                                   mean + c0, ta, tb)
+            else:
+                tile_grad_sums_f64(dy + row0 * p.C + c0, x + row0 * p.C + c0, nrows, nc, p.C,
+                                   mean + c0, ta, tb)
+            for j in range(nc):
+                sa[c0 + j] += ta[j]
+                sb[c0 + j] += tb[j]
 
 
 cdef int grad_sums(const floating *dy, const floating *x, const Plan *p, const double *mean,
                    double *sum_dy, double *sum_dy_xmu, int n_threads) except -1 nogil:
     """Per-channel sum(dy) and sum(dy * (x - mean)); bit-identical for any n_threads."""
-    cdef intp n_tasks = p.n_chunks * p.n_ctasks, task, c, k
+    # Like channel_moments: whole rows per task when there are chunks enough.
+    cdef bint whole_rows = p.tiled and p.n_ctasks > 1 and p.n_chunks >= WHOLE_ROW_CHUNKS
+    cdef intp per = 1 if whole_rows else p.n_ctasks
+    cdef intp n_tasks = p.n_chunks * per, task, c, k
     cdef intp states = p.n_chunks * p.C
     cdef int nt = n_threads_for(n_threads, 2 * p.outer * p.C * p.inner, n_tasks)
     cdef double *st = sum_dy
@@ -727,10 +734,12 @@ cdef int grad_sums(const floating *dy, const floating *x, const Plan *p, const d
         st_b = st + states
     if nt > 1:
         for task in prange(n_tasks, num_threads=nt, schedule='dynamic'):
-            grad_sums_task(dy, x, p, mean, task // p.n_ctasks, task % p.n_ctasks, st_a, st_b)
+            grad_sums_task(dy, x, p, mean, task // per, -1 if whole_rows else task % per, st_a,
+                           st_b)
     else:
         for task in range(n_tasks):
-            grad_sums_task(dy, x, p, mean, task // p.n_ctasks, task % p.n_ctasks, st_a, st_b)
+            grad_sums_task(dy, x, p, mean, task // per, -1 if whole_rows else task % per, st_a,
+                           st_b)
     if p.n_chunks > 1:
         for c in range(p.C):
             sum_dy[c] = st_a[c]
