@@ -290,6 +290,7 @@ cdef inline void tile_block_moments(const floating *x, const Plan *p, intp b, in
     cdef double scratch[TILE_C]
     mean += c0
     m2 += c0
+    shift[0] = 0.0  # nc >= 1 and both branches set shift[:nc]: this store tells GCC so
     if n > 0:
         for j in range(nc):
             shift[j] = mean[j]
