@@ -137,6 +137,7 @@ cdef struct Plan:
     intp n_chunks
     bint fused             # one chunk per channel, small enough to stay in cache between
                            # the statistics pass and the elementwise pass
+    bint whole_rows        # tiled, and each reduction task takes every tile of its chunk
 
 
 cdef inline intp ceil_div(intp a, intp b) noexcept nogil:
@@ -159,7 +160,7 @@ cdef Plan make_plan(intp outer, intp C, intp inner, intp itemsize,
         p.tiled = inner == 1
         p.n_ctasks = p.ctile = p.rows_per_block = p.pieces = p.piece_len = 1
         p.n_blocks = p.blocks_per_chunk = p.n_chunks = 1
-        p.fused = False
+        p.fused = p.whole_rows = False
         return p
     if inner == 1 and C == 1 and not keep_tiles:
         # A single channel of contiguous scalars is one long run.
@@ -202,6 +203,9 @@ cdef Plan make_plan(intp outer, intp C, intp inner, intp itemsize,
         n_target = 1
     p.blocks_per_chunk = max(1, ceil_div(p.n_blocks, n_target))
     p.n_chunks = max(1, ceil_div(p.n_blocks, p.blocks_per_chunk))
+    # Tiles of part of a row stream badly one at a time: with chunks enough to share out,
+    # one reduction task takes every tile of its chunk, block by block (same bits either way).
+    p.whole_rows = p.tiled and p.n_ctasks > 1 and p.n_chunks >= WHOLE_ROW_CHUNKS
     return p
 
 
@@ -401,10 +405,7 @@ cdef void merge_chunks(const Plan *p, const double *st_n, const double *st_mean,
 cdef int channel_moments(const floating *x, const Plan *p, double *mean, double *m2,
                          int n_threads) except -1 nogil:
     """Per-channel mean and M2 of x into mean[C], m2[C]; bit-identical for any n_threads."""
-    # Tiles of part of a row stream badly one at a time: with chunks enough to share out,
-    # one task takes every tile of its chunk, block by block (same bits either way).
-    cdef bint whole_rows = p.tiled and p.n_ctasks > 1 and p.n_chunks >= WHOLE_ROW_CHUNKS
-    cdef intp per = 1 if whole_rows else p.n_ctasks
+    cdef intp per = 1 if p.whole_rows else p.n_ctasks
     cdef intp n_tasks = p.n_chunks * per, task
     cdef int nt = n_threads_for(n_threads, p.outer * p.C * p.inner, n_tasks)
     cdef double *st_n
@@ -413,11 +414,11 @@ cdef int channel_moments(const floating *x, const Plan *p, double *mean, double 
     alloc_states(p, &st_n, &st_mean, &st_m2)
     if nt > 1:
         for task in prange(n_tasks, num_threads=nt, schedule='dynamic'):
-            moments_task(x, p, task // per, -1 if whole_rows else task % per, st_n, st_mean,
+            moments_task(x, p, task // per, -1 if p.whole_rows else task % per, st_n, st_mean,
                          st_m2)
     else:
         for task in range(n_tasks):
-            moments_task(x, p, task // per, -1 if whole_rows else task % per, st_n, st_mean,
+            moments_task(x, p, task // per, -1 if p.whole_rows else task % per, st_n, st_mean,
                          st_m2)
     merge_chunks(p, st_n, st_mean, st_m2, NULL, mean, m2, n_threads)
     free(st_n)
@@ -714,9 +715,7 @@ cdef void grad_sums_task(const floating *dy, const floating *x, const Plan *p, c
 cdef int grad_sums(const floating *dy, const floating *x, const Plan *p, const double *mean,
                    double *sum_dy, double *sum_dy_xmu, int n_threads) except -1 nogil:
     """Per-channel sum(dy) and sum(dy * (x - mean)); bit-identical for any n_threads."""
-    # Like channel_moments: whole rows per task when there are chunks enough.
-    cdef bint whole_rows = p.tiled and p.n_ctasks > 1 and p.n_chunks >= WHOLE_ROW_CHUNKS
-    cdef intp per = 1 if whole_rows else p.n_ctasks
+    cdef intp per = 1 if p.whole_rows else p.n_ctasks
     cdef intp n_tasks = p.n_chunks * per, task, c, k
     cdef intp states = p.n_chunks * p.C
     cdef int nt = n_threads_for(n_threads, 2 * p.outer * p.C * p.inner, n_tasks)
@@ -735,11 +734,11 @@ cdef int grad_sums(const floating *dy, const floating *x, const Plan *p, const d
         st_b = st + states
     if nt > 1:
         for task in prange(n_tasks, num_threads=nt, schedule='dynamic'):
-            grad_sums_task(dy, x, p, mean, task // per, -1 if whole_rows else task % per, st_a,
+            grad_sums_task(dy, x, p, mean, task // per, -1 if p.whole_rows else task % per, st_a,
                            st_b)
     else:
         for task in range(n_tasks):
-            grad_sums_task(dy, x, p, mean, task // per, -1 if whole_rows else task % per, st_a,
+            grad_sums_task(dy, x, p, mean, task // per, -1 if p.whole_rows else task % per, st_a,
                            st_b)
     if p.n_chunks > 1:
         for c in range(p.C):

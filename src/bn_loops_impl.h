@@ -99,6 +99,16 @@ static void BN_FN(run_moments)(const BN_T *x, npy_intp nrows, npy_intp len, npy_
     *m2 = q - s * s / n;
 }
 
+/* How the tile loops walk their rows: four at a time (pairwise adds, a quarter of the loads
+ * and stores of the per-channel accumulators), except for a tile that is a whole row of 512
+ * bytes or more, which streams faster one row at a time: 0.70-0.74x the time for float32
+ * C = 128 and 256, 0.5x for float64 C = 64, the same for float32 C = 512 (moments, 1 thread,
+ * 2-core EPYC, same run); four rows at a time stays 1.5x faster for a part of a wider row. */
+static inline int BN_FN(tile_by4)(npy_intp ncols, npy_intp stride)
+{
+    return ncols * (npy_intp)sizeof(BN_T) < 512 || ncols != stride;
+}
+
 /* Per-channel shifted sums over a block of tile rows; s and q are set, not accumulated.
  * With by4, four rows at a time (pairwise adds, and a quarter of the loads and stores of s
  * and q), else one row at a time: a channel's arithmetic depends on by4 and nothing else. */
@@ -143,11 +153,7 @@ static void BN_FN(tile_moments)(const BN_T *x, npy_intp nrows, npy_intp ncols, n
 {
     const double n = (double)nrows;
     npy_intp lo = ncols, hi = -1, again = 0;
-    /* A tile that is a whole row of 512 bytes or more streams faster one row at a time:
-     * 0.70-0.74x the time for float32 C = 128 and 256, 0.5x for float64 C = 64, the same for
-     * float32 C = 512 (moments, 1 thread, 2-core EPYC, same run); four rows at a time stays
-     * 1.5x faster for a part of a wider row. */
-    const int by4 = ncols * (npy_intp)sizeof(BN_T) < 512 || ncols != stride;
+    const int by4 = BN_FN(tile_by4)(ncols, stride);
     BN_FN(tile_shifted_sums)(x, nrows, ncols, stride, shift, mean, q, by4);
     for (npy_intp c = 0; c < ncols; c++) {
         if (!bn_well_shifted(mean[c], q[c], n)) {
@@ -373,8 +379,7 @@ BN_TARGET static void BN_FN(tile_grad_sums)(const BN_T *dy, const BN_T *x, npy_i
         sum_dy[c] = 0.0;
         sum_dy_xmu[c] = 0.0;
     }
-    /* Like tile_moments: a whole row of 512 bytes or more streams faster row by row. */
-    const int by4 = ncols * (npy_intp)sizeof(BN_T) < 512 || ncols != stride;
+    const int by4 = BN_FN(tile_by4)(ncols, stride);
     for (; by4 && r + 4 <= nrows; r += 4) {
         const BN_T *g0 = dy + r * stride, *g1 = g0 + stride, *g2 = g1 + stride, *g3 = g2 + stride;
         const BN_T *v0 = x + r * stride, *v1 = v0 + stride, *v2 = v1 + stride, *v3 = v2 + stride;
