@@ -1,4 +1,5 @@
-"""The documentation stays true: its code runs, and every "§n" it or the code cites exists.
+"""The documentation stays true: its code runs, its links resolve, and every "§n" cited in
+the repository names a section of docs/design.md.
 
 Conventions for code in README.md and docs/*.md (write new examples this way):
 
@@ -10,7 +11,8 @@ Conventions for code in README.md and docs/*.md (write new examples this way):
 - A block that must run as a program of its own (a cluster, several processes) is preceded,
   on the line before its fence, by ``<!-- run-as-script: NAME.py -->``. The text around it
   tells the reader to save it as ``NAME.py`` and run ``python NAME.py``, and the test does
-  exactly that, in a fresh folder, in a fresh process. ``NAME.py`` must appear in the text.
+  exactly that, in a fresh folder, in a fresh process; the text must contain
+  ``python NAME.py``.
 - Blocks in any other language (``bash``, ``text``, ...) are not run.
 - A block that needs an optional package that is not installed (torch, dask, scikit-learn,
   ...) is reported as skipped, naming the package; so is a block of the same file that then
@@ -343,6 +345,7 @@ def _text_files():
 
 
 def _design_sections():
+    assert os.path.exists(DESIGN), "docs/design.md is missing: the code cites its sections"
     with open(DESIGN, encoding="utf-8") as f:
         return [int(n) for n in SECTION_HEADING.findall(f.read())]
 
@@ -355,7 +358,6 @@ def _citations(patterns=(CITATION,)):
 
 
 def test_design_sections_are_numbered_in_order():
-    assert os.path.exists(DESIGN), "docs/design.md is missing (code cites its sections)"
     sections = _design_sections()
     assert sections == list(range(1, len(sections) + 1)), sections
     assert len(sections) >= 7, sections  # §1-§7 are cited by the code
@@ -375,3 +377,38 @@ def test_citations_name_docs_design_md():
              if before and before.rstrip(".,:;") not in ("docs/design.md", "design.md")
              and OTHER_DOCUMENT.match(before.rstrip(",:;"))]
     assert not wrong, "\n".join(wrong)
+
+
+# ---------------------------------------------------------------- links between the pages
+
+LINK = re.compile(r"\]\((?P<target>[^)\s]+)\)")
+
+
+def _slug(heading):
+    """GitHub's anchor for a heading: lower case, punctuation dropped, spaces to hyphens."""
+    text = re.sub(r"[^\w\- ]", "", heading.strip().lower())
+    return text.replace(" ", "-")
+
+
+def test_relative_links_resolve():
+    """Every relative link of README.md and docs/*.md names a file that exists and, with
+    '#anchor', a heading of that file."""
+    broken = []
+    for path in _doc_files():
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+        for m in LINK.finditer(text):
+            target = m["target"]
+            if re.match(r"^[a-z]+:", target):
+                continue  # http:, https:, mailto:
+            file, _, anchor = target.partition("#")
+            full = os.path.normpath(os.path.join(os.path.dirname(path), file)) if file else path
+            where = f"{_rel(path)}:{text.count(chr(10), 0, m.start()) + 1}: {target}"
+            if not os.path.exists(full):
+                broken.append(f"{where} (no such file)")
+            elif anchor and full.endswith(".md"):
+                with open(full, encoding="utf-8") as f:
+                    slugs = {_slug(h) for h in re.findall(r"^#+ (.+)$", f.read(), re.M)}
+                if anchor not in slugs:
+                    broken.append(f"{where} (no heading with that anchor)")
+    assert not broken, "\n".join(broken)
