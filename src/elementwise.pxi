@@ -62,7 +62,7 @@ cdef int elementwise(void (*task)(const floating *, void *, intp) noexcept nogil
     if p.tiled:
         j.r = row_plan(p)
         replicate(j.coef, j.rep, n_coef, p.C, j.r.span)
-    n = n_segments(p, &j.r)
+    n = elementwise_tasks(p, &j.r)
     run_tasks(task, x, j, n, n_threads_for(n_threads, work, n), GUIDED)
     if p.tiled and j.r.span > 1:
         free(j.rep[0])

@@ -184,6 +184,12 @@ cdef void merge_chunks(const Plan *p, double **st, double *count, double *mean, 
                        int n_threads) noexcept nogil:
     """Merge the chunk states of every channel, in chunk order, into count, mean and m2."""
     cdef Merge j
+    if p.n_chunks == 1:  # nothing to merge: the one chunk's states are the result
+        if count != NULL:
+            memcpy(count, st[0], p.C * sizeof(double))
+        memcpy(mean, st[1], p.C * sizeof(double))
+        memcpy(m2, st[2], p.C * sizeof(double))
+        return
     j.p = p
     j.st[0], j.st[1], j.st[2] = st[0], st[1], st[2]
     j.count, j.mean, j.m2 = count, mean, m2
