@@ -32,6 +32,11 @@ The plain case
   (running_mean, running_var).
 - out: None (a new array is returned) or a plain writeable array of x's dtype and shape
   that is exactly one of the inputs (in place) or shares no memory with them.
+- The three building blocks of the statistics and of the running-statistics rule state
+  their own plain case in their docstrings, in the same style: moments_masked takes a plain
+  2-D (samples, channels) matrix; merge_states and update_running take float64 state
+  vectors and one running buffer. They are called only by the Python layer, always through
+  the validated path, yet returning None rather than raising keeps one rule for the module.
 
 What the Python layer normalizes to: contiguous native aligned arrays of the working dtype,
 viewed as (outer, C, inner) with axis=1; float64 vectors; eps, momentum and count as
