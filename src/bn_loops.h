@@ -102,9 +102,9 @@ static inline void bn_stream_fence(void) {}
  * conversion would overflow, or lose bits to gradual underflow) the float64 loop runs instead.
  * Infinity is allowed where the float32 loop then gives the float64 loop's value (inf or NaN
  * alike), which the forward pass does and the backward pass does not. */
-#define BN_F32_SPLIT_MIN 0x1p-60
-#define BN_F32_COEF_MIN 0x1p-100
-#define BN_F32_COEF_MAX 0x1p100
+#define BN_F32_COEF_MAX 1267650600228229401496703205376.0 /* 2^100 */
+#define BN_F32_COEF_MIN (1.0 / BN_F32_COEF_MAX)
+#define BN_F32_SPLIT_MIN (1.0 / 1152921504606846976.0)   /* 2^-60 */
 
 /* Tile rows of at most this many columns take the float32 loops (see bn_loops_impl.h,
  * "Elementwise passes"): their coefficients are converted once per call, on the stack. */
