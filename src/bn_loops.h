@@ -12,6 +12,7 @@
 #ifndef BN_LOOPS_H
 #define BN_LOOPS_H
 
+#include <math.h>
 #include <stddef.h>
 #include <numpy/npy_common.h>
 
@@ -40,6 +41,13 @@ typedef double bn_vd __attribute__((vector_size(32)));
 #endif
 
 #define BN_LANES 16
+
+/* Inline bodies that must be compiled into each target clone of their caller. */
+#if defined(__GNUC__) || defined(__clang__)
+#define BN_INLINE static inline __attribute__((always_inline))
+#else
+#define BN_INLINE static inline
+#endif
 
 /* True when shifted sums (s = sum d, q = sum d^2 over n values) give M2 = q - s^2/n without
  * cancellation: the shift is within about one standard deviation of the mean, so M2 >= q/2
@@ -88,19 +96,166 @@ static inline void bn_stream_store_f64(double *dst, const double *src, npy_intp 
 static inline void bn_stream_fence(void) {}
 #endif
 
+/* The float32 elementwise passes (bn_loops_impl.h, "Elementwise passes") take a channel's
+ * coefficients in float32 when each one is zero, NaN, or of a magnitude in [lo, 2^100]: lo is
+ * 2^-60 for a mean that is split in two, 2^-100 for the others.  Out of that range (a float32
+ * conversion would overflow, or lose bits to gradual underflow) the float64 loop runs instead.
+ * Infinity is allowed where the float32 loop then gives the float64 loop's value (inf or NaN
+ * alike), which the forward pass does and the backward pass does not. */
+#define BN_F32_COEF_MAX 1267650600228229401496703205376.0 /* 2^100 */
+#define BN_F32_COEF_MIN (1.0 / BN_F32_COEF_MAX)
+#define BN_F32_SPLIT_MIN (1.0 / 1152921504606846976.0)   /* 2^-60 */
+
+/* Tile rows of at most this many columns take the float32 loops (see bn_loops_impl.h,
+ * "Elementwise passes"): their coefficients are converted once per call, on the stack. */
+#define BN_F32_ROW_COLS 256
+
+/* 1 when v is outside the float32 path's range (see above); inf_ok: infinity is allowed. */
+static inline int bn_f32_bad(double v, double lo, int inf_ok)
+{
+    const double a = fabs(v);
+    return ((a != 0.0) & (a < lo)) | ((a > BN_F32_COEF_MAX) & (inf_ok ? a < HUGE_VAL : 1));
+}
+
+#ifdef BN_VECTOR_TYPES
+/* The same on four values at a time: bn_f32_bad as lanes of -1 (out of range) or'ed into *bad,
+ * the split, and a plain rounding to float32 stored at dst. */
+typedef float bn_vf4 __attribute__((vector_size(16)));
+typedef long long bn_vl __attribute__((vector_size(32)));
+#define BN_VLZERO ((bn_vl){0, 0, 0, 0})
+
+BN_INLINE void bn_f32_vbad(bn_vl *bad, const bn_vd *v, double lo, int inf_ok)
+{
+    const long long abs_bits = 0x7fffffffffffffffLL;
+    const bn_vd a = (bn_vd)((bn_vl)*v & (bn_vl){abs_bits, abs_bits, abs_bits, abs_bits});
+    const bn_vl high = a > BN_VSPLAT(BN_F32_COEF_MAX);
+    *bad |= ((a != BN_VZERO) & (a < BN_VSPLAT(lo)))
+            | (inf_ok ? high & (a < BN_VSPLAT(HUGE_VAL)) : high);
+}
+
+BN_INLINE void bn_f32_vstore(float *dst, const bn_vd *v)
+{
+    const bn_vf4 f = __builtin_convertvector(*v, bn_vf4);
+    memcpy(dst, &f, sizeof f);
+}
+
+BN_INLINE void bn_f32_vsplit(const bn_vd *v, float *hi, float *lo)
+{
+    const bn_vf4 h = __builtin_convertvector(*v, bn_vf4);
+    bn_vd d = *v - __builtin_convertvector(h, bn_vd);
+    d = (bn_vd)((bn_vl)d & (d == d)); /* infinite v: inf - inf is NaN, and lo is 0 */
+    memcpy(hi, &h, sizeof h);
+    bn_f32_vstore(lo, &d);
+}
+#endif
+
+/* v as hi + lo in float32: hi the float nearest v, lo the float nearest v - hi (which is
+ * exact in float64).  For infinite v, lo is 0 rather than inf - inf. */
+static inline void bn_f32_split(double v, float *hi, float *lo)
+{
+    const float h = (float)v;
+    *hi = h;
+    *lo = isfinite(v) ? (float)(v - (double)h) : 0.0f;
+}
+
+/* Forward coefficients of n channels in float32, for the float32 loops: the mean split in two,
+ * scale and shift rounded.  Returns 0 when one of them is out of range: the float64 loop must
+ * run instead. */
+BN_INLINE int bn_f32_norm_coefs(const double *mean, const double *scale, const double *shift,
+                                npy_intp n, float *mh, float *ml, float *s, float *b)
+{
+    npy_intp c = 0;
+    int bad = 0;
+#ifdef BN_VECTOR_TYPES
+    bn_vl vbad = BN_VLZERO;
+    for (; c + 4 <= n; c += 4) {
+        bn_vd m, sc, sh;
+        BN_VLOAD_f64(m, mean + c);
+        BN_VLOAD_f64(sc, scale + c);
+        BN_VLOAD_f64(sh, shift + c);
+        bn_f32_vsplit(&m, mh + c, ml + c);
+        bn_f32_vstore(s + c, &sc);
+        bn_f32_vstore(b + c, &sh);
+        bn_f32_vbad(&vbad, &m, BN_F32_SPLIT_MIN, 1);
+        bn_f32_vbad(&vbad, &sc, BN_F32_COEF_MIN, 1);
+        bn_f32_vbad(&vbad, &sh, BN_F32_COEF_MIN, 1);
+    }
+    bad = ((vbad[0] | vbad[1]) | (vbad[2] | vbad[3])) != 0;
+#endif
+    for (; c < n; c++) {
+        bn_f32_split(mean[c], mh + c, ml + c);
+        s[c] = (float)scale[c];
+        b[c] = (float)shift[c];
+        bad |= bn_f32_bad(mean[c], BN_F32_SPLIT_MIN, 1) | bn_f32_bad(scale[c], BN_F32_COEF_MIN, 1)
+               | bn_f32_bad(shift[c], BN_F32_COEF_MIN, 1);
+    }
+    return !bad;
+}
+
+/* Backward coefficients of n channels in float32: a and the mean split in two, k rounded, and
+ * w = b * k (in float64) rounded.  A channel with a NaN coefficient is all NaN in either loop;
+ * infinity is out of range here.  Returns 0 when one of them is out of range. */
+BN_INLINE int bn_f32_grad_coefs(const double *mean, const double *a, const double *b,
+                                const double *k, npy_intp n, float *ah, float *al, float *kf,
+                                float *mh, float *ml, float *w)
+{
+    npy_intp c = 0;
+    int bad = 0;
+#ifdef BN_VECTOR_TYPES
+    bn_vl vbad = BN_VLZERO;
+    for (; c + 4 <= n; c += 4) {
+        bn_vd m, av, bv, kv;
+        BN_VLOAD_f64(m, mean + c);
+        BN_VLOAD_f64(av, a + c);
+        BN_VLOAD_f64(bv, b + c);
+        BN_VLOAD_f64(kv, k + c);
+        const bn_vd wv = bv * kv;
+        const bn_vl nan = (m != m) | (av != av) | (bv != bv) | (kv != kv);
+        bn_vl cbad = BN_VLZERO;
+        bn_f32_vsplit(&av, ah + c, al + c);
+        bn_f32_vsplit(&m, mh + c, ml + c);
+        bn_f32_vstore(kf + c, &kv);
+        bn_f32_vstore(w + c, &wv);
+        bn_f32_vbad(&cbad, &m, BN_F32_SPLIT_MIN, 0);
+        bn_f32_vbad(&cbad, &av, BN_F32_SPLIT_MIN, 0);
+        bn_f32_vbad(&cbad, &kv, BN_F32_COEF_MIN, 0);
+        bn_f32_vbad(&cbad, &wv, BN_F32_COEF_MIN, 0);
+        vbad |= ~nan & cbad;
+    }
+    bad = ((vbad[0] | vbad[1]) | (vbad[2] | vbad[3])) != 0;
+#endif
+    for (; c < n; c++) {
+        const double wc = b[c] * k[c];
+        const int nan = isnan(mean[c]) | isnan(a[c]) | isnan(b[c]) | isnan(k[c]);
+        bn_f32_split(a[c], ah + c, al + c);
+        bn_f32_split(mean[c], mh + c, ml + c);
+        kf[c] = (float)k[c];
+        w[c] = (float)wc;
+        bad |= (!nan) & (bn_f32_bad(mean[c], BN_F32_SPLIT_MIN, 0)
+                         | bn_f32_bad(a[c], BN_F32_SPLIT_MIN, 0)
+                         | bn_f32_bad(k[c], BN_F32_COEF_MIN, 0)
+                         | bn_f32_bad(wc, BN_F32_COEF_MIN, 0));
+    }
+    return !bad;
+}
+
 #define BN_T float
+#define BN_F32 1
 #define BN_FN(name) name##_f32
 #define BN_VLOAD BN_VLOAD_f32
 #include "bn_loops_impl.h"
 #undef BN_T
+#undef BN_F32
 #undef BN_FN
 #undef BN_VLOAD
 
 #define BN_T double
+#define BN_F32 0
 #define BN_FN(name) name##_f64
 #define BN_VLOAD BN_VLOAD_f64
 #include "bn_loops_impl.h"
 #undef BN_T
+#undef BN_F32
 #undef BN_FN
 #undef BN_VLOAD
 

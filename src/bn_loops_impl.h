@@ -243,69 +243,6 @@ static void BN_FN(tile_moments_masked)(const BN_T *x, const double *w, npy_intp 
     }
 }
 
-/* y = (x - mean) * scale + shift over one run; the subtraction comes first so that a large
- * offset cancels exactly instead of being folded into the shift. */
-static inline void BN_FN(normalize_span)(const BN_T *x, BN_T *y, npy_intp len, double mean,
-                                         double scale, double shift)
-{
-    BN_IVDEP
-    for (npy_intp i = 0; i < len; i++)
-        y[i] = (BN_T)(((double)x[i] - mean) * scale + shift);
-}
-
-static inline void BN_FN(normalize_row_span)(const BN_T *x, BN_T *y, npy_intp ncols,
-                                             const double *mean, const double *scale,
-                                             const double *shift)
-{
-    BN_IVDEP
-    for (npy_intp c = 0; c < ncols; c++)
-        y[c] = (BN_T)(((double)x[c] - mean[c]) * scale[c] + shift[c]);
-}
-
-/* With `stream`, results are staged in a cache-resident buffer and written with
- * non-temporal stores: an output far larger than the cache is then written without first
- * being read (a third of the traffic of a plain store loop). */
-BN_TARGET static void BN_FN(run_normalize)(const BN_T *x, BN_T *y, npy_intp len, double mean,
-                                           double scale, double shift, int stream)
-{
-    BN_T buf[BN_STREAM_BUF];
-    if (!stream) {
-        BN_FN(normalize_span)(x, y, len, mean, scale, shift);
-        return;
-    }
-    for (npy_intp i = 0; i < len; i += BN_STREAM_BUF) {
-        const npy_intp n = len - i < BN_STREAM_BUF ? len - i : BN_STREAM_BUF;
-        BN_FN(normalize_span)(x + i, buf, n, mean, scale, shift);
-        BN_FN(bn_stream_store)(y + i, buf, n);
-    }
-    bn_stream_fence();
-}
-
-/* nrows contiguous tile rows of ncols channels (the coefficients have ncols entries). */
-BN_TARGET static void BN_FN(row_normalize)(const BN_T *x, BN_T *y, npy_intp nrows,
-                                           npy_intp ncols, const double *mean,
-                                           const double *scale, const double *shift,
-                                           int stream)
-{
-    BN_T buf[BN_STREAM_BUF];
-    npy_intp r = 0;
-    if (!stream) {
-        for (; r < nrows; r++)
-            BN_FN(normalize_row_span)(x + r * ncols, y + r * ncols, ncols, mean, scale, shift);
-        return;
-    }
-    for (; r < nrows; r++) {
-        const BN_T *xr = x + r * ncols;
-        BN_T *yr = y + r * ncols;
-        for (npy_intp i = 0; i < ncols; i += BN_STREAM_BUF) {
-            const npy_intp n = ncols - i < BN_STREAM_BUF ? ncols - i : BN_STREAM_BUF;
-            BN_FN(normalize_row_span)(xr + i, buf, n, mean + i, scale + i, shift + i);
-            BN_FN(bn_stream_store)(yr + i, buf, n);
-        }
-    }
-    bn_stream_fence();
-}
-
 /* Backward reductions of a block of runs: sum(dy) and sum(dy * (x - mean)), in one pass and
  * 16 lanes, like run_shifted_sums. */
 BN_TARGET static void BN_FN(run_grad_sums)(const BN_T *dy, const BN_T *x, npy_intp nrows,
@@ -402,54 +339,335 @@ BN_TARGET static void BN_FN(tile_grad_sums)(const BN_T *dy, const BN_T *x, npy_i
     }
 }
 
-/* dx = ((dy - a) - (x - mean) * b) * k, with a = sum(dy)/m, b = invstd * dgamma / m and
- * k = gamma * invstd: the closed form of DESIGN §1 with the per-channel factors hoisted. */
-static inline void BN_FN(grad_input_span)(const BN_T *dy, const BN_T *x, BN_T *dx, npy_intp len,
-                                          double mean, double a, double b, double k)
+/* ---- Elementwise passes -------------------------------------------------------------------
+ *
+ * Forward and inference: y = (x - mean) * scale + shift.  Backward: dx = ((dy - a) - (x - mean)
+ * * b) * k, with a = sum(dy)/m, b = invstd * dgamma / m and k = gamma * invstd (the closed form
+ * of the design note with the per-channel factors hoisted).  The coefficients come in float64.
+ * float64 data is computed in float64.  float32 data is computed in float32, 8 AVX2 lanes
+ * instead of 4, when the coefficients are in range (bn_f32_bad, bn_loops.h), else in float64
+ * and rounded once at the end, like float64 data.  Tile rows wider than BN_F32_ROW_COLS stay in
+ * float64: their coefficients arrive as float64 arrays on every call (a segment of 4 to 16
+ * rows), and converting them costs about 7 cycles a column, more than those rows save (1 MiB
+ * float32 in cache, 1 thread, forward: 1.26x the float64 loop's time at 1024 columns, 2.3x at
+ * 4096).  Converted once per operation they would run at 0.60x and 0.80x: that conversion
+ * belongs where the coefficients are made, in the Cython layer.
+ *
+ * Error of the float32 forward.  The mean is split into m_h = fl(mean) and m_l = fl(mean - m_h)
+ * (mean - m_h is exact in float64), and
+ *     y = fl(fl(fl(fl(x - m_h) - m_l) * fl(scale)) + fl(shift)).
+ * u = 2^-24 (half an ulp of 1 in float32); D = x - mean, t = D * scale and y* = t + shift are
+ * exact, with the float64 coefficients taken as exact.
+ * (1) d = fl(fl(x - m_h) - m_l) has |d - D| <= (2u + 6u^2) |D|, whatever the offset.
+ *     Let e = mean - m_h: x - m_h = D + e; |m_l - e| <= u |e| (the range of bn_loops.h keeps
+ *     a nonzero e above 2^-113, a normal float); and since m_h is the float nearest the mean,
+ *     |e| <= |D| for every float x.
+ *     - When x - m_h is exact (Sterbenz: x and m_h of one sign and within a factor 2, the
+ *       offset data case; or x or m_h zero; or a subnormal difference), the first subtraction
+ *       adds nothing and the second rounds D + (e - m_l): |d - D| <= u|D| + u(1 + u)|D|.
+ *     - Otherwise (x far from the mean: outliers, small-magnitude data, a mean near zero),
+ *       |x - m_h| >= |m_h| / 2 while |e| <= u |m_h|, so |e| <= 2u |x - m_h| and
+ *       |x - m_h| <= |D| / (1 - 2u): the first subtraction errs by at most u |D| (1 + 3u),
+ *       m_l is about 2u^2 |D| or less off e, and the second subtraction rounds once: 2u |D|
+ *       again, to first order.
+ *     The split carries the accuracy, not Sterbenz alone: fl(x - fl(mean)) would be off by up
+ *     to u |mean| (0.06 at an offset of 1e6).
+ * (2) Times fl(scale) (u) and rounded (u): |p - t| <= (4u + O(u^2)) |t|.
+ * (3) Plus fl(shift) (u |shift|) and rounded (u |y|):
+ *         |y - y*| <= u (|y*| + 4 |t| + |shift|) + O(u^2)  <=  5u (|y*| + |shift|),
+ *     as |t| <= |y*| + |shift|: at most five half-ulps of |y*| + |shift|, where the float64
+ *     loop gives half an ulp of |y*|.  The bound is relative to |y*| + |shift|: where t cancels
+ *     the shift, y keeps the absolute error of rounding them.  Gradual underflow adds at most
+ *     2^-150 (the product; a subtraction or sum with a subnormal result is exact), and an
+ *     output within the bound of the overflow threshold may round to inf instead of FLT_MAX.
+ * What the tests ask: tests/test_accuracy.py (float32 1e4..1e6 + N(0, 1), every layout) wants
+ * y within 1e-5 with shift 0 and |y| < 6: the bound is 5u * 6 = 1.8e-6.  The reference,
+ * functional, parity and fuzz tests allow OUTPUT_RTOL = 2e-6 = 33.5u of float32 relative plus
+ * 33.5u of the largest |y*| absolute; the shift is at most max |y*| (within a channel t has mean
+ * 0, so some y* has the sign of the shift and |y*| >= |shift|), so the bound is 10u max |y*|.
+ *
+ * Error of the float32 backward.  a and the mean are split alike (a_h, a_l, m_h, m_l), k is
+ * distributed over both terms with w = fl(b * k) (the product in float64), and
+ *     dx = fl(fl(fl(fl(dy - a_h) - a_l) * fl(k)) - fl(fl(fl(x - m_h) - m_l) * w)),
+ * so every intermediate is of the size of a term of dx.  With G = dy - a, H = D * b * k and
+ * dx* = G k - H: each difference errs by 2u of itself as in (1), each product adds 2u (the
+ * rounding of k or w, and its own), and the last difference rounds once:
+ *     |dx - dx*| <= 4u (|G k| + |H|) + u |dx*| + O(u^2)  <=  5u (|G k| + |H|).
+ * The terms cancel where dy is nearly a linear function of x (the float64 loop then has half
+ * an ulp of dx*, plus 2^-52 of the terms).  The tests scale dx's tolerance by the terms:
+ * OUTPUT_RTOL times |k| max|dy| (2 + max xhat^2) (tests/_helpers.py backward_scales and the
+ * fuzz test), where |G k| <= 2 |k| max|dy| and |H| = |k xhat mean(dy xhat)| <= |k| max|dy|
+ * max xhat^2: the bound is 5u of that scale, against 33.5u allowed.  A term of dx beyond
+ * FLT_MAX overflows here (inf, or NaN from inf - inf) where the float64 loop may still give a
+ * finite dx.
+ *
+ * Same bits for every thread count: each element goes through the same operations whatever
+ * the split of the work.  The vector body and the scalar tail round alike (IEEE float32 or
+ * float64 operations, no reassociation, no FMA contraction: the build uses -ffp-contract=off),
+ * and the float32/float64 choice is made per call, from the row width and the coefficients
+ * (of the run's channel, or of the tile row's columns), which the shape fixes.  A channel's y
+ * depends on its own coefficients only, except that one out-of-range coefficient sends a whole
+ * tile row of at most BN_F32_ROW_COLS columns to the float64 loop (a more accurate result,
+ * other bits), and except for the row width: the same channel in a row wider than
+ * BN_F32_ROW_COLS (a wider array, as against one chunk of it along the channels) takes the
+ * float64 loop.
+ *
+ * Epilogues.  The loops are inline bodies parameterized by what a fused pass adds: forward
+ * res (a residual of x's shape, added after the shift) and act (1: max(v, 0), NaN kept), and
+ * backward relu_y (the forward output: dy counts where relu_y > 0, else 0) and dres (where that
+ * masked dy is written: the residual's gradient).  The exported functions pass NULL and 0 as
+ * constants, which the inlined bodies fold away; the fused variants (issue 13) will be more
+ * instances of the same bodies, with these arguments.
+ */
+
+#define BN_FORWARD_EPILOGUE(v, res, act, i)                                                  \
+    do {                                                                                     \
+        if (res)                                                                             \
+            (v) += (res)[i];                                                                 \
+        if ((act) && (v) < 0)                                                                \
+            (v) = 0;                                                                         \
+    } while (0)
+
+#define BN_BACKWARD_PROLOGUE(g, relu_y, dres, i)                                             \
+    do {                                                                                     \
+        if ((relu_y) && !((relu_y)[i] > 0))                                                  \
+            (g) = 0;                                                                         \
+        if (dres)                                                                            \
+            (dres)[i] = (BN_T)(g);                                                           \
+    } while (0)
+
+#if BN_F32
+BN_INLINE void bn_normalize_span_f32(const float *x, float *y, npy_intp len, float mh, float ml,
+                                     float s, float b, const float *res, int act)
 {
     BN_IVDEP
-    for (npy_intp i = 0; i < len; i++)
-        dx[i] = (BN_T)((((double)dy[i] - a) - ((double)x[i] - mean) * b) * k);
+    for (npy_intp i = 0; i < len; i++) {
+        float v = ((x[i] - mh) - ml) * s + b;
+        BN_FORWARD_EPILOGUE(v, res, act, i);
+        y[i] = v;
+    }
 }
 
-static inline void BN_FN(grad_input_row_span)(const BN_T *dy, const BN_T *x, BN_T *dx,
-                                              npy_intp ncols, const double *mean,
-                                              const double *a, const double *b, const double *k)
+BN_INLINE void bn_normalize_row_span_f32(const float *x, float *y, npy_intp ncols,
+                                         const float *mh, const float *ml, const float *s,
+                                         const float *b, const float *res, int act)
 {
     BN_IVDEP
-    for (npy_intp c = 0; c < ncols; c++)
-        dx[c] = (BN_T)((((double)dy[c] - a[c]) - ((double)x[c] - mean[c]) * b[c]) * k[c]);
+    for (npy_intp c = 0; c < ncols; c++) {
+        float v = ((x[c] - mh[c]) - ml[c]) * s[c] + b[c];
+        BN_FORWARD_EPILOGUE(v, res, act, c);
+        y[c] = v;
+    }
 }
 
-BN_TARGET static void BN_FN(run_grad_input)(const BN_T *dy, const BN_T *x, BN_T *dx,
-                                            npy_intp len, double mean, double a, double b,
-                                            double k, int stream)
+BN_INLINE void bn_grad_input_span_f32(const float *dy, const float *x, float *dx, npy_intp len,
+                                      float ah, float al, float k, float mh, float ml, float w,
+                                      const float *relu_y, float *dres)
+{
+    BN_IVDEP
+    for (npy_intp i = 0; i < len; i++) {
+        float g = dy[i];
+        BN_BACKWARD_PROLOGUE(g, relu_y, dres, i);
+        dx[i] = ((g - ah) - al) * k - ((x[i] - mh) - ml) * w;
+    }
+}
+
+BN_INLINE void bn_grad_input_row_span_f32(const float *dy, const float *x, float *dx,
+                                          npy_intp ncols, const float *ah, const float *al,
+                                          const float *k, const float *mh, const float *ml,
+                                          const float *w, const float *relu_y, float *dres)
+{
+    BN_IVDEP
+    for (npy_intp c = 0; c < ncols; c++) {
+        float g = dy[c];
+        BN_BACKWARD_PROLOGUE(g, relu_y, dres, c);
+        dx[c] = ((g - ah[c]) - al[c]) * k[c] - ((x[c] - mh[c]) - ml[c]) * w[c];
+    }
+}
+#endif
+
+/* The float64 loops (float64 data; float32 data with coefficients out of the float32 range).
+ * The subtraction comes first, so that a large offset cancels exactly instead of being folded
+ * into the shift. */
+BN_INLINE void BN_FN(normalize_span)(const BN_T *x, BN_T *y, npy_intp len, double mean,
+                                     double scale, double shift, const BN_T *res, int act)
+{
+    BN_IVDEP
+    for (npy_intp i = 0; i < len; i++) {
+        double v = ((double)x[i] - mean) * scale + shift;
+        BN_FORWARD_EPILOGUE(v, res, act, i);
+        y[i] = (BN_T)v;
+    }
+}
+
+BN_INLINE void BN_FN(normalize_row_span)(const BN_T *x, BN_T *y, npy_intp ncols,
+                                         const double *mean, const double *scale,
+                                         const double *shift, const BN_T *res, int act)
+{
+    BN_IVDEP
+    for (npy_intp c = 0; c < ncols; c++) {
+        double v = ((double)x[c] - mean[c]) * scale[c] + shift[c];
+        BN_FORWARD_EPILOGUE(v, res, act, c);
+        y[c] = (BN_T)v;
+    }
+}
+
+BN_INLINE void BN_FN(grad_input_span)(const BN_T *dy, const BN_T *x, BN_T *dx, npy_intp len,
+                                      double mean, double a, double b, double k,
+                                      const BN_T *relu_y, BN_T *dres)
+{
+    BN_IVDEP
+    for (npy_intp i = 0; i < len; i++) {
+        double g = (double)dy[i];
+        BN_BACKWARD_PROLOGUE(g, relu_y, dres, i);
+        dx[i] = (BN_T)(((g - a) - ((double)x[i] - mean) * b) * k);
+    }
+}
+
+BN_INLINE void BN_FN(grad_input_row_span)(const BN_T *dy, const BN_T *x, BN_T *dx,
+                                          npy_intp ncols, const double *mean, const double *a,
+                                          const double *b, const double *k, const BN_T *relu_y,
+                                          BN_T *dres)
+{
+    BN_IVDEP
+    for (npy_intp c = 0; c < ncols; c++) {
+        double g = (double)dy[c];
+        BN_BACKWARD_PROLOGUE(g, relu_y, dres, c);
+        dx[c] = (BN_T)(((g - a[c]) - ((double)x[c] - mean[c]) * b[c]) * k[c]);
+    }
+}
+
+/* The passes over a run (one channel) or over nrows contiguous tile rows of ncols channels
+ * (coefficients of ncols entries).  With `stream`, results are staged in a cache-resident
+ * buffer and written with non-temporal stores: an output far larger than the cache is then
+ * written without first being read (a third of the traffic of a plain store loop). */
+BN_INLINE void BN_FN(run_normalize_ep)(const BN_T *x, BN_T *y, npy_intp len, double mean,
+                                       double scale, double shift, const BN_T *res, int act,
+                                       int stream)
 {
     BN_T buf[BN_STREAM_BUF];
-    if (!stream) {
-        BN_FN(grad_input_span)(dy, x, dx, len, mean, a, b, k);
+    const npy_intp step = stream ? BN_STREAM_BUF : len;
+#if BN_F32
+    float mh, ml, s, b;
+    const int f32 = bn_f32_norm_coefs(&mean, &scale, &shift, 1, &mh, &ml, &s, &b);
+#endif
+    for (npy_intp i = 0; i < len; i += step) {
+        const npy_intp n = len - i < step ? len - i : step;
+        BN_T *dst = stream ? buf : y + i;
+        const BN_T *r = res ? res + i : NULL;
+#if BN_F32
+        if (f32)
+            bn_normalize_span_f32(x + i, dst, n, mh, ml, s, b, r, act);
+        else
+#endif
+            BN_FN(normalize_span)(x + i, dst, n, mean, scale, shift, r, act);
+        if (stream)
+            BN_FN(bn_stream_store)(y + i, buf, n);
+    }
+    if (stream)
+        bn_stream_fence();
+}
+
+BN_INLINE void BN_FN(row_normalize_ep)(const BN_T *x, BN_T *y, npy_intp nrows, npy_intp ncols,
+                                       const double *mean, const double *scale,
+                                       const double *shift, const BN_T *res, int act,
+                                       int stream)
+{
+    BN_T buf[BN_STREAM_BUF];
+    npy_intp r = 0;
+#if BN_F32
+    float mh[BN_F32_ROW_COLS], ml[BN_F32_ROW_COLS], s[BN_F32_ROW_COLS], b[BN_F32_ROW_COLS];
+    if (ncols <= BN_F32_ROW_COLS && bn_f32_norm_coefs(mean, scale, shift, ncols, mh, ml, s, b)) {
+        for (; r < nrows; r++) {
+            const npy_intp o = r * ncols;
+            bn_normalize_row_span_f32(x + o, stream ? buf : y + o, ncols, mh, ml, s, b,
+                                      res ? res + o : NULL, act);
+            if (stream)
+                BN_FN(bn_stream_store)(y + o, buf, ncols);
+        }
+        if (stream)
+            bn_stream_fence();
         return;
     }
-    for (npy_intp i = 0; i < len; i += BN_STREAM_BUF) {
-        const npy_intp n = len - i < BN_STREAM_BUF ? len - i : BN_STREAM_BUF;
-        BN_FN(grad_input_span)(dy + i, x + i, buf, n, mean, a, b, k);
-        BN_FN(bn_stream_store)(dx + i, buf, n);
+#endif
+    if (!stream) {
+        for (; r < nrows; r++)
+            BN_FN(normalize_row_span)(x + r * ncols, y + r * ncols, ncols, mean, scale, shift,
+                                      res ? res + r * ncols : NULL, act);
+        return;
+    }
+    for (; r < nrows; r++) {
+        const BN_T *xr = x + r * ncols;
+        BN_T *yr = y + r * ncols;
+        for (npy_intp i = 0; i < ncols; i += BN_STREAM_BUF) {
+            const npy_intp n = ncols - i < BN_STREAM_BUF ? ncols - i : BN_STREAM_BUF;
+            BN_FN(normalize_row_span)(xr + i, buf, n, mean + i, scale + i, shift + i,
+                                      res ? res + r * ncols + i : NULL, act);
+            BN_FN(bn_stream_store)(yr + i, buf, n);
+        }
     }
     bn_stream_fence();
 }
 
-/* nrows contiguous tile rows of ncols channels, like row_normalize. */
-BN_TARGET static void BN_FN(row_grad_input)(const BN_T *dy, const BN_T *x, BN_T *dx,
-                                            npy_intp nrows, npy_intp ncols, const double *mean,
-                                            const double *a, const double *b, const double *k,
-                                            int stream)
+BN_INLINE void BN_FN(run_grad_input_ep)(const BN_T *dy, const BN_T *x, BN_T *dx, npy_intp len,
+                                        double mean, double a, double b, double k,
+                                        const BN_T *relu_y, BN_T *dres, int stream)
+{
+    BN_T buf[BN_STREAM_BUF];
+    const npy_intp step = stream ? BN_STREAM_BUF : len;
+#if BN_F32
+    float ah, al, kf, mh, ml, w;
+    const int f32 = bn_f32_grad_coefs(&mean, &a, &b, &k, 1, &ah, &al, &kf, &mh, &ml, &w);
+#endif
+    for (npy_intp i = 0; i < len; i += step) {
+        const npy_intp n = len - i < step ? len - i : step;
+        BN_T *dst = stream ? buf : dx + i;
+        const BN_T *ry = relu_y ? relu_y + i : NULL;
+        BN_T *dr = dres ? dres + i : NULL;
+#if BN_F32
+        if (f32)
+            bn_grad_input_span_f32(dy + i, x + i, dst, n, ah, al, kf, mh, ml, w, ry, dr);
+        else
+#endif
+            BN_FN(grad_input_span)(dy + i, x + i, dst, n, mean, a, b, k, ry, dr);
+        if (stream)
+            BN_FN(bn_stream_store)(dx + i, buf, n);
+    }
+    if (stream)
+        bn_stream_fence();
+}
+
+BN_INLINE void BN_FN(row_grad_input_ep)(const BN_T *dy, const BN_T *x, BN_T *dx, npy_intp nrows,
+                                        npy_intp ncols, const double *mean, const double *a,
+                                        const double *b, const double *k, const BN_T *relu_y,
+                                        BN_T *dres, int stream)
 {
     BN_T buf[BN_STREAM_BUF];
     npy_intp r = 0;
+#if BN_F32
+    float ah[BN_F32_ROW_COLS], al[BN_F32_ROW_COLS], kf[BN_F32_ROW_COLS], mh[BN_F32_ROW_COLS],
+        ml[BN_F32_ROW_COLS], w[BN_F32_ROW_COLS];
+    if (ncols <= BN_F32_ROW_COLS
+        && bn_f32_grad_coefs(mean, a, b, k, ncols, ah, al, kf, mh, ml, w)) {
+        for (; r < nrows; r++) {
+            const npy_intp o = r * ncols;
+            bn_grad_input_row_span_f32(dy + o, x + o, stream ? buf : dx + o, ncols, ah, al, kf,
+                                       mh, ml, w, relu_y ? relu_y + o : NULL,
+                                       dres ? dres + o : NULL);
+            if (stream)
+                BN_FN(bn_stream_store)(dx + o, buf, ncols);
+        }
+        if (stream)
+            bn_stream_fence();
+        return;
+    }
+#endif
     if (!stream) {
-        for (; r < nrows; r++)
-            BN_FN(grad_input_row_span)(dy + r * ncols, x + r * ncols, dx + r * ncols, ncols,
-                                       mean, a, b, k);
+        for (; r < nrows; r++) {
+            const npy_intp o = r * ncols;
+            BN_FN(grad_input_row_span)(dy + o, x + o, dx + o, ncols, mean, a, b, k,
+                                       relu_y ? relu_y + o : NULL, dres ? dres + o : NULL);
+        }
         return;
     }
     for (; r < nrows; r++) {
@@ -457,11 +675,45 @@ BN_TARGET static void BN_FN(row_grad_input)(const BN_T *dy, const BN_T *x, BN_T 
         for (npy_intp i = 0; i < ncols; i += BN_STREAM_BUF) {
             const npy_intp n = ncols - i < BN_STREAM_BUF ? ncols - i : BN_STREAM_BUF;
             BN_FN(grad_input_row_span)(dy + o + i, x + o + i, buf, n, mean + i, a + i, b + i,
-                                       k + i);
+                                       k + i, relu_y ? relu_y + o + i : NULL,
+                                       dres ? dres + o + i : NULL);
             BN_FN(bn_stream_store)(dx + o + i, buf, n);
         }
     }
     bn_stream_fence();
 }
+
+/* The plain passes, called by _kernels.pyx. */
+BN_TARGET static void BN_FN(run_normalize)(const BN_T *x, BN_T *y, npy_intp len, double mean,
+                                           double scale, double shift, int stream)
+{
+    BN_FN(run_normalize_ep)(x, y, len, mean, scale, shift, NULL, 0, stream);
+}
+
+BN_TARGET static void BN_FN(row_normalize)(const BN_T *x, BN_T *y, npy_intp nrows,
+                                           npy_intp ncols, const double *mean,
+                                           const double *scale, const double *shift,
+                                           int stream)
+{
+    BN_FN(row_normalize_ep)(x, y, nrows, ncols, mean, scale, shift, NULL, 0, stream);
+}
+
+BN_TARGET static void BN_FN(run_grad_input)(const BN_T *dy, const BN_T *x, BN_T *dx,
+                                            npy_intp len, double mean, double a, double b,
+                                            double k, int stream)
+{
+    BN_FN(run_grad_input_ep)(dy, x, dx, len, mean, a, b, k, NULL, NULL, stream);
+}
+
+BN_TARGET static void BN_FN(row_grad_input)(const BN_T *dy, const BN_T *x, BN_T *dx,
+                                            npy_intp nrows, npy_intp ncols, const double *mean,
+                                            const double *a, const double *b, const double *k,
+                                            int stream)
+{
+    BN_FN(row_grad_input_ep)(dy, x, dx, nrows, ncols, mean, a, b, k, NULL, NULL, stream);
+}
+
+#undef BN_FORWARD_EPILOGUE
+#undef BN_BACKWARD_PROLOGUE
 
 #undef BN_IVDEP
