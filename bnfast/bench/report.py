@@ -8,7 +8,7 @@ from __future__ import annotations
 import datetime
 import os
 import platform
-from typing import Any, Dict, List, Mapping, Optional
+from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 
@@ -38,7 +38,7 @@ COLUMNS = ["op", "layout", "shape", "dtype", "MiB", "bnfast", "NumPy", "torch", 
 _RIGHT = {"MiB", "bnfast", "NumPy", "torch", "floor", "bn/floor", "bn/torch", "np/bn"}
 
 
-def format_table(rows: List[Mapping[str, Any]], targets: bool = False) -> str:
+def format_table(rows: Sequence[Mapping[str, Any]], targets: bool = False) -> str:
     """Return the rows as a fixed-width, Markdown-compatible table.
 
     Parameters

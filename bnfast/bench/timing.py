@@ -8,7 +8,7 @@ from __future__ import annotations
 import gc
 import statistics
 import time
-from typing import Callable, Dict, Mapping, Union
+from typing import Callable, Dict, List, Mapping, Union
 
 #: Inner-loop length (seconds) that one timing sample aims for, like timeit's autorange.
 MIN_TIME = 0.02
@@ -72,7 +72,7 @@ def measure(calls: Mapping[str, Callable[[], object]], repeats: int = REPEATS,
         for fn in calls.values():
             fn()
     numbers = {name: autorange(calls[name], min_time) for name in names}
-    samples: Dict[str, list] = {name: [] for name in names}
+    samples: Dict[str, List[float]] = {name: [] for name in names}
     gc_was_enabled = gc.isenabled()
     gc.disable()
     try:
