@@ -200,7 +200,8 @@ def _ratio(a: Optional[float], b: Optional[float]) -> Optional[float]:
 
 
 def run_rows(grid: List[Row], threads: int, repeats: int = REPEATS, min_time: float = MIN_TIME,
-             progress: Optional[TextIO] = None, warmup: bool = True) -> List[RowResult]:
+             progress: Optional[TextIO] = None, warmup: bool = True,
+             check: bool = True) -> List[RowResult]:
     """Measure every ``(case, op)`` of a grid.
 
     Parameters
@@ -211,6 +212,9 @@ def run_rows(grid: List[Row], threads: int, repeats: int = REPEATS, min_time: fl
         See :func:`bnfast.bench.timing.measure`.
     progress : file-like, optional
         Where to write one line per row as it starts (``[3/33] backward NC ...``).
+    check : bool
+        Check that bnfast and the NumPy twin agree on each row (``agrees_with_numpy``;
+        None when not checked).
 
     Returns
     -------
@@ -234,7 +238,7 @@ def run_rows(grid: List[Row], threads: int, repeats: int = REPEATS, min_time: fl
             if problem is None or problem.case != case:
                 problem = None  # free the previous case's arrays first
                 problem = Problem(case, threads, pool)
-            rows.append(_measure_row(problem, op, torch, repeats, min_time, warmup))
+            rows.append(_measure_row(problem, op, torch, repeats, min_time, warmup, check))
     finally:
         if pool is not None:
             pool.shutdown()
@@ -244,9 +248,9 @@ def run_rows(grid: List[Row], threads: int, repeats: int = REPEATS, min_time: fl
 
 
 def _measure_row(problem: Problem, op: str, torch: Optional[ModuleType], repeats: int,
-                 min_time: float, warmup: bool) -> RowResult:
+                 min_time: float, warmup: bool, check: bool) -> RowResult:
     case = problem.case
-    agrees = problem.agrees_with_numpy(op)
+    agrees = problem.agrees_with_numpy(op) if check else None
     calls = {"bnfast": problem.bnfast_call(op), "numpy": problem.numpy_call(op)}
     torch_names = []
     if torch is not None:

@@ -8,8 +8,8 @@ min-max range of each time and of their ratio, never the best run. Half the proc
 BatchNormScaler first, half StandardScaler first.
 
 Each child process also reports the minor page faults of each call (``getrusage``) and the
-time of a second call of each (warm: the output's pages come back from the allocator's
-cache or are faulted again, see the investigation in ``docs/benchmarks-asv.md``).
+time of a second call of each (whose fresh output usually gets the physical pages that the
+first call's output released); ``tools/scaler_first_call.py`` breaks the first call down.
 
 One child by hand: ``python -c "from bnfast.bench.scaler import main; main()"``.
 How performance is measured: ``docs/design.md`` §6.

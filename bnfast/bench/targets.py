@@ -38,7 +38,7 @@ def missed_targets(row: Mapping[str, Any]) -> List[str]:
         empty when every target that applies is met.
     """
     missed = []
-    if not row["agrees_with_numpy"]:
+    if row["agrees_with_numpy"] is False:  # None: not checked
         missed.append("wrong")
     if row["nbytes"] >= FLOOR_MIN_BYTES and row["bnfast_over_floor"] > FLOOR_TARGET:
         missed.append("floor")
