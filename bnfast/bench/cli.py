@@ -28,8 +28,9 @@ and their ratios. Then time BatchNormScaler().fit_transform against scikit-learn
 StandardScaler().fit_transform, one call each in several fresh processes, and print the
 median and range of each time and of their ratio.
 
-The full grid has 33 rows and takes a few minutes on 2 cores; --quick times 12 rows with
-fewer repeats and skips the scaler.
+The full grid has 33 rows of 64 KiB to 64 MiB arrays and takes minutes. --quick times 12
+rows of smaller arrays (up to 6 MiB) with 3 repeats and skips the scaler: a glance, not
+figures to quote.
 """
 
 
@@ -50,7 +51,8 @@ def _count(text: str) -> int:
 def configure_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Add the options of ``bench`` to ``parser`` and return it."""
     parser.add_argument("--quick", action="store_true",
-                        help="a 12-row grid, 3 repeats, no scaler processes")
+                        help="12 rows of smaller arrays (up to 6 MiB), 3 repeats, no scaler "
+                             "processes")
     parser.add_argument("--threads", type=_positive_int, default=os.cpu_count() or 1,
                         metavar="N",
                         help="threads for bnfast, PyTorch and the copy (default: all cores, "
