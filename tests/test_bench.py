@@ -113,25 +113,27 @@ def test_format_time_and_missing_torch():
     assert "not installed" in report.table_notes(2, None)
 
 
-def test_scaler_child_times_one_call_each():
+def test_scaler_child_times_one_scaler():
     pytest.importorskip("sklearn")
-    result = scaler.child(threads=1, bnfast_first=False, shape=(64, 5))
-    for key in ("bnfast_s", "sklearn_s", "bnfast_warm_s", "sklearn_warm_s"):
-        assert result[key] > 0
-    assert result["bnfast_faults"] >= 0 and result["sklearn_faults"] >= 0
+    for only in ("bnfast", "sklearn"):
+        result = scaler.child(threads=1, only=only, shape=(64, 5))
+        assert result[f"{only}_s"] > 0 and result[f"{only}_warm_s"] > 0
+        assert result[f"{only}_faults"] >= 0
+    with pytest.raises(ValueError, match="only"):
+        scaler.child(threads=1, only="torch", shape=(64, 5))
 
 
 def test_scaler_fresh_processes_summarize_the_distribution():
     pytest.importorskip("sklearn")
     summary = scaler.fresh_processes(1, threads=1, shape=(64, 5))
-    assert summary["n_processes"] == len(summary["processes"]) == 1
-    r = summary["processes"][0]
+    assert summary["n_processes"] == len(summary["pairs"]) == 1
+    r = summary["pairs"][0]
     assert summary["speedup"]["median"] == pytest.approx(r["sklearn_s"] / r["bnfast_s"])
     for key in ("bnfast_s", "sklearn_s", "speedup"):
         d = summary[key]
         assert d["min"] <= d["median"] <= d["max"]
     text = report.format_scaler(summary)
-    assert "1 fresh processes" in text and "StandardScaler" in text and "median" in text
+    assert "1 processes each" in text and "StandardScaler" in text and "median" in text
     assert "n/a" in report.format_scaler(None, "scikit-learn not installed")
 
 

@@ -25,8 +25,8 @@ DESCRIPTION = """\
 Time bnfast against plain NumPy, PyTorch (when installed) and the memory-bandwidth floor
 (a streaming copy), side by side in one run, and print a table of median times per call
 and their ratios. Then time BatchNormScaler().fit_transform against scikit-learn's
-StandardScaler().fit_transform, one call each in several fresh processes, and print the
-median and range of each time and of their ratio.
+StandardScaler().fit_transform, each as the first call of a fresh process, in several
+processes, and print the median and range of each time and of their ratio.
 
 The full grid has 33 rows of 64 KiB to 64 MiB arrays and takes minutes. --quick times 12
 rows of smaller arrays (up to 6 MiB) with 3 repeats and skips the scaler: a glance, not
@@ -61,7 +61,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
                         help=f"timing rounds per row (default {REPEATS}, "
                              f"{QUICK_REPEATS} with --quick)")
     parser.add_argument("--scaler-processes", type=_count, default=None, metavar="P",
-                        help=f"fresh processes for the scaler figure (default "
+                        help=f"fresh processes per scaler for the scaler figure (default "
                              f"{SCALER_PROCESSES}, 0 with --quick; 0 skips it)")
     parser.add_argument("--json", metavar="FILE",
                         help="also write every row, every sample and the machine's "

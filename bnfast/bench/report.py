@@ -114,11 +114,11 @@ def format_scaler(summary: Optional[Mapping[str, Any]], reason: str = "") -> str
 
     x = lambda r: f"{r:.1f}x"  # noqa: E731
     return "\n".join([
-        f"scaler fit_transform {tuple(summary['shape'])} f32, one call each in "
-        f"{summary['n_processes']} fresh processes:",
+        f"scaler fit_transform {tuple(summary['shape'])} f32, first call of a fresh "
+        f"process, {summary['n_processes']} processes each:",
         f"  BatchNormScaler  {dist(summary['bnfast_s'])}",
         f"  StandardScaler   {dist(summary['sklearn_s'])}",
-        f"  StandardScaler / BatchNormScaler per process: {dist(summary['speedup'], x)}",
+        f"  StandardScaler / BatchNormScaler, pair by pair: {dist(summary['speedup'], x)}",
     ])
 
 

@@ -1,17 +1,21 @@
 """The scaler figure: ``BatchNormScaler().fit_transform`` against ``StandardScaler``'s.
 
-Measured as a user meets it: a fresh process, a float32 ``(65536, 256)`` batch, one call of
-each. The first call in a process pays for things a benchmark loop never sees (faulting in
-the 64 MiB output, starting thread pools), and that cost varies a lot from process to
-process, so the figure is a distribution over ``n`` fresh processes: the median and the
-min-max range of each time and of their ratio, never the best run. Half the processes call
-BatchNormScaler first, half StandardScaler first.
+Measured as a user meets it: a fresh process, a float32 ``(65536, 256)`` batch, one call.
+The first call in a process pays for things a benchmark loop never sees, above all the first
+touch of the memory it allocates, and that cost varies a lot from process to process. So
+each scaler is timed alone in its own fresh processes, ``n`` of each, run in pairs (the
+order within a pair alternates), and the figure is the median and the min-max range of each
+time and of the per-pair ratio, never the best run.
 
-Each child process also reports the minor page faults of each call (``getrusage``) and the
-time of a second call of each (whose fresh output usually gets the physical pages that the
-first call's output released); ``tools/scaler_first_call.py`` breaks the first call down.
+Timing both scalers in one process would not be fair: whichever runs second reuses memory
+the first one touched and freed. On the development machine that made the ratio 1.2-1.7x
+when BatchNormScaler ran first and 10-20x when StandardScaler did.
 
-One child by hand: ``python -c "from bnfast.bench.scaler import main; main()"``.
+Each child process also reports the minor page faults of the call (``getrusage``) and the
+time of a second call (whose fresh output usually gets the physical pages that the first
+call's output released); ``tools/scaler_first_call.py`` breaks the first call down.
+
+One child by hand: ``python -c "from bnfast.bench.scaler import main; main()" --only bnfast``.
 How performance is measured: ``docs/design.md`` §6.
 """
 
@@ -47,16 +51,23 @@ def _one_call(fn: Callable[[], object]) -> Tuple[float, int]:
     return elapsed, _minor_faults() - faults
 
 
-def child(threads: Optional[int], bnfast_first: bool,
+def child(threads: Optional[int], only: str,
           shape: Tuple[int, int] = SCALER_SHAPE) -> Result:
-    """Time one call of each scaler in this process (meant to be a fresh one).
+    """Time one scaler's first and second ``fit_transform`` in this (fresh) process.
+
+    Parameters
+    ----------
+    threads : int or None
+        ``n_threads`` of BatchNormScaler.
+    only : {"bnfast", "sklearn"}
+        BatchNormScaler or StandardScaler.
+    shape : (int, int)
 
     Returns
     -------
     dict
-        ``bnfast_s``, ``sklearn_s`` (first calls), ``bnfast_faults``, ``sklearn_faults``
-        (minor page faults during each first call), ``bnfast_warm_s``, ``sklearn_warm_s``
-        (second calls) and ``import_s`` (importing bnfast and scikit-learn).
+        ``<only>_s`` (first call), ``<only>_faults`` (minor page faults during it),
+        ``<only>_warm_s``, ``<only>_warm_faults`` (second call) and ``import_s``.
     """
     t0 = time.perf_counter()
     from sklearn.preprocessing import StandardScaler
@@ -67,14 +78,17 @@ def child(threads: Optional[int], bnfast_first: bool,
     from .cases import scaler_input
 
     X = scaler_input(shape)
-    calls = {"bnfast": lambda: BatchNormScaler(n_threads=threads).fit_transform(X),
-             "sklearn": lambda: StandardScaler().fit_transform(X)}
-    order = ["bnfast", "sklearn"] if bnfast_first else ["sklearn", "bnfast"]
-    result: Result = {"import_s": import_s, "bnfast_first": bnfast_first}
-    for name in order:
-        result[f"{name}_s"], result[f"{name}_faults"] = _one_call(calls[name])
-    for name in order:
-        result[f"{name}_warm_s"], result[f"{name}_warm_faults"] = _one_call(calls[name])
+    if only == "bnfast":
+        def call() -> object:
+            return BatchNormScaler(n_threads=threads).fit_transform(X)
+    elif only == "sklearn":
+        def call() -> object:
+            return StandardScaler().fit_transform(X)
+    else:
+        raise ValueError(f"only: expected 'bnfast' or 'sklearn', got {only!r}")
+    result: Result = {"import_s": import_s}
+    result[f"{only}_s"], result[f"{only}_faults"] = _one_call(call)
+    result[f"{only}_warm_s"], result[f"{only}_warm_faults"] = _one_call(call)
     return result
 
 
@@ -90,25 +104,25 @@ _CHILD = "import sys; from bnfast.bench.scaler import main; sys.exit(main(sys.ar
 def fresh_processes(n: int, threads: Optional[int] = None,
                     shape: Tuple[int, int] = SCALER_SHAPE,
                     progress: Optional[Any] = None) -> Optional[Result]:
-    """Run :func:`child` in ``n`` fresh Python processes, one after the other.
+    """Time each scaler in ``n`` fresh Python processes (:func:`child`), pair by pair.
 
     Parameters
     ----------
     n : int
-        Number of processes (at least 1).
+        Processes per scaler (at least 1): ``2 n`` processes in all.
     threads : int, optional
         ``n_threads`` of BatchNormScaler (None: the OpenMP default).
     shape : (int, int)
     progress : file-like, optional
-        Where to write one line per process.
+        Where to write one line per pair.
 
     Returns
     -------
     dict or None
-        ``processes`` (each child's result), and the median, min and max over processes of
+        ``pairs`` (each pair's numbers), and the median, min and max over pairs of
         ``bnfast_s``, ``sklearn_s``, their ratio ``speedup`` (StandardScaler's time over
-        BatchNormScaler's, per process) and the fault counts; None when scikit-learn is not
-        installed.
+        BatchNormScaler's, per pair), the fault counts and the second calls; None when
+        scikit-learn is not installed.
     """
     try:
         import sklearn  # noqa: F401
@@ -118,27 +132,34 @@ def fresh_processes(n: int, threads: Optional[int] = None,
     package_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
-    results = []
-    for i in range(n):
-        if progress is not None:
-            print(f"[scaler {i + 1}/{n}] fresh process ...", file=progress, flush=True)
-        cmd = [sys.executable, "-c", _CHILD, "--json",
+
+    def run_child(only: str) -> Result:
+        cmd = [sys.executable, "-c", _CHILD, "--json", "--only", only,
                "--rows", str(shape[0]), "--cols", str(shape[1])]
         if threads is not None:
             cmd += ["--threads", str(threads)]
-        if i % 2 == 0:
-            cmd.append("--bnfast-first")
         done = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
         if done.returncode != 0:
             raise RuntimeError(f"scaler child process failed:\n{done.stderr}")
-        results.append(json.loads(done.stdout.strip().splitlines()[-1]))
-    speedups = [r["sklearn_s"] / r["bnfast_s"] for r in results]
+        result: Result = json.loads(done.stdout.strip().splitlines()[-1])
+        return result
+
+    pairs = []
+    for i in range(n):
+        if progress is not None:
+            print(f"[scaler {i + 1}/{n}] two fresh processes ...", file=progress, flush=True)
+        order = ["bnfast", "sklearn"] if i % 2 == 0 else ["sklearn", "bnfast"]
+        pair: Result = {"bnfast_ran_first": i % 2 == 0}
+        for only in order:
+            pair.update(run_child(only))
+        pair.pop("import_s", None)
+        pairs.append(pair)
+    speedups = [r["sklearn_s"] / r["bnfast_s"] for r in pairs]
     summary: Result = {"shape": list(shape), "dtype": "float32", "n_processes": n,
-                       "threads": threads, "processes": results,
-                       "speedup": _summary(speedups)}
+                       "threads": threads, "pairs": pairs, "speedup": _summary(speedups)}
     for key in ("bnfast_s", "sklearn_s", "bnfast_faults", "sklearn_faults",
                 "bnfast_warm_s", "sklearn_warm_s"):
-        summary[key] = _summary([r[key] for r in results])
+        summary[key] = _summary([r[key] for r in pairs])
     return summary
 
 
@@ -146,15 +167,15 @@ def main(argv: Optional[List[str]] = None) -> int:
     """Child entry point: print one process's times (see :func:`child`)."""
     parser = argparse.ArgumentParser(
         prog="bnfast.bench.scaler",
-        description="One call each of BatchNormScaler().fit_transform and "
-                    "StandardScaler().fit_transform in this process, then a second call.")
+        description="A first and a second call of BatchNormScaler().fit_transform or "
+                    "StandardScaler().fit_transform in this process.")
     parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--bnfast-first", action="store_true")
+    parser.add_argument("--only", choices=["bnfast", "sklearn"], default="bnfast")
     parser.add_argument("--rows", type=int, default=SCALER_SHAPE[0])
     parser.add_argument("--cols", type=int, default=SCALER_SHAPE[1])
     parser.add_argument("--json", action="store_true", help="print one JSON line")
     args = parser.parse_args(argv)
-    result = child(args.threads, args.bnfast_first, (args.rows, args.cols))
+    result = child(args.threads, args.only, (args.rows, args.cols))
     if args.json:
         print(json.dumps(result))
     else:
