@@ -1,16 +1,33 @@
-"""Command line: ``python -m bnfast`` (config, self-check, speed table) and ``bench``.
+"""Command line: ``python -m bnfast [check | bench] [options]`` (see ``--help``)."""
 
-    python -m bnfast              print the build, check every kernel against the float64
-                                  NumPy reference on random data, print a short speed table
-    python -m bnfast check        the self-check alone
-    python -m bnfast bench ...    the full benchmark grid (see ``python -m bnfast bench -h``)
-"""
+from __future__ import annotations
+
+import argparse
 import sys
+from typing import List, Optional, TextIO
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 import bnfast
 from bnfast import reference
+
+DESCRIPTION = """\
+bnfast: batch normalization for NumPy on the CPU.
+
+Without a command: print how bnfast was built, check every kernel against the
+float64 NumPy reference on random data, then print a short speed table (bnfast,
+NumPy, PyTorch when installed, and the memory-copy floor). Exit status 1 if the
+check fails.
+"""
+
+EPILOG = """\
+examples:
+  python -m bnfast
+  python -m bnfast check
+  python -m bnfast bench --quick
+  python -m bnfast bench --threads 4 --json bench.json
+"""
 
 # (shape, axis, dtype, tolerance on y / dx relative to its scale)
 _CHECKS = [
@@ -24,14 +41,14 @@ _CHECKS = [
 ]
 
 
-def _max_rel(got, want):
+def _max_rel(got: ArrayLike, want: ArrayLike) -> float:
     got = np.asarray(got, dtype=np.float64)
     want = np.asarray(want, dtype=np.float64)
     scale = max(1.0, float(np.max(np.abs(want)))) if want.size else 1.0
     return float(np.max(np.abs(got - want))) / scale if want.size else 0.0
 
 
-def self_check(file=sys.stdout, seed=None):
+def self_check(file: TextIO = sys.stdout, seed: Optional[int] = None) -> bool:
     """Compare every kernel with bnfast.reference on random data; return True when all pass."""
     seq = np.random.SeedSequence(seed)
     rng = np.random.default_rng(seq)
@@ -62,24 +79,45 @@ def self_check(file=sys.stdout, seed=None):
     return ok
 
 
-def main(argv=None):
-    argv = sys.argv[1:] if argv is None else argv
-    if argv and argv[0] == "bench":
-        from bnfast import bench
-        return bench.main(argv[1:])
-    if argv and argv[0] in ("-h", "--help"):
-        print(__doc__)
-        return 0
-    if argv and argv[0] not in ("check",):
-        print(f"unknown command {argv[0]!r}\n{__doc__}", file=sys.stderr)
-        return 2
+def build_parser() -> argparse.ArgumentParser:
+    """Return the parser of ``python -m bnfast``, with its ``check`` and ``bench`` commands."""
+    from bnfast.bench import cli as bench_cli
+
+    parser = argparse.ArgumentParser(
+        prog="python -m bnfast", description=DESCRIPTION, epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"bnfast {bnfast.__version__}",
+                        help="print the version (bnfast X.Y.Z) and exit")
+    commands = parser.add_subparsers(dest="command", title="commands", metavar="{check,bench}")
+    commands.add_parser(
+        "check", help="only the check against the float64 NumPy reference (exit status 1 "
+                      "if it fails)",
+        description="Check every kernel (training forward, inference, backward) against "
+                    "the float64 NumPy reference on random data, in float16, float32 and "
+                    "float64 and several layouts. Exit status 0 when every check passes, "
+                    "1 otherwise.")
+    bench = commands.add_parser(
+        "bench", help="the full speed table: bnfast against NumPy, PyTorch and the copy "
+                      "floor, and BatchNormScaler against StandardScaler (see bench --help)",
+        description=bench_cli.DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    bench_cli.configure_parser(bench)
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """Run ``python -m bnfast`` with ``argv`` (default ``sys.argv[1:]``); return the status."""
+    args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
+    if args.command == "bench":
+        from bnfast.bench import cli as bench_cli
+        return bench_cli.run(args)
     bnfast.show_config()
     print()
     ok = self_check()
-    if not argv:
-        from bnfast import bench
+    if args.command is None:
+        from bnfast.bench import cli as bench_cli
         print()
-        bench.short_table(file=sys.stdout)
+        bench_cli.short_table(file=sys.stdout)
     print("\nself-check passed" if ok else "\nself-check FAILED")
     return 0 if ok else 1
 

@@ -1,9 +1,11 @@
 """airspeed velocity benchmarks for bnfast.
 
-bench_bnfast     bnfast's three batch-norm functions
-bench_numpy      the plain NumPy implementation (bnfast.bench.numpy_batch_norm_*)
+bench_bnfast     bnfast's three batch-norm functions (with and without out=) and moments
+bench_numpy      the plain NumPy baseline (bnfast/bench/numpy_twin.py)
 bench_torch      PyTorch's CPU batch norm (skipped when torch is not installed)
 bench_copy       the streaming copy that sets the memory-bandwidth floor
+bench_layer      the BatchNorm layer: training forward, backward, eval forward
+bench_scaler     BatchNormScaler against StandardScaler (skipped without scikit-learn)
 
 The suites share their parameters (common.py): shape, layout (4-D only), dtype, op (named
 after bnfast's function, whose equivalent each peer runs) and n_threads (where the

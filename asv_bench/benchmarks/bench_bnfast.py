@@ -1,6 +1,12 @@
-"""bnfast.batch_norm_forward / _inference / _backward, each with out= and n_threads."""
+"""bnfast's functions: batch_norm_forward / _inference / _backward with and without out=,
+and moments."""
 
-from .common import DTYPES, LAYOUTS, OPS, SHAPES_2D, SHAPES_4D, THREADS, Inputs, bnfast_call
+from functools import partial
+
+import bnfast
+
+from .common import (DTYPES, LAYOUTS, OPS, SHAPE_LAYOUTS, SHAPES_2D, SHAPES_4D, THREADS,
+                     Inputs, bnfast_call)
 
 
 class BatchNorm2D:
@@ -32,4 +38,37 @@ class BatchNorm4D:
         self.call()
 
     def peakmem_bnfast(self, shape, layout, dtype, op, n_threads):
+        self.call()
+
+
+class BatchNormNoOut:
+    """``bnfast.<op>`` as a user calls it: no ``out=`` (every call allocates its result),
+    running statistics updated by the training forward. float32."""
+
+    params = [SHAPE_LAYOUTS, OPS, THREADS]
+    param_names = ["shape_layout", "op", "n_threads"]
+
+    def setup(self, shape_layout, op, n_threads):
+        shape, layout = shape_layout
+        self.call = bnfast_call(Inputs(shape, layout, "float32", op), op, n_threads, out=False)
+
+    def time_bnfast_no_out(self, shape_layout, op, n_threads):
+        self.call()
+
+    def peakmem_bnfast_no_out(self, shape_layout, op, n_threads):
+        self.call()
+
+
+class Moments:
+    """``bnfast.moments(x, axis)``: the per-channel mean and variance alone."""
+
+    params = [SHAPE_LAYOUTS, DTYPES, THREADS]
+    param_names = ["shape_layout", "dtype", "n_threads"]
+
+    def setup(self, shape_layout, dtype, n_threads):
+        shape, layout = shape_layout
+        d = Inputs(shape, layout, dtype, "batch_norm_forward")
+        self.call = partial(bnfast.moments, d.x, axis=d.axis, n_threads=n_threads)
+
+    def time_moments(self, shape_layout, dtype, n_threads):
         self.call()

@@ -1,4 +1,4 @@
-"""The plain NumPy implementation (bnfast.bench.numpy_batch_norm_*): single-threaded."""
+"""The plain NumPy baseline (bnfast/bench/numpy_twin.py): single-threaded."""
 
 from .common import DTYPES, LAYOUTS, OPS, SHAPES_2D, SHAPES_4D, Inputs, numpy_call
 

@@ -1,14 +1,46 @@
-"""Parameter grid and inputs shared by every benchmark suite."""
+"""Parameter grid and inputs shared by every benchmark suite.
 
+The inputs come from ``bnfast/bench/cases.py`` and the NumPy baseline from
+``bnfast/bench/numpy_twin.py``, the same code ``python -m bnfast bench`` times. Both are
+loaded from this checkout by file path, not imported from the bnfast that asv installed:
+asv times old commits with this suite, and those commits' bnfast may not have (or may
+have older) versions of them. This way every commit is timed on the same arrays. Both
+files need NumPy only.
+"""
+
+import importlib.util
+import os
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 
-import numpy as np
-
 import bnfast
 
-EPS = 1e-5
-MOMENTUM = 0.1
+_BENCH_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__)))), "bnfast", "bench")
+
+
+def _load(name):
+    """This checkout's ``bnfast/bench/<name>.py`` (or the installed one, if there is none)."""
+    path = os.path.join(_BENCH_DIR, name + ".py")
+    if not os.path.exists(path):  # the suite was copied away from its checkout
+        return importlib.import_module("bnfast.bench." + name)
+    spec = importlib.util.spec_from_file_location("_asv_bnfast_bench_" + name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+cases = _load("cases")
+numpy_twin = _load("numpy_twin")
+
+EPS = cases.EPS
+MOMENTUM = cases.MOMENTUM
+
+#: BNFAST_ASV_SMOKE=1 (tools/asv_smoke.sh): tiny arrays and one thread count, so that every
+#: benchmark runs once in seconds. Never for figures.
+SMOKE = os.environ.get("BNFAST_ASV_SMOKE", "") == "1"
 
 #: (N, C) batches: a small one (Python overhead dominates) and a 16 MiB float32 one.
 SHAPES_2D = [(256, 64), (4096, 1024)]
@@ -19,72 +51,64 @@ DTYPES = ["float32", "float64"]
 #: bnfast's function names; the peers run their equivalent of each.
 OPS = ["batch_norm_forward", "batch_norm_inference", "batch_norm_backward"]
 THREADS = [1, 2]
+#: (shape, layout) rows of the suites that take one of each kind: a small and a wide
+#: (N, C) batch, NCHW and NHWC.
+SHAPE_LAYOUTS = [((256, 64), "NC"), ((4096, 1024), "NC"), ((32, 64, 56, 56), "NCHW"),
+                 ((32, 64, 56, 56), "NHWC")]
+SCALER_SHAPE = cases.SCALER_SHAPE
+
+if SMOKE:
+    SHAPES_2D = [(64, 8)]
+    SHAPES_4D = [(2, 8, 5, 5)]
+    THREADS = [2]
+    SHAPE_LAYOUTS = [((64, 8), "NC"), ((2, 8, 5, 5), "NCHW"), ((2, 8, 5, 5), "NHWC")]
+    SCALER_SHAPE = (512, 16)
 
 
-class Inputs:
-    """The arrays one benchmark call needs, allocated and touched in setup.
+def Inputs(shape, layout, dtype, op):
+    """The arrays one benchmark call needs (``cases.make_inputs``), plus a touched ``out``.
 
-    Parameters
-    ----------
-    shape : tuple of int
-        Logical shape, (N, C) or (N, C, H, W).
-    layout : {"NC", "NCHW", "NHWC"}
-        NHWC arrays are stored as (N, H, W, C) and normalized over axis -1.
-    dtype : str
-    op : str
-        One of :data:`OPS`; only ``batch_norm_backward`` gets ``dy``, ``mean`` and ``invstd``.
+    ``dy``, ``mean`` and ``invstd`` only for ``batch_norm_backward``.
     """
-
-    def __init__(self, shape, layout, dtype, op):
-        channels = shape[1]
-        self.layout = layout
-        self.axis = -1 if layout == "NHWC" else 1
-        stored = (shape[0], *shape[2:], channels) if layout == "NHWC" else shape
-        rng = np.random.default_rng(0)
-        self.x = rng.standard_normal(stored, dtype=dtype)
-        self.x *= 2
-        self.x += 0.5
-        self.gamma = rng.uniform(0.5, 1.5, channels).astype(dtype)
-        self.beta = rng.uniform(-0.5, 0.5, channels).astype(dtype)
-        # Running buffers in the working dtype, like a PyTorch BatchNorm module's.
-        self.running_mean = rng.uniform(0.0, 1.0, channels).astype(dtype)
-        self.running_var = rng.uniform(3.0, 5.0, channels).astype(dtype)
-        self.out = np.zeros_like(self.x)  # zeros_like touches every page: no fault is timed
-        if op == "batch_norm_backward":
-            self.dy = rng.standard_normal(stored, dtype=dtype)
-            mean, var = bnfast.moments(self.x, axis=self.axis)
-            self.mean, self.invstd = mean, 1.0 / np.sqrt(var + EPS)
+    case = cases.Case(tuple(shape), layout, dtype)
+    d = cases.make_inputs(case, backward=op == "batch_norm_backward")
+    d.layout, d.axis = layout, case.axis
+    d.out = d.x.copy()  # a copy touches every page: no page fault is timed
+    return d
 
 
-def bnfast_call(d, op, n_threads):
-    """Return a zero-argument callable running ``bnfast.<op>`` on :class:`Inputs` ``d``."""
+def bnfast_call(d, op, n_threads, out=True):
+    """A zero-argument callable running ``bnfast.<op>`` on :func:`Inputs` ``d``.
+
+    With ``out=False`` every call allocates its result, as a user's call without ``out=``.
+    """
+    o = d.out if out else None
     if op == "batch_norm_forward":
         return partial(bnfast.batch_norm_forward, d.x, d.gamma, d.beta, axis=d.axis, eps=EPS,
                        running_mean=d.running_mean, running_var=d.running_var,
-                       momentum=MOMENTUM, out=d.out, n_threads=n_threads)
+                       momentum=MOMENTUM, out=o, n_threads=n_threads)
     if op == "batch_norm_inference":
         return partial(bnfast.batch_norm_inference, d.x, d.running_mean, d.running_var,
-                       d.gamma, d.beta, axis=d.axis, eps=EPS, out=d.out, n_threads=n_threads)
+                       d.gamma, d.beta, axis=d.axis, eps=EPS, out=o, n_threads=n_threads)
     return partial(bnfast.batch_norm_backward, d.dy, d.x, d.mean, d.invstd, d.gamma,
-                   axis=d.axis, out=d.out, n_threads=n_threads)
+                   axis=d.axis, out=o, n_threads=n_threads)
 
 
 def numpy_call(d, op):
-    """Return a zero-argument callable running the plain NumPy twin of ``bnfast.<op>``."""
-    from bnfast import bench
-
+    """A zero-argument callable running the NumPy twin of ``bnfast.<op>``."""
     if op == "batch_norm_forward":
-        return partial(bench.numpy_batch_norm_forward, d.x, d.gamma, d.beta, d.running_mean,
-                       d.running_var, axis=d.axis, eps=EPS, momentum=MOMENTUM, out=d.out)
+        return partial(numpy_twin.numpy_batch_norm_forward, d.x, d.gamma, d.beta,
+                       d.running_mean, d.running_var, axis=d.axis, eps=EPS,
+                       momentum=MOMENTUM, out=d.out)
     if op == "batch_norm_inference":
-        return partial(bench.numpy_batch_norm_inference, d.x, d.running_mean, d.running_var,
-                       d.gamma, d.beta, axis=d.axis, eps=EPS, out=d.out)
-    return partial(bench.numpy_batch_norm_backward, d.dy, d.x, d.mean, d.invstd, d.gamma,
-                   axis=d.axis, out=d.out)
+        return partial(numpy_twin.numpy_batch_norm_inference, d.x, d.running_mean,
+                       d.running_var, d.gamma, d.beta, axis=d.axis, eps=EPS, out=d.out)
+    return partial(numpy_twin.numpy_batch_norm_backward, d.dy, d.x, d.mean, d.invstd,
+                   d.gamma, axis=d.axis, out=d.out)
 
 
 class TorchTensors:
-    """Zero-copy torch views of :class:`Inputs` (NHWC seen as NCHW, channels_last)."""
+    """Zero-copy torch views of :func:`Inputs` (NHWC seen as NCHW, channels_last)."""
 
     def __init__(self, torch, d):
         def view(a):
@@ -97,7 +121,7 @@ class TorchTensors:
         self.running_var = torch.from_numpy(d.running_var)
         self.save_mean = torch.empty(len(d.gamma), dtype=self.x.dtype)
         self.save_invstd = torch.empty(len(d.gamma), dtype=self.x.dtype)
-        if hasattr(d, "dy"):
+        if d.dy is not None:
             self.dy = view(d.dy)
             self.mean = torch.from_numpy(d.mean.astype(d.x.dtype))
             self.invstd = torch.from_numpy(d.invstd.astype(d.x.dtype))
@@ -107,12 +131,16 @@ class ThreadedCopy:
     """Copy ``src`` into ``dst`` with ``n_threads`` threads, each ``np.copyto`` of a slice."""
 
     def __init__(self, dst, src, n_threads):
+        import numpy as np
+
+        self.copyto = np.copyto
         self.dsts = np.array_split(dst.reshape(-1), n_threads)
         self.srcs = np.array_split(src.reshape(-1), n_threads)
         self.pool = ThreadPoolExecutor(n_threads)
 
     def __call__(self):
-        for future in [self.pool.submit(np.copyto, d, s) for d, s in zip(self.dsts, self.srcs)]:
+        futures = [self.pool.submit(self.copyto, d, s) for d, s in zip(self.dsts, self.srcs)]
+        for future in futures:
             future.result()
 
     def close(self):

@@ -1,0 +1,173 @@
+"""``python -m bnfast bench``: the speed table, and the short table of ``python -m bnfast``.
+
+How performance is measured: ``docs/design.md`` §6.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from typing import Any, Dict, List, Optional, TextIO
+
+from . import report, targets
+from .cases import EPS, MOMENTUM, full_grid, quick_grid, short_grid
+from .rows import RowResult, import_torch, run_rows
+from .scaler import fresh_processes
+from .timing import MIN_TIME, QUICK_MIN_TIME, QUICK_REPEATS, REPEATS
+
+#: Fresh processes of the scaler figure, by default (``--quick``: none).
+SCALER_PROCESSES = 10
+
+DESCRIPTION = """\
+Time bnfast against plain NumPy, PyTorch (when installed) and the memory-bandwidth floor
+(a streaming copy), side by side in one run, and print a table of median times per call
+and their ratios. Then time BatchNormScaler().fit_transform against scikit-learn's
+StandardScaler().fit_transform, each as the first call of a fresh process, in several
+processes, and print the median and range of each time and of their ratio.
+
+The full grid has 33 rows of 64 KiB to 64 MiB arrays and takes minutes. --quick times 12
+rows of smaller arrays (up to 6 MiB) with 3 repeats and skips the scaler: a glance, not
+figures to quote.
+"""
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text}")
+    return value
+
+
+def _count(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text}")
+    return value
+
+
+def configure_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Add the options of ``bench`` to ``parser`` and return it."""
+    parser.add_argument("--quick", action="store_true",
+                        help="12 rows of smaller arrays (up to 6 MiB), 3 repeats, no scaler "
+                             "processes")
+    parser.add_argument("--threads", type=_positive_int, default=os.cpu_count() or 1,
+                        metavar="N",
+                        help="threads for bnfast, PyTorch and the copy (default: all cores, "
+                             "%(default)s here)")
+    parser.add_argument("--repeats", type=_positive_int, default=None, metavar="R",
+                        help=f"timing rounds per row (default {REPEATS}, "
+                             f"{QUICK_REPEATS} with --quick)")
+    parser.add_argument("--scaler-processes", type=_count, default=None, metavar="P",
+                        help=f"fresh processes per scaler for the scaler figure (default "
+                             f"{SCALER_PROCESSES}, 0 with --quick; 0 skips it)")
+    parser.add_argument("--json", metavar="FILE",
+                        help="also write every row, every sample and the machine's "
+                             "description to FILE")
+    parser.add_argument("--targets", action="store_true",
+                        help="for development: add a pass/miss verdict against the "
+                             "project's speed targets (docs/design.md, section 6)")
+    return parser
+
+
+def build_parser(prog: str = "python -m bnfast bench") -> argparse.ArgumentParser:
+    """Return the stand-alone parser of ``bench``."""
+    parser = argparse.ArgumentParser(prog=prog, description=DESCRIPTION,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    return configure_parser(parser)
+
+
+def run(args: argparse.Namespace, out: Optional[TextIO] = None,
+        err: Optional[TextIO] = None) -> int:
+    """Run ``bench`` with parsed arguments; return the exit status (0).
+
+    ``out`` receives the results (default ``sys.stdout``), ``err`` the progress lines
+    (default ``sys.stderr``).
+    """
+    out = sys.stdout if out is None else out
+    err = sys.stderr if err is None else err
+    grid = quick_grid() if args.quick else full_grid()
+    repeats = args.repeats or (QUICK_REPEATS if args.quick else REPEATS)
+    min_time = QUICK_MIN_TIME if args.quick else MIN_TIME
+    n_scaler = args.scaler_processes
+    if n_scaler is None:
+        n_scaler = 0 if args.quick else SCALER_PROCESSES
+    torch = import_torch()
+    info = report.machine_info(args.threads, None if torch is None else torch.__version__)
+    print(f"bnfast {info['bnfast']}, numpy {info['numpy']}, torch {info['torch'] or 'n/a'}, "
+          f"{info['cpu']}, {info['cores']} cores", file=err, flush=True)
+    load_before = info["load_average"]
+    if load_before is not None and load_before >= 0.5:
+        print(f"warning: load average {load_before} before the run ({info['cores']} cores): "
+              "other processes compete for the CPUs, multi-threaded timings suffer most",
+              file=err)
+    started = time.perf_counter()
+    # --quick: the first timing trial is each callable's warm-up, and bnfast is checked
+    # against NumPy only for the --targets verdict.
+    rows = run_rows(grid, args.threads, repeats, min_time, progress=err,
+                    warmup=not args.quick, check=args.targets or not args.quick)
+    scaler = None
+    why = "skipped: --quick" if args.quick else "skipped: --scaler-processes 0"
+    if n_scaler:
+        scaler = fresh_processes(n_scaler, args.threads, progress=err)
+        why = "scikit-learn not installed"
+    elapsed = time.perf_counter() - started
+    load_after = report.load_average()
+
+    print(report.format_table(rows, targets=args.targets), file=out)
+    print(file=out)
+    print(report.format_scaler(scaler, why), file=out)
+    print(report.table_notes(args.threads, info["torch"]), file=out)
+    if args.targets:
+        print(targets.describe(), file=out)
+        met = sum(1 for row in rows if not row["missed"])
+        line = f"{met}/{len(rows)} rows meet every target"
+        if scaler is not None:
+            ok = scaler["speedup"]["median"] >= targets.SCALER_TARGET
+            line += f"; scaler {'PASS' if ok else 'miss'}"
+        print(line, file=out)
+    print(f"{info['cpu']}, {info['cores']} cores; {elapsed:.0f} s; "
+          f"load average {load_before} before, {load_after} after", file=out)
+    if args.json:
+        settings = {"quick": args.quick, "repeats": repeats, "min_time_s": min_time,
+                    "eps": EPS, "momentum": MOMENTUM, "elapsed_s": elapsed,
+                    "scaler_processes": n_scaler, "load_average_after": load_after}
+        document: Dict[str, Any] = {"machine": info, "settings": settings, "rows": rows,
+                                    "scaler": scaler}
+        with open(args.json, "w") as f:
+            json.dump(document, f, indent=1)
+            f.write("\n")
+        print(f"wrote {args.json}", file=err)
+    return 0
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """``python -m bnfast bench [options]``; ``argv`` are the arguments after ``bench``."""
+    return run(build_parser().parse_args(argv))
+
+
+def short_table(file: Optional[TextIO] = None, threads: Optional[int] = None) -> List[RowResult]:
+    """Print the four-row speed table of ``python -m bnfast``: bnfast, NumPy, PyTorch, floor.
+
+    Parameters
+    ----------
+    file : file-like, optional
+        Where to print (default ``sys.stdout``).
+    threads : int, optional
+        Threads for bnfast and PyTorch (default: ``os.cpu_count()``).
+
+    Returns
+    -------
+    list of dict
+        The rows, as :func:`bnfast.bench.rows.run_rows` returns them.
+    """
+    file = sys.stdout if file is None else file
+    threads = threads or os.cpu_count() or 1
+    rows = run_rows(short_grid(), threads, repeats=QUICK_REPEATS, min_time=QUICK_MIN_TIME,
+                    warmup=False, check=False)
+    torch = import_torch()
+    print(report.format_table(rows), file=file)
+    print(report.table_notes(threads, None if torch is None else torch.__version__), file=file)
+    return rows
