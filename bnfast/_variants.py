@@ -41,6 +41,8 @@ from ._validation import (
 __all__ = ["batch_renorm_forward"]
 
 _F64 = np.dtype(np.float64)
+_Stats = npt.NDArray[np.float64]
+_Grads = tuple[np.ndarray, _Stats, _Stats]  # dx, dgamma, dbeta
 
 
 # --- shared helpers ------------------------------------------------------------------------
@@ -234,7 +236,8 @@ def batch_renorm_forward(
 
 
 def _renorm_backward(dy: Any, x: Any, mean: Any, invstd: Any, gamma: Any, renorm: Any,
-                     axis: int | None, out: np.ndarray | None, n_threads: int | None):
+                     axis: int | None, out: np.ndarray | None,
+                     n_threads: int | None) -> _Grads:
     """``batch_norm_backward(..., renorm=(r, d))``: the plain backward with gamma * r for dx,
     ``dgamma = r * sum(dy * xhat) + d * sum(dy)``, ``dbeta = sum(dy)``."""
     try:
@@ -259,7 +262,8 @@ def _renorm_backward(dy: Any, x: Any, mean: Any, invstd: Any, gamma: Any, renorm
 
 # --- ghost batch norm ---------------------------------------------------------------------
 
-def _ghost_layout(a: np.ndarray, axis: Any, virtual_batch_size: Any):
+def _ghost_layout(a: np.ndarray, axis: Any,
+                  virtual_batch_size: Any) -> tuple[int, int, int, int, int]:
     """(outer, C, inner, k, G) for ghost batch norm, or a clear error."""
     outer, C, inner = channel_shape(a, axis)
     if a.ndim >= 2 and axis is not None and axis % a.ndim == 0:
@@ -275,7 +279,8 @@ def _ghost_layout(a: np.ndarray, axis: Any, virtual_batch_size: Any):
 
 def ghost_batch_norm_forward(x: Any, gamma: Any, beta: Any, virtual_batch_size: Any, *,
                              axis: int | None, eps: Any, running_mean: Any, running_var: Any,
-                             momentum: Any, out: np.ndarray | None, n_threads: Any):
+                             momentum: Any, out: np.ndarray | None,
+                             n_threads: Any) -> tuple[np.ndarray, _Stats, _Stats]:
     """``batch_norm_forward(..., virtual_batch_size=k)``: the training forward per group of
     k samples along axis 0; running statistics updated once from the groups' averages."""
     a = as_array(x)
@@ -331,7 +336,7 @@ def _group_stats(v: Any, G: int, C: int, name: str) -> np.ndarray:
 
 def ghost_batch_norm_backward(dy: Any, x: Any, mean: Any, invstd: Any, gamma: Any,
                               virtual_batch_size: Any, *, axis: int | None,
-                              out: np.ndarray | None, n_threads: Any):
+                              out: np.ndarray | None, n_threads: Any) -> _Grads:
     """``batch_norm_backward(..., virtual_batch_size=k)``: dx per group, dgamma and dbeta
     summed over the groups."""
     a = as_array(x, "x")
@@ -365,7 +370,8 @@ def ghost_batch_norm_backward(dy: Any, x: Any, mean: Any, invstd: Any, gamma: An
 
 
 def variant_backward(dy: Any, x: Any, mean: Any, invstd: Any, gamma: Any, *, axis: Any,
-                     out: Any, n_threads: Any, virtual_batch_size: Any, renorm: Any):
+                     out: Any, n_threads: Any, virtual_batch_size: Any,
+                     renorm: Any) -> _Grads:
     """The dispatch of ``batch_norm_backward``'s ``virtual_batch_size=`` and ``renorm=``."""
     if virtual_batch_size is not None and renorm is not None:
         raise ValueError("virtual_batch_size and renorm: expected at most one of them "

@@ -3,9 +3,13 @@
 Both sit on the functional API (``batch_norm_forward`` / ``batch_norm_inference`` /
 ``batch_norm_backward``); neither calls the kernels directly.
 """
+from __future__ import annotations
+
 from collections import namedtuple
+from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from ._functional import batch_norm_backward, batch_norm_forward, batch_norm_inference
 from ._variants import batch_renorm_forward, check_renorm_limits
@@ -132,9 +136,11 @@ class BatchNorm:
     ['bias', 'num_batches_tracked', 'running_mean', 'running_var', 'weight']
     """
 
-    def __init__(self, num_features, *, axis=1, eps=1e-5, momentum=0.1, affine=True,
-                 track_running_stats=True, dtype=np.float32, n_threads=None,
-                 virtual_batch_size=None, renorm=False, r_max=3.0, d_max=5.0):
+    def __init__(self, num_features: int, *, axis: int | None = 1, eps: float = 1e-5,
+                 momentum: float | None = 0.1, affine: bool = True,
+                 track_running_stats: bool = True, dtype: npt.DTypeLike = np.float32,
+                 n_threads: int | None = None, virtual_batch_size: int | None = None,
+                 renorm: bool = False, r_max: float = 3.0, d_max: float = 5.0) -> None:
         self.num_features = check_int(num_features, "num_features", minimum=1)
         self.axis = None if axis is None else check_int(axis, "axis")
         self.eps = check_eps(eps)
@@ -155,13 +161,16 @@ class BatchNorm:
         if self.renorm and self.virtual_batch_size is not None:
             raise ValueError("renorm and virtual_batch_size: expected at most one of them "
                              "(batch renormalization of virtual batches is not supported)")
-        self._saved_kw = {}  # the variant's keywords for batch_norm_backward
+        self._saved_kw: dict[str, Any] = {}  # the variant's keywords for batch_norm_backward
         self.training = True
         C = self.num_features
         self.weight = np.ones(C, self.dtype) if self.affine else None
         self.bias = np.zeros(C, self.dtype) if self.affine else None
         self.dgamma = None
         self.dbeta = None
+        self.running_mean: np.ndarray | None
+        self.running_var: np.ndarray | None
+        self.num_batches_tracked: int | None
         if self.track_running_stats:
             self.running_mean = np.zeros(C, self.dtype)
             self.running_var = np.ones(C, self.dtype)
