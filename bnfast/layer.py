@@ -95,8 +95,10 @@ class BatchNorm:
         ``track_running_stats=True``. Eval mode is plain batch norm with the running
         statistics. Not together with ``virtual_batch_size``.
     r_max, d_max : float, default 3.0 and 5.0
-        Renorm's clipping limits (Keras's defaults). Attributes: change them between steps
-        to follow the paper's schedule (from 1 and 0 upwards), which is up to the user.
+        Renorm's clipping limits (finite): the final values of the paper's schedule, as in
+        torchrl's BatchRenorm1d; Keras clips nothing by default (pass large values for that).
+        Plain attributes: the schedule (from 1 and 0 upwards) is up to the user, who may
+        change them between steps.
 
     Attributes
     ----------
