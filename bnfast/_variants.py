@@ -231,7 +231,8 @@ def batch_renorm_forward(
                              out=out if odt == work else None, n_threads=n_threads)
     y = _write_back(y, a.shape, odt, out)
     _update_running(rm_buf, mean, momentum)
-    _update_running(rv_buf, m2 * (1.0 / (m - 1.0)), momentum)
+    # m > 1 unless there are no channels (C == 0: nothing to update).
+    _update_running(rv_buf, m2 * (1.0 / (m - 1.0) if m > 1 else 0.0), momentum)
     return y, mean, invstd, r, d
 
 
@@ -296,7 +297,8 @@ def ghost_batch_norm_forward(x: Any, gamma: Any, beta: Any, virtual_batch_size: 
     if out is not None:
         check_out(out, a.shape, odt)
     m_group = (outer * inner) // G if G else 0  # values per channel in one group
-    _check_training_size(m_group, C, a.shape, f" in each virtual batch of {k}")
+    # An empty batch is an error even without channels, as in batch_norm_forward.
+    _check_training_size(m_group, C if G else 1, a.shape, f" in each virtual batch of {k}")
     # Everything is checked: from here on nothing raises for bad input.
     xw = np.ascontiguousarray(a, dtype=work)  # once; a group of it is then contiguous
     if out is not None and direct_out(out, (a,), work):

@@ -492,7 +492,9 @@ def fuzz_layer(draw):
                   affine=maybe(draw, st.booleans()),
                   track_running_stats=maybe(draw, st.booleans()),
                   dtype=maybe(draw, st.sampled_from([np.float32, np.float64, "float16"])),
-                  n_threads=maybe(draw, st.sampled_from([None, 1, 2])))
+                  n_threads=maybe(draw, st.sampled_from([None, 1, 2])),
+                  virtual_batch_size=maybe(draw, st.sampled_from([None, 1, 2]), p_omit=0.8),
+                  renorm=maybe(draw, st.booleans(), p_omit=0.8))
     num_features = _safe_size(maybe(draw, st.just(C), p_omit=0))
     allowed = ALLOWED + ((MemoryError,) if isinstance(num_features, int)
                          and num_features >= 2**31 else ())
