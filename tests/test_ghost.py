@@ -286,6 +286,7 @@ def test_bit_identical_for_every_n_threads(rng, shape, axis, k, dtype):
 # ---------------------------------------------------------------- bad input
 
 BAD_FORWARD = [
+    (dict(x_shape=(0, 3)), ValueError, "Expected a non-empty batch when training"),
     (dict(virtual_batch_size=4), ValueError,
      r"virtual_batch_size: 4 does not divide the batch size 6"),
     (dict(virtual_batch_size=0), ValueError, "virtual_batch_size: expected an integer >= 1"),

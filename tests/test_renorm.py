@@ -483,3 +483,12 @@ def test_layer_failed_forward_changes_nothing(rng):
         bn(make_data(rng, (6, 3), 1, "float32"))
     for k, v in bn.state_dict().items():
         assert_bits_equal(v, state[k], k)
+
+
+@pytest.mark.parametrize("shape, axis", [((0, 1), 0), ((5, 0), 1)])
+def test_no_channels(shape, axis):
+    # Found by the fuzzer: no channels (one value each for (0, 1) on axis 0) is no error.
+    y, mean, invstd, r, d = bnfast.batch_renorm_forward(np.ones(shape), np.zeros(0),
+                                                        np.ones(0), r_max=2.0, d_max=1.0,
+                                                        axis=axis)
+    assert y.shape == shape and mean.shape == invstd.shape == r.shape == d.shape == (0,)
