@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from . import _kernels
 from ._functional import (
     batch_norm_backward,
     batch_norm_forward,
@@ -36,6 +37,9 @@ from ._validation import (
     check_out,
     direct_out,
     dtype_policy,
+    kernel_result,
+    plain,
+    running_buffer,
 )
 
 __all__ = ["batch_renorm_forward"]
@@ -47,15 +51,21 @@ _Grads = tuple[np.ndarray, _Stats, _Stats]  # dx, dgamma, dbeta
 
 # --- shared helpers ------------------------------------------------------------------------
 
-def _update_running(running: np.ndarray | None, value: np.ndarray, momentum: float) -> None:
-    """``running = (1 - momentum) * running + momentum * value`` in place.
+def _update_running(running: np.ndarray | None, value: np.ndarray, momentum: float,
+                    factor: float = 1.0) -> None:
+    """``running = (1 - momentum) * running + momentum * (factor * value)`` in place.
 
-    The one place the variants update running statistics. It mirrors the kernel's arithmetic
-    (float64, no fused multiply-add, then stored in the buffer's dtype), so a variant's update
-    has the bits ``batch_norm_forward``'s would have for the same ``value``.
+    The one place the variants update running statistics: the kernels' own update (float64,
+    then stored in the buffer's dtype), the arithmetic of ``batch_norm_forward``. Any float
+    buffer (float16, strided) goes through a float64 copy written back.
     """
-    if running is not None:
-        running[...] = (1.0 - momentum) * running.astype(np.float64) + momentum * value
+    if running is None:
+        return
+    buf, back = running_buffer(running, value.shape[0], "running statistic")
+    kernel_result(_kernels.update_running(buf, plain(value, _F64), momentum, float(factor)),
+                  "update_running")
+    if back:
+        running[...] = buf
 
 
 def _check_running(v: Any, C: int, name: str, required: bool) -> np.ndarray | None:
@@ -232,7 +242,7 @@ def batch_renorm_forward(
     y = _write_back(y, a.shape, odt, out)
     _update_running(rm_buf, mean, momentum)
     # m > 1 unless there are no channels (C == 0: nothing to update).
-    _update_running(rv_buf, m2 * (1.0 / (m - 1.0) if m > 1 else 0.0), momentum)
+    _update_running(rv_buf, m2, momentum, 1.0 / (m - 1.0) if m > 1 else 0.0)
     return y, mean, invstd, r, d
 
 
@@ -252,6 +262,7 @@ def _renorm_backward(dy: Any, x: Any, mean: Any, invstd: Any, gamma: Any, renorm
         raise ValueError(f"renorm: expected a pair (r, d) of arrays of shape ({C},), got None")
     rv = channel_vector(r, C, "renorm r")
     dv = channel_vector(d, C, "renorm d")
+    assert rv is not None and dv is not None  # neither is None (checked above)
     g = channel_vector(gamma, C, "gamma")
     g_eff = rv if g is None else g * rv
     dx, sum_dy_xhat, dbeta = batch_norm_backward(dy, a, mean, invstd, g_eff, axis=axis,
