@@ -12,6 +12,7 @@ from ._functional import (
     moments,
     moments_state,
 )
+from ._variants import batch_renorm_forward
 from ._config import openmp_enabled, show_config
 from .layer import BatchNorm, fold_batch_norm
 
@@ -23,6 +24,7 @@ __all__ = [
     "batch_norm_forward",
     "batch_norm_inference",
     "batch_norm_backward",
+    "batch_renorm_forward",
     "show_config",
     "openmp_enabled",
     "BatchNorm",

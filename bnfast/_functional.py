@@ -225,6 +225,7 @@ def batch_norm_forward(
     axis: int | None = 1, eps: float = 1e-5, running_mean: np.ndarray | None = None,
     running_var: np.ndarray | None = None, momentum: float = 0.1,
     out: np.ndarray | None = None, n_threads: int | None = None,
+    virtual_batch_size: int | None = None,
 ) -> tuple[np.ndarray, F64Array, F64Array]:
     """Batch normalization in training mode: normalize with the batch's own statistics.
 
@@ -252,6 +253,11 @@ def batch_norm_forward(
         Where to write y: the shape of ``x`` and the output dtype; ``out=x`` is in place.
     n_threads : int or None, default None
         Threads to use; None is the OpenMP default. Results do not depend on it.
+    virtual_batch_size : int, optional
+        Ghost batch norm (Keras's ``virtual_batch_size``): statistics per consecutive group
+        of k samples along axis 0 (k must divide ``x.shape[0]``; the channel axis must not
+        be 0); ``mean``, ``invstd`` then have shape (G, C). The running statistics are
+        updated once, from the mean of the group means and of the groups' unbiased variances.
 
     Returns
     -------
@@ -275,6 +281,11 @@ def batch_norm_forward(
     >>> round(float(y.mean()), 12), round(float(y.var()), 4)
     (0.0, 1.0)
     """
+    if virtual_batch_size is not None:  # ghost batch norm (bnfast/_variants.py)
+        from ._variants import ghost_batch_norm_forward
+        return ghost_batch_norm_forward(x, gamma, beta, virtual_batch_size, axis=axis, eps=eps,
+                                        running_mean=running_mean, running_var=running_var,
+                                        momentum=momentum, out=out, n_threads=n_threads)
     fast = _kernels.forward_train(x, gamma, beta, axis, eps, running_mean, running_var,
                                   momentum, out, n_threads)
     if fast is not None:  # the plain case, recognized and computed without Python between
@@ -385,6 +396,8 @@ def batch_norm_backward(
     dy: npt.ArrayLike, x: npt.ArrayLike, mean: npt.ArrayLike, invstd: npt.ArrayLike,
     gamma: npt.ArrayLike | None = None, *, axis: int | None = 1,
     out: np.ndarray | None = None, n_threads: int | None = None,
+    virtual_batch_size: int | None = None,
+    renorm: tuple[npt.ArrayLike, npt.ArrayLike] | None = None,
 ) -> tuple[np.ndarray, F64Array, F64Array]:
     """Gradients of training-mode batch normalization.
 
@@ -406,6 +419,12 @@ def batch_norm_backward(
     out : ndarray, optional
         Where to write dx; ``out=dy`` and ``out=x`` work in place.
     n_threads : int or None, default None
+    virtual_batch_size : int, optional
+        Ghost batch norm, as in ``batch_norm_forward``: ``mean``, ``invstd`` of shape (G, C);
+        dx per group, dgamma and dbeta summed over the groups.
+    renorm : (r, d), optional
+        Batch renormalization: r, d from ``batch_renorm_forward``, held constant. dx is the
+        plain one with ``gamma * r``; ``dgamma = sum(dy * (xhat * r + d))``.
 
     Returns
     -------
@@ -421,6 +440,11 @@ def batch_norm_backward(
     >>> dbeta.tolist()
     [1.0, 0.0]
     """
+    if virtual_batch_size is not None or renorm is not None:  # bnfast/_variants.py
+        from ._variants import variant_backward
+        return variant_backward(dy, x, mean, invstd, gamma, axis=axis, out=out,
+                                n_threads=n_threads, virtual_batch_size=virtual_batch_size,
+                                renorm=renorm)
     fast = _kernels.backward(dy, x, mean, invstd, gamma, axis, out, n_threads)
     if fast is not None:  # the plain case, recognized and computed without Python between
         return fast

@@ -3,11 +3,16 @@
 Both sit on the functional API (``batch_norm_forward`` / ``batch_norm_inference`` /
 ``batch_norm_backward``); neither calls the kernels directly.
 """
+from __future__ import annotations
+
 from collections import namedtuple
+from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from ._functional import batch_norm_backward, batch_norm_forward, batch_norm_inference
+from ._variants import batch_renorm_forward, check_renorm_limits
 from ._validation import (
     as_array,
     channel_shape,
@@ -81,6 +86,19 @@ class BatchNorm:
         dtype (the functional API's policy).
     n_threads : int or None, default None
         Threads for the kernels; None is the OpenMP default. Results do not depend on it.
+    virtual_batch_size : int or None, default None
+        Ghost batch norm in training mode (Keras's option of that name): statistics per
+        group of this many samples along axis 0 (see ``batch_norm_forward``); it must divide
+        every training batch size. Eval mode is plain batch norm.
+    renorm : bool, default False
+        Batch renormalization in training mode (``batch_renorm_forward``); needs
+        ``track_running_stats=True``. Eval mode is plain batch norm with the running
+        statistics. Not together with ``virtual_batch_size``.
+    r_max, d_max : float, default 3.0 and 5.0
+        Renorm's clipping limits (finite): the final values of the paper's schedule, as in
+        torchrl's BatchRenorm1d; Keras clips nothing by default (pass large values for that).
+        Plain attributes: the schedule (from 1 and 0 upwards) is up to the user, who may
+        change them between steps.
 
     Attributes
     ----------
@@ -120,8 +138,11 @@ class BatchNorm:
     ['bias', 'num_batches_tracked', 'running_mean', 'running_var', 'weight']
     """
 
-    def __init__(self, num_features, *, axis=1, eps=1e-5, momentum=0.1, affine=True,
-                 track_running_stats=True, dtype=np.float32, n_threads=None):
+    def __init__(self, num_features: int, *, axis: int | None = 1, eps: float = 1e-5,
+                 momentum: float | None = 0.1, affine: bool = True,
+                 track_running_stats: bool = True, dtype: npt.DTypeLike = np.float32,
+                 n_threads: int | None = None, virtual_batch_size: int | None = None,
+                 renorm: bool = False, r_max: float = 3.0, d_max: float = 5.0) -> None:
         self.num_features = check_int(num_features, "num_features", minimum=1)
         self.axis = None if axis is None else check_int(axis, "axis")
         self.eps = check_eps(eps)
@@ -131,12 +152,27 @@ class BatchNorm:
         self.dtype = check_float_dtype(dtype)
         check_n_threads(n_threads)
         self.n_threads = n_threads
+        # Variants (bnfast/_variants.py): ghost batch norm and batch renormalization.
+        self.virtual_batch_size = (None if virtual_batch_size is None else
+                                   check_int(virtual_batch_size, "virtual_batch_size", 1))
+        self.renorm = check_bool(renorm, "renorm")
+        self.r_max, self.d_max = check_renorm_limits(r_max, d_max)
+        if self.renorm and not self.track_running_stats:
+            raise ValueError("renorm: batch renormalization needs the running statistics; "
+                             "expected track_running_stats=True")
+        if self.renorm and self.virtual_batch_size is not None:
+            raise ValueError("renorm and virtual_batch_size: expected at most one of them "
+                             "(batch renormalization of virtual batches is not supported)")
+        self._saved_kw: dict[str, Any] = {}  # the variant's keywords for batch_norm_backward
         self.training = True
         C = self.num_features
         self.weight = np.ones(C, self.dtype) if self.affine else None
         self.bias = np.zeros(C, self.dtype) if self.affine else None
         self.dgamma = None
         self.dbeta = None
+        self.running_mean: np.ndarray | None
+        self.running_var: np.ndarray | None
+        self.num_batches_tracked: int | None
         if self.track_running_stats:
             self.running_mean = np.zeros(C, self.dtype)
             self.running_var = np.ones(C, self.dtype)
@@ -149,9 +185,15 @@ class BatchNorm:
         self._saved = None
 
     def __repr__(self):
+        variant = ""
+        if self.virtual_batch_size is not None:
+            variant = f", virtual_batch_size={self.virtual_batch_size}"
+        if self.renorm:
+            variant = f", renorm=True, r_max={self.r_max}, d_max={self.d_max}"
         return (f"BatchNorm({self.num_features}, axis={self.axis}, eps={self.eps}, "
                 f"momentum={self.momentum}, affine={self.affine}, "
-                f"track_running_stats={self.track_running_stats}, dtype={self.dtype})")
+                f"track_running_stats={self.track_running_stats}, dtype={self.dtype}"
+                f"{variant})")
 
     # -- mode -------------------------------------------------------------------------------
 
@@ -201,9 +243,7 @@ class BatchNorm:
                 factor = 1.0 / count if self.momentum is None else self.momentum
                 before = (np.array(rm, copy=True), np.array(rv, copy=True))
             try:
-                y, mean, invstd = batch_norm_forward(
-                    a, self.weight, self.bias, axis=self.axis, eps=self.eps, running_mean=rm,
-                    running_var=rv, momentum=factor, n_threads=self.n_threads)
+                y, mean, invstd, kw = self._batch_forward(a, rm, rv, factor)
             except BaseException:
                 # KeyboardInterrupt is raised when the kernel returns, after it updated the
                 # running statistics: undo that, so the layer is updated whole or not at all.
@@ -214,6 +254,7 @@ class BatchNorm:
             if update:  # only once the forward succeeded: a failed call changes nothing
                 self.num_batches_tracked = count
             self._saved = (a, mean, invstd, None)
+            self._saved_kw = kw
             return y
         y = batch_norm_inference(a, self.running_mean, self.running_var, self.weight,
                                  self.bias, axis=self.axis, eps=self.eps,
@@ -224,9 +265,28 @@ class BatchNorm:
         with np.errstate(divide="ignore", invalid="ignore"):
             invstd = 1.0 / np.sqrt(var + self.eps)
         self._saved = (a, mean, invstd, var)
+        self._saved_kw = {}
         return y
 
     __call__ = forward
+
+    def _batch_forward(self, a, rm, rv, factor):
+        """The forward with batch statistics: (y, mean, invstd, keywords for the backward)."""
+        kw = dict(axis=self.axis, eps=self.eps, n_threads=self.n_threads)
+        if self.training and self.renorm:
+            y, mean, invstd, r, d = batch_renorm_forward(
+                a, rm, rv, self.weight, self.bias, r_max=self.r_max, d_max=self.d_max,
+                momentum=factor, **kw)
+            return y, mean, invstd, {"renorm": (r, d)}
+        if self.training and self.virtual_batch_size is not None:
+            k = self.virtual_batch_size
+            y, mean, invstd = batch_norm_forward(a, self.weight, self.bias, running_mean=rm,
+                                                 running_var=rv, momentum=factor,
+                                                 virtual_batch_size=k, **kw)
+            return y, mean, invstd, {"virtual_batch_size": k}
+        y, mean, invstd = batch_norm_forward(a, self.weight, self.bias, running_mean=rm,
+                                             running_var=rv, momentum=factor, **kw)
+        return y, mean, invstd, {}
 
     def backward(self, dy):
         """Gradient of the last ``forward``: returns dx and sets ``self.dgamma``,
@@ -238,7 +298,8 @@ class BatchNorm:
             raise RuntimeError("backward: no forward to differentiate; call forward(x) first")
         x, mean, invstd, var = self._saved
         dx, dgamma, dbeta = batch_norm_backward(dy, x, mean, invstd, self.weight,
-                                                axis=self.axis, n_threads=self.n_threads)
+                                                axis=self.axis, n_threads=self.n_threads,
+                                                **self._saved_kw)
         if var is not None:
             # Eval mode: y is affine in x, dx = dy * weight * invstd. The reductions above
             # (sum dy, sum dy * xhat) are the same as in training; only dx differs, and the

@@ -17,6 +17,10 @@ __all__ = [
     "batch_norm_forward",
     "batch_norm_inference",
     "batch_norm_backward",
+    "batch_renorm_forward",
+    "batch_renorm_backward",
+    "ghost_batch_norm_forward",
+    "ghost_batch_norm_backward",
 ]
 
 _ACCEPTED_KINDS = "biuf"
@@ -239,3 +243,183 @@ def batch_norm_backward(dy, x, mean, invstd, gamma=None, axis=1):
     with np.errstate(divide="ignore", invalid="ignore"):
         dx2 = gamma * invstd / m * (m * dy2 - dbeta - xhat * dgamma)
     return restore(dx2), dgamma, dbeta
+
+
+def batch_renorm_forward(x, running_mean, running_var, gamma=None, beta=None,
+                         r_max=3.0, d_max=5.0, axis=1, eps=1e-5, momentum=0.1):
+    """Batch renormalization (Ioffe, 2017) in training mode.
+
+    Parameters
+    ----------
+    x : array_like
+        Input; a 1-D input is one channel.
+    running_mean, running_var : array_like of shape (C,)
+        Running statistics before the call; not modified.
+    gamma, beta : array_like of shape (C,), optional
+        Scale and shift; None means ones and zeros.
+    r_max, d_max : float
+        Clipping limits of r and d.
+    axis, eps, momentum
+        As in ``batch_norm_forward``.
+
+    Returns
+    -------
+    y : ndarray
+        float64 ``((x - mean) / sigma_B * r + d) * gamma + beta``.
+    mean, invstd : ndarray
+        float64 ``(C,)``: batch mean and ``1 / sigma_B``, ``sigma_B = sqrt(var + eps)``
+        with the biased variance.
+    r, d : ndarray
+        float64 ``(C,)``: ``clip(sigma_B / sigma, 1 / r_max, r_max)`` and
+        ``clip((mean - running_mean) / sigma, -d_max, d_max)``,
+        ``sigma = sqrt(running_var + eps)``.
+    new_running_mean, new_running_var : ndarray
+        The updated running statistics (unbiased variance).
+    """
+    x2, restore = _channels_last(x, axis)
+    m, channels = x2.shape
+    if m <= 1:
+        raise ValueError(
+            "Expected more than 1 value per channel when training, "
+            f"got input size {np.shape(x)}")
+    running_mean = _per_channel(running_mean, channels, "running_mean", None)
+    running_var = _per_channel(running_var, channels, "running_var", None)
+    gamma = _per_channel(gamma, channels, "gamma", 1.0)
+    beta = _per_channel(beta, channels, "beta", 0.0)
+    mean, m2 = _mean_and_m2(x2)
+    sigma_batch = np.sqrt(m2 / m + eps)
+    sigma_running = np.sqrt(running_var + eps)
+    r = np.minimum(np.maximum(sigma_batch / sigma_running, 1.0 / r_max), r_max)
+    d = np.minimum(np.maximum((mean - running_mean) / sigma_running, -d_max), d_max)
+    xhat = (x2 - mean) / sigma_batch
+    y = restore((xhat * r + d) * gamma + beta)
+    new_running_mean = (1.0 - momentum) * running_mean + momentum * mean
+    new_running_var = (1.0 - momentum) * running_var + momentum * (m2 / (m - 1))
+    return y, mean, 1.0 / sigma_batch, r, d, new_running_mean, new_running_var
+
+
+def batch_renorm_backward(dy, x, mean, invstd, r, d, gamma=None, axis=1):
+    """Gradients of batch renormalization, r and d held constant.
+
+    With ``xhat = (x - mean) * invstd`` and ``y = (xhat * r + d) * gamma + beta``: the
+    gradient reaching xhat is ``dy * gamma * r``, and through mean and invstd (which depend on
+    x) ``dx = invstd * (g - mean(g) - xhat * mean(g * xhat))`` with ``g = dy * gamma * r``
+    (means over the channel's m elements).
+
+    Returns
+    -------
+    dx : ndarray
+        float64 gradient with x's shape.
+    dgamma, dbeta : ndarray
+        float64 ``(C,)``: ``sum(dy * (xhat * r + d))`` and ``sum(dy)``.
+    """
+    if np.shape(dy) != np.shape(x):
+        raise ValueError(
+            f"dy must have the shape of x {np.shape(x)}, got {np.shape(dy)}")
+    x2, restore = _channels_last(x, axis)
+    dy2, _ = _channels_last(dy, axis)
+    m, channels = x2.shape
+    mean = _per_channel(mean, channels, "mean", None)
+    invstd = _per_channel(invstd, channels, "invstd", None)
+    r = _per_channel(r, channels, "r", None)
+    d = _per_channel(d, channels, "d", None)
+    gamma = _per_channel(gamma, channels, "gamma", 1.0)
+    xhat = (x2 - mean) * invstd
+    g = dy2 * gamma * r
+    dx2 = invstd * (g - _column_sums(g) / m - xhat * (_column_sums(g * xhat) / m))
+    dgamma = _column_sums(dy2 * (xhat * r + d))
+    dbeta = _column_sums(dy2)
+    return restore(dx2), dgamma, dbeta
+
+
+def _groups(x, virtual_batch_size):
+    x = np.asarray(x)
+    n = x.shape[0]
+    if virtual_batch_size < 1 or n % virtual_batch_size:
+        raise ValueError(f"virtual_batch_size {virtual_batch_size} does not divide the "
+                         f"batch size {n}")
+    return [slice(i, i + virtual_batch_size) for i in range(0, n, virtual_batch_size)]
+
+
+def ghost_batch_norm_forward(x, gamma=None, beta=None, virtual_batch_size=None, axis=1,
+                             eps=1e-5, running_mean=None, running_var=None, momentum=0.1):
+    """Ghost batch norm: training-mode batch norm per group of ``virtual_batch_size``
+    consecutive samples along axis 0 (the channel axis is not 0).
+
+    Returns
+    -------
+    y : ndarray
+        float64, x's shape, each group normalized with its own statistics.
+    mean, invstd : ndarray
+        float64 ``(G, C)``: per-group mean and ``1 / sqrt(var + eps)`` (biased variance).
+    new_running_mean, new_running_var : ndarray or None
+        ``(1 - momentum) * running + momentum * value`` with value the mean over groups of
+        the group means, and of the groups' unbiased variances; None where not given.
+    """
+    x = _to_float64(x, "x")
+    y = np.empty_like(x)
+    means, invstds, unbiased = [], [], []
+    for s in _groups(x, virtual_batch_size):
+        x2, restore = _channels_last(x[s], axis)
+        m, channels = x2.shape
+        if m <= 1:
+            raise ValueError("Expected more than 1 value per channel in each virtual batch "
+                             f"when training, got input size {np.shape(x)}")
+        g = _per_channel(gamma, channels, "gamma", 1.0)
+        b = _per_channel(beta, channels, "beta", 0.0)
+        mean = _column_sums(x2) / m
+        dev = x2 - mean
+        m2 = _column_sums(dev * dev)
+        invstd = 1.0 / np.sqrt(m2 / m + eps)
+        y[s] = restore(dev * invstd * g + b)
+        means.append(mean)
+        invstds.append(invstd)
+        unbiased.append(m2 / (m - 1))
+    means, invstds, unbiased = np.array(means), np.array(invstds), np.array(unbiased)
+    channels = means.shape[1]
+    new_running_mean = new_running_var = None
+    if running_mean is not None:
+        rm = _per_channel(running_mean, channels, "running_mean", None)
+        new_running_mean = (1.0 - momentum) * rm + momentum * _column_sums(means) / len(means)
+    if running_var is not None:
+        rv = _per_channel(running_var, channels, "running_var", None)
+        new_running_var = ((1.0 - momentum) * rv
+                           + momentum * _column_sums(unbiased) / len(unbiased))
+    return y, means, invstds, new_running_mean, new_running_var
+
+
+def ghost_batch_norm_backward(dy, x, mean, invstd, gamma=None, virtual_batch_size=None,
+                              axis=1):
+    """Gradients of ghost batch norm: per group, the batch-norm gradient with the group's
+    statistics (``mean``, ``invstd`` of shape ``(G, C)``); dgamma and dbeta summed over
+    the groups.
+
+    Returns
+    -------
+    dx : ndarray
+        float64 gradient with x's shape.
+    dgamma, dbeta : ndarray
+        float64 ``(C,)``.
+    """
+    if np.shape(dy) != np.shape(x):
+        raise ValueError(
+            f"dy must have the shape of x {np.shape(x)}, got {np.shape(dy)}")
+    x = _to_float64(x, "x")
+    dy = _to_float64(dy, "dy")
+    mean = _to_float64(mean, "mean")
+    invstd = _to_float64(invstd, "invstd")
+    dx = np.empty_like(x)
+    dgamma = dbeta = 0.0
+    for i, s in enumerate(_groups(x, virtual_batch_size)):
+        x2, restore = _channels_last(x[s], axis)
+        dy2, _ = _channels_last(dy[s], axis)
+        m, channels = x2.shape
+        g = _per_channel(gamma, channels, "gamma", 1.0)
+        xhat = (x2 - mean[i]) * invstd[i]
+        # dL/dxhat = dy * gamma; through the group's mean and variance:
+        gh = dy2 * g
+        dx[s] = restore(invstd[i] / m * (m * gh - _column_sums(gh)
+                                         - xhat * _column_sums(gh * xhat)))
+        dgamma = dgamma + _column_sums(dy2 * xhat)
+        dbeta = dbeta + _column_sums(dy2)
+    return dx, dgamma, dbeta

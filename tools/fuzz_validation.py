@@ -422,8 +422,23 @@ def fuzz_forward(draw):
                running_mean=maybe(draw, running_vectors(C)),
                running_var=maybe(draw, running_vectors(C)),
                momentum=maybe(draw, numbers_like()), out=maybe(draw, outs(x, _work(x))),
-               n_threads=maybe(draw, st.sampled_from([None, 1, 2]))),
+               n_threads=maybe(draw, st.sampled_from([None, 1, 2])),
+               virtual_batch_size=maybe(draw, st.integers(-1, 6), p_omit=0.7)),
           outputs=("out", "running_mean", "running_var"))
+
+
+def fuzz_renorm(draw):
+    x, axis, C = draw(x_and_channels())
+    _call("batch_renorm_forward", bnfast.batch_renorm_forward,
+          (x, maybe(draw, running_vectors(C), p_omit=0),
+           maybe(draw, running_vectors(C), p_omit=0)),
+          dict(gamma=maybe(draw, vectors(C)), beta=maybe(draw, vectors(C)), axis=axis,
+               r_max=maybe(draw, st.floats(1.0, 4.0), p_omit=0),
+               d_max=maybe(draw, st.floats(0.0, 6.0), p_omit=0),
+               eps=maybe(draw, numbers_like()), momentum=maybe(draw, numbers_like()),
+               out=maybe(draw, outs(x, _work(x))),
+               n_threads=maybe(draw, st.sampled_from([None, 1, 2]))),
+          outputs=("out", "arg1", "arg2"))
 
 
 def fuzz_inference(draw):
@@ -445,7 +460,9 @@ def fuzz_backward(draw):
     _call("batch_norm_backward", bnfast.batch_norm_backward,
           (dy, x, maybe(draw, vectors(C), p_omit=0), maybe(draw, vectors(C), p_omit=0)),
           dict(gamma=maybe(draw, vectors(C)), axis=axis, out=maybe(draw, outs(x, _work(x))),
-               n_threads=maybe(draw, st.sampled_from([None, 1, 2]))),
+               n_threads=maybe(draw, st.sampled_from([None, 1, 2])),
+               virtual_batch_size=maybe(draw, st.integers(-1, 6), p_omit=0.8),
+               renorm=maybe(draw, st.tuples(vectors(C), vectors(C)), p_omit=0.8)),
           outputs=("out",))
 
 
@@ -475,7 +492,9 @@ def fuzz_layer(draw):
                   affine=maybe(draw, st.booleans()),
                   track_running_stats=maybe(draw, st.booleans()),
                   dtype=maybe(draw, st.sampled_from([np.float32, np.float64, "float16"])),
-                  n_threads=maybe(draw, st.sampled_from([None, 1, 2])))
+                  n_threads=maybe(draw, st.sampled_from([None, 1, 2])),
+                  virtual_batch_size=maybe(draw, st.sampled_from([None, 1, 2]), p_omit=0.8),
+                  renorm=maybe(draw, st.booleans(), p_omit=0.8))
     num_features = _safe_size(maybe(draw, st.just(C), p_omit=0))
     allowed = ALLOWED + ((MemoryError,) if isinstance(num_features, int)
                          and num_features >= 2**31 else ())
@@ -590,6 +609,7 @@ ENTRY_POINTS = {
     "batch_norm_forward": fuzz_forward,
     "batch_norm_inference": fuzz_inference,
     "batch_norm_backward": fuzz_backward,
+    "batch_renorm_forward": fuzz_renorm,
     "fold_batch_norm": fuzz_fold,
     "BatchNorm": fuzz_layer,
     "BatchNormScaler": fuzz_scaler,
