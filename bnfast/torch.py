@@ -421,10 +421,12 @@ class BatchNorm3d(torch.nn.BatchNorm3d):
         return _layer_forward(self, input)
 
 
-class SyncBatchNorm(torch.nn.SyncBatchNorm):
+class SyncBatchNorm(_BatchNorm):
     """``torch.nn.SyncBatchNorm`` for CPU tensors over ``torch.distributed`` (gloo).
 
-    In training mode, with a process group of more than one rank, every rank normalizes its
+    The same constructor (``num_features, eps, momentum, affine, track_running_stats,
+    process_group, device, dtype, *, bias``), parameters, buffers and ``state_dict``. In
+    training mode, with a process group of more than one rank, every rank normalizes its
     part of the batch with the statistics of the whole batch: the ranks all-gather their
     ``(count, mean, m2)`` states and merge them in rank order, so every rank gets the same
     bits (batch sizes may differ between ranks, and a rank may hold an empty batch). The
@@ -434,13 +436,32 @@ class SyncBatchNorm(torch.nn.SyncBatchNorm):
     must call forward and backward together, as for any collective.
 
     Otherwise (eval mode, one rank, no process group) it is ``BatchNorm*d`` on bnfast, and
-    non-CPU input runs torch's own SyncBatchNorm. Use ``convert_sync_batchnorm`` to convert
-    a model.
+    non-CPU input runs torch's own SyncBatchNorm forward. Use ``convert_sync_batchnorm`` to
+    convert a model.
+
+    It is not a subclass of ``torch.nn.SyncBatchNorm``: DistributedDataParallel refuses
+    those on CPU modules ("SyncBatchNorm layers only work with GPU modules").
     """
+
+    def __init__(self, num_features: int, eps: float = 1e-5, momentum: Optional[float] = 0.1,
+                 affine: bool = True, track_running_stats: bool = True,
+                 process_group: Any = None, device: Any = None, dtype: Any = None, *,
+                 bias: bool = True) -> None:
+        super().__init__(num_features, eps, momentum, affine, track_running_stats,
+                         device=device, dtype=dtype, bias=bias)
+        self.process_group = process_group
+
+    def _check_input_dim(self, input: Tensor) -> None:
+        if input.dim() < 2:
+            raise ValueError(f"expected at least 2D input (got {input.dim()}D input)")
+
+    def _check_non_zero_input_channels(self, input: Tensor) -> None:
+        if input.size(1) == 0:
+            raise ValueError("SyncBatchNorm number of input channels should be non-zero")
 
     def forward(self, input: Tensor) -> Tensor:
         if input.device.type != "cpu":
-            return super().forward(input)
+            return torch.nn.SyncBatchNorm.forward(self, input)  # type: ignore[arg-type]
         self._check_input_dim(input)
         self._check_non_zero_input_channels(input)
         factor = 0.0 if self.momentum is None else self.momentum

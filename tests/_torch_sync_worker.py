@@ -5,11 +5,11 @@ Usage: python _torch_sync_worker.py RANK WORLD_SIZE INIT_METHOD CASE_FILE OUT_FI
 CASE_FILE (torch.save'd list of cases, run one after the other) holds for each case the
 whole batch ``x``, the upstream weights ``g`` of each
 step (the loss of step t is ``sum(model(x) * g[t])``), the model's ``state_dict``, this
-case's ``sizes`` (the rows of each rank), ``memory_format`` and ``lr``. The rank trains the
-model converted by ``bnfast.torch.convert_sync_batchnorm`` on its rows, all-reducing the
-parameter gradients (sum) before each SGD step, as DistributedDataParallel does, and saves
-per step its output, its input gradient and the parameter gradients (this rank's, before
-the all-reduce), and the final buffers; OUT_FILE receives the list of those results.
+case's ``sizes`` (the rows of each rank), ``memory_format``, ``lr`` and ``ddp``. The rank
+trains the model converted by ``bnfast.torch.convert_sync_batchnorm`` on its rows, either
+wrapped in DistributedDataParallel (``ddp``) or all-reducing the parameter gradients (sum)
+itself before each SGD step, and saves per step its output, its input gradient and this
+rank's parameter gradients (``ddp``: the sum over the ranks), and the final buffers; OUT_FILE receives the list of those results.
 """
 import datetime
 import sys
@@ -36,17 +36,28 @@ def run_case(rank, case):
     model = bt.convert_sync_batchnorm(model)
     assert type(model[1]) is bt.SyncBatchNorm
     model = model.to(memory_format=fmt)
-    opt = torch.optim.SGD(model.parameters(), lr=case["lr"])
+    world_size = dist.get_world_size()
+    if case["ddp"]:
+        # DistributedDataParallel all-reduces the gradients and divides them by world_size.
+        trained = torch.nn.parallel.DistributedDataParallel(model)
+    else:
+        trained = model
+    # DDP averages the gradients over the ranks: scale the rate so that the step is the sum's.
+    lr = case["lr"] * (world_size if case["ddp"] else 1)
+    opt = torch.optim.SGD(model.parameters(), lr=lr)
     steps = []
     for g in case["g"]:
         x = case["x"][rows].clone().contiguous(memory_format=fmt).requires_grad_(True)
-        y = model(x)
+        y = trained(x)
         (y * g[rows]).sum().backward()
-        grads = {name: p.grad.clone() for name, p in model.named_parameters()}
+        if case["ddp"]:  # summed over the ranks already: undo DDP's average
+            grads = {name: p.grad * world_size for name, p in model.named_parameters()}
+        else:  # this rank's own; summed over the ranks here, as DDP would
+            grads = {name: p.grad.clone() for name, p in model.named_parameters()}
+            for p in model.parameters():
+                dist.all_reduce(p.grad)
         steps.append({"y": y.detach().clone(), "dx": x.grad.clone(), "grads": grads,
                       "y_channels_last": y.is_contiguous(memory_format=torch.channels_last)})
-        for p in model.parameters():
-            dist.all_reduce(p.grad)
         opt.step()
         opt.zero_grad()
     return {"steps": steps,

@@ -183,9 +183,11 @@ def _launch(case_file, out_files, timeout=300):
         assert p.returncode == 0, log[-4000:]
 
 
-# (dtype, rows of rank 0 and rank 1, memory format): unequal batches, and an empty rank.
-GLOO_CASES = [("float64", (3, 5), "contiguous_format"), ("float32", (0, 6), "channels_last")]
-GLOO_IDS = ["float64-3+5-NCHW", "float32-0+6-channels_last"]
+# (dtype, rows of rank 0 and rank 1, memory format, DistributedDataParallel or a hand-made
+# gradient all-reduce): unequal batches, and an empty rank.
+GLOO_CASES = [("float64", (3, 5), "contiguous_format", False),
+              ("float32", (0, 6), "channels_last", True)]
+GLOO_IDS = ["float64-3+5-NCHW", "float32-0+6-channels_last-DDP"]
 
 
 @pytest.fixture(scope="module")
@@ -202,7 +204,7 @@ def gloo_run(tmp_path_factory):
     print(f"random seed: {seed} (replay with BNFAST_TEST_SEED={seed})")
     gen = torch.Generator().manual_seed(seed % 2**63)
     cases = []
-    for dtype, sizes, memory_format in GLOO_CASES:
+    for dtype, sizes, memory_format, ddp in GLOO_CASES:
         tdtype = getattr(torch, dtype)
         N, C = sum(sizes), 4
         x = (torch.randn(N, 3, 6, 5, generator=gen, dtype=torch.float64) * 2 + 5).to(tdtype)
@@ -213,7 +215,8 @@ def gloo_run(tmp_path_factory):
             model[1].weight.uniform_(0.5, 2.0, generator=gen)
             model[1].bias.normal_(generator=gen)
         cases.append({"x": x, "g": g, "state_dict": model.state_dict(), "sizes": sizes,
-                      "memory_format": memory_format, "lr": 0.1, "channels": C})
+                      "memory_format": memory_format, "lr": 0.1, "channels": C,
+                      "ddp": ddp})
     tmp = tmp_path_factory.mktemp("gloo")
     torch.save(cases, tmp / "cases.pt")
     outs = [tmp / f"rank{r}.pt" for r in range(2)]
@@ -230,7 +233,7 @@ def test_sync_batchnorm_two_gloo_processes_train_like_one(gloo_run, case_index):
     cases, results = gloo_run
     case = cases[case_index]
     ranks = [r[case_index] for r in results]
-    dtype, _, memory_format = GLOO_CASES[case_index]
+    dtype, _, memory_format, ddp = GLOO_CASES[case_index]
     x, g, C = case["x"], case["g"], case["channels"]
     tdtype = x.dtype
     fmt = getattr(torch, memory_format)
@@ -271,7 +274,11 @@ def test_sync_batchnorm_two_gloo_processes_train_like_one(gloo_run, case_index):
             close(torch.cat([r["steps"][t]["y"] for r in ranks]), step["y"], f"y step {t}")
             close(torch.cat([r["steps"][t]["dx"] for r in ranks]), step["dx"], f"dx step {t}")
             for name, want in step["grads"].items():
-                got = sum(r["steps"][t]["grads"][name] for r in ranks)
+                if ddp:  # every rank holds the sum over the ranks
+                    got = ranks[0]["steps"][t]["grads"][name]
+                    assert torch.equal(ranks[1]["steps"][t]["grads"][name], got)
+                else:  # each rank's own: their sum is the whole batch's
+                    got = sum(r["steps"][t]["grads"][name] for r in ranks)
                 close(got, want, f"grad of {name}, step {t}")
         for name in ("1.running_mean", "1.running_var"):
             close(ranks[0]["buffers"][name], buffers[name], name)
