@@ -165,8 +165,7 @@ def _handled(input: Tensor, running_mean: Optional[Tensor], running_var: Optiona
     C = input.shape[1]
     others = [t for t in (running_mean, running_var, weight, bias) if t is not None]
     for t in others:
-        if (type(t) not in (torch.Tensor, torch.nn.Parameter) or t.device.type != "cpu"
-                or t.shape != (C,)):
+        if not isinstance(t, torch.Tensor) or t.device.type != "cpu" or t.shape != (C,):
             return False
     dtypes = {t.dtype for t in others}
     # PyTorch's rule: one dtype throughout, or half-precision input with float32 parameters.

@@ -18,7 +18,8 @@ Each thread count runs in a fresh process with OMP_NUM_THREADS and torch.set_num
 to it (bnfast.torch passes torch.get_num_threads() to the kernels, so both use the same
 count). Within a process the variants are interleaved: every repeat times each variant once,
 in turn, so drifting machine load hits all of them alike. Times are medians over the repeats
-with the interquartile range.
+with the interquartile range; the ratio column is the median (IQR) of the per-repeat ratios
+of the two runs made back to back, which drifting load disturbs less.
 """
 import argparse
 import json
@@ -141,25 +142,32 @@ def _fmt_time(seconds):
     return med, f"{med:.2f} ({q1:.2f}-{q3:.2f})"
 
 
+def _ratio(times):
+    """torch / bnfast per repeat (the two ran back to back): median (IQR)."""
+    r = np.asarray(times["torch"]) / np.asarray(times["bnfast"])
+    q1, med, q3 = np.percentile(r, [25, 50, 75])
+    return f"{med:.2f} ({q1:.2f}-{q3:.2f})"
+
+
 def report(all_results, acc):
     shape = tuple(all_results[0]["block_shape"])
     lines = ["### Training step of the block (conv-BN-ReLU x2, float32, "
              f"input {shape}), ms: median (IQR)", "",
-             "| layout | threads | torch BN | bnfast BN | torch / bnfast |",
+             "| layout | threads | torch BN | bnfast BN | torch / bnfast, paired |",
              "|---|---:|---:|---:|---:|"]
     for res in all_results:
         for layout, times in res["model"].items():
-            mt, t = _fmt_time(times["torch"])
-            mb, b = _fmt_time(times["bnfast"])
-            lines.append(f"| {layout} | {res['threads']} | {t} | {b} | {mt / mb:.2f} |")
+            t = _fmt_time(times["torch"])[1]
+            b = _fmt_time(times["bnfast"])[1]
+            lines.append(f"| {layout} | {res['threads']} | {t} | {b} | {_ratio(times)} |")
     lines += ["", "### BN layer alone, forward + backward (float32), ms: median (IQR)", "",
-              "| layout and shape | threads | torch | bnfast | torch / bnfast |",
+              "| layout and shape | threads | torch | bnfast | torch / bnfast, paired |",
               "|---|---:|---:|---:|---:|"]
     for res in all_results:
         for key, times in res["bn"].items():
-            mt, t = _fmt_time(times["torch"])
-            mb, b = _fmt_time(times["bnfast"])
-            lines.append(f"| {key} | {res['threads']} | {t} | {b} | {mt / mb:.2f} |")
+            t = _fmt_time(times["torch"])[1]
+            b = _fmt_time(times["bnfast"])[1]
+            lines.append(f"| {key} | {res['threads']} | {t} | {b} | {_ratio(times)} |")
     lines += ["", "### Accuracy: float32 batch variance of 1e4 + N(0, 1) data, max relative "
               "error against the float64 reference", "",
               "| layout | shape | torch | bnfast |", "|---|---|---:|---:|"]
