@@ -3,13 +3,14 @@
 Usage: python _torch_sync_worker.py RANK WORLD_SIZE INIT_METHOD CASE_FILE OUT_FILE
 
 CASE_FILE (torch.save'd list of cases, run one after the other) holds for each case the
-whole batch ``x``, the upstream weights ``g`` of each
-step (the loss of step t is ``sum(model(x) * g[t])``), the model's ``state_dict``, this
-case's ``sizes`` (the rows of each rank), ``memory_format``, ``lr`` and ``ddp``. The rank
-trains the model converted by ``bnfast.torch.convert_sync_batchnorm`` on its rows, either
-wrapped in DistributedDataParallel (``ddp``) or all-reducing the parameter gradients (sum)
-itself before each SGD step, and saves per step its output, its input gradient and this
-rank's parameter gradients (``ddp``: the sum over the ranks), and the final buffers; OUT_FILE receives the list of those results.
+whole batch ``x``, the upstream weights ``g`` of each step (the loss of step t is
+``sum(model(x) * g[t])``), the model's ``state_dict``, the rows of each rank (``sizes``),
+``memory_format``, ``lr`` and ``ddp``. The rank trains the model converted by
+``bnfast.torch.convert_sync_batchnorm`` on its rows, either wrapped in
+DistributedDataParallel (``ddp``) or all-reducing the parameter gradients (sum) itself before
+each SGD step, and saves per step its output, its input gradient and this rank's parameter
+gradients (``ddp``: the sum over the ranks), and the final buffers. OUT_FILE receives the
+list of those results.
 """
 import datetime
 import sys
