@@ -588,3 +588,13 @@ def test_results_do_not_depend_on_the_thread_count(seed):
         torch.set_num_threads(before)
     for a, b in zip(*results):
         assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("cls, shape", [(bt.BatchNorm2d, (4, 3, 5, 5)),
+                                        (bt.SyncBatchNorm, (4, 3, 5))])
+def test_non_cpu_tensors_run_torchs_forward(cls, shape):
+    """The meta device stands in for an accelerator: torch's own forward runs (bnfast would
+    need the data), giving torch's result metadata."""
+    layer = cls(3, device="meta")
+    y = layer(torch.empty(shape, device="meta"))
+    assert y.device.type == "meta" and y.shape == shape
