@@ -34,8 +34,21 @@ Or only the statistics::
     count, mean, m2 = sync_moments_state(state, all_gather)
     var = m2 / count
 
-Backward is not synchronized here: ``bnfast.batch_norm_backward`` on a rank gives that
-rank's gradient sums only (SyncBatchNorm all-reduces ``sum(dy)`` and ``sum(dy * xhat)``).
+Backward: ``sync_batch_norm_backward`` sums each rank's ``sum(dy * xhat)``, ``sum(dy)`` and
+element count with one all-reduce of 2C + 1 float64 values, so each rank's ``dx`` is its slice
+of the whole batch's gradient; the ``dgamma`` and ``dbeta`` it returns are this rank's own
+sums (a data-parallel optimizer sums them over the ranks with the other gradients, as
+PyTorch's DistributedDataParallel does)::
+
+    from bnfast.distributed import sync_batch_norm_backward, torch_all_reduce
+
+    all_reduce = torch_all_reduce()            # or mpi_all_reduce(comm) with mpi4py
+    dx, dgamma, dbeta = sync_batch_norm_backward(
+        dy_local, x_local, mean, invstd, gamma, all_reduce=all_reduce, axis=1)
+    # dgamma, dbeta: this rank's; sum them over the ranks (all_reduce) before the update
+
+(``bnfast.batch_norm_backward`` on a rank alone gives that rank's gradient, as if its slice
+were the whole batch.)
 """
 import numpy as np
 
@@ -222,3 +235,166 @@ def mpi_all_gather(comm=None):
         return recv
 
     return all_gather
+
+
+# ---- Synchronized backward ------------------------------------------------------------------
+
+from typing import Callable, Optional, Tuple  # noqa: E402
+
+from numpy.typing import ArrayLike, NDArray  # noqa: E402
+
+from . import _training  # noqa: E402
+from ._validation import check_out, dtype_policy  # noqa: E402
+
+__all__ += ["sync_batch_norm_backward", "torch_all_reduce", "mpi_all_reduce"]
+
+
+def sync_batch_norm_backward(
+        dy: ArrayLike, x: ArrayLike, mean: ArrayLike, invstd: ArrayLike,
+        gamma: Optional[ArrayLike] = None, *,
+        all_reduce: Callable[[NDArray[np.float64]], ArrayLike], axis: Optional[int] = 1,
+        out: Optional[NDArray] = None,
+        n_threads: Optional[int] = None) -> Tuple[NDArray, NDArray[np.float64],
+                                                  NDArray[np.float64]]:
+    """Gradients of ``sync_batch_norm_forward``: this rank's part of the whole batch's dx.
+
+    Each rank computes its ``sum(dy * xhat)`` and ``sum(dy)`` per channel and its element
+    count, the ranks sum those ``2 C + 1`` values with one all-reduce, and each rank gets
+    ``dx = gamma * invstd / m * (m * dy - sum(dy) - xhat * sum(dy * xhat))`` with the global
+    sums and the global count ``m``: exactly the gradient of the whole batch, sliced.
+
+    Parameters
+    ----------
+    dy : array_like
+        Upstream gradient of this rank's output, the shape of ``x`` (may be empty).
+    x : array_like
+        This rank's forward input.
+    mean, invstd : array_like of shape (C,)
+        The global statistics ``sync_batch_norm_forward`` returned.
+    gamma : array_like of shape (C,), optional
+    all_reduce : callable
+        ``all_reduce(packed)`` takes a float64 array of shape (2 C + 1,) and returns the sum
+        of every rank's such array (any order: a sum). ``torch_all_reduce()`` and
+        ``mpi_all_reduce()`` make one. Every rank must call this function together.
+    axis : int or None, default 1
+    out : ndarray, optional
+        Where to write dx.
+    n_threads : int or None, default None
+
+    Returns
+    -------
+    dx : ndarray
+        This rank's slice of the whole batch's input gradient, of the inputs' dtype.
+    dgamma, dbeta : ndarray of float64, shape (C,)
+        This rank's own ``sum(dy * xhat)`` and ``sum(dy)``: sum them over the ranks (a
+        data-parallel wrapper does) to get the parameters' gradients.
+
+    Raises
+    ------
+    ValueError
+        For bad arguments, before the all-reduce (so a rank with bad arguments raises without
+        waiting; the others then wait for it, as with any collective), or when the all-reduce
+        returns an array of the wrong shape.
+
+    Examples
+    --------
+    Two "ranks" in one process, with an all-reduce that sees both ranks' sums:
+
+    >>> import bnfast
+    >>> x = np.array([[1.0], [2.0], [4.0], [7.0]]); dy = np.array([[1.0], [0.0], [0.0], [-2.0]])
+    >>> _, mean, invstd = bnfast.batch_norm_forward(x)
+    >>> def gather_sums(part):             # rank 0 and rank 1's packed sums
+    ...     _, dg, db = bnfast.batch_norm_backward(dy[part], x[part], mean, invstd)
+    ...     return np.concatenate([dg, db, [len(x[part])]])
+    >>> total = gather_sums(slice(0, 1)) + gather_sums(slice(1, 4))
+    >>> dx0, dg0, db0 = sync_batch_norm_backward(dy[:1], x[:1], mean, invstd,
+    ...                                          all_reduce=lambda packed: total)
+    >>> dx_all, _, _ = bnfast.batch_norm_backward(dy, x, mean, invstd)
+    >>> bool(np.allclose(dx0, dx_all[:1], rtol=1e-12))
+    True
+    """
+    a = as_array(x, "x")
+    g_in = as_array(dy, "dy")
+    if g_in.shape != a.shape:
+        raise ValueError(f"dy: expected the shape of x {a.shape}, got shape {g_in.shape}")
+    outer, C, inner = channel_shape(a, axis)
+    check_n_threads(n_threads)
+    _, odt = dtype_policy(np.result_type(a.dtype, g_in.dtype))
+    if mean is None or invstd is None:
+        raise ValueError(f"mean, invstd: expected arrays of shape ({C},), got None")
+    mu = channel_vector(mean, C, "mean")
+    inv = channel_vector(invstd, C, "invstd")
+    gam = channel_vector(gamma, C, "gamma")
+    if out is not None:
+        check_out(out, a.shape, odt)
+    m_local = outer * inner
+    if m_local and C:
+        dgamma, dbeta = _training.backward_sums(g_in, a, mu, inv, axis=axis,
+                                                n_threads=n_threads)
+    else:  # an empty slice (this rank holds no samples) adds nothing
+        dgamma, dbeta = np.zeros(C), np.zeros(C)
+    packed = np.empty(2 * C + 1)
+    packed[:C] = dgamma
+    packed[C:2 * C] = dbeta
+    packed[2 * C] = m_local
+    total = np.asarray(all_reduce(packed), dtype=np.float64)
+    if total.shape != packed.shape:
+        raise ValueError(f"all_reduce: expected an array of shape {packed.shape}, "
+                         f"got shape {total.shape}")
+    if m_local == 0 or C == 0:
+        dx = np.empty(a.shape, dtype=odt) if out is None else out
+        return dx, dgamma, dbeta
+    dx = _training.backward_input(g_in, a, mu, inv, gam, total[:C], total[C:2 * C],
+                                  float(total[2 * C]), axis=axis, out=out,
+                                  n_threads=n_threads)
+    return dx, dgamma, dbeta
+
+
+def torch_all_reduce(group=None, device=None) -> Callable[[NDArray[np.float64]],
+                                                            NDArray[np.float64]]:
+    """An ``all_reduce`` callable (a sum) over ``torch.distributed``; the group must exist.
+
+    Parameters
+    ----------
+    group : ProcessGroup, optional
+        Default: the default group.
+    device : torch.device or str, optional
+        Where the collective runs: None (the CPU) for gloo; ``"cuda"`` for NCCL.
+
+    Returns
+    -------
+    callable
+        ``all_reduce(packed) -> ndarray``: the sum over the ranks, a new float64 array.
+    """
+    import torch
+    import torch.distributed as dist
+
+    def all_reduce(packed: NDArray[np.float64]) -> NDArray[np.float64]:
+        t = torch.from_numpy(np.array(packed, dtype=np.float64))  # a copy: packed is kept
+        if device is not None:
+            t = t.to(device)
+        dist.all_reduce(t, op=dist.ReduceOp.SUM, group=group)
+        return t.cpu().numpy()
+
+    return all_reduce
+
+
+def mpi_all_reduce(comm=None) -> Callable[[NDArray[np.float64]], NDArray[np.float64]]:
+    """An ``all_reduce`` callable (a sum) over an mpi4py communicator (default COMM_WORLD).
+
+    Returns
+    -------
+    callable
+        ``all_reduce(packed) -> ndarray``: MPI's buffer ``Allreduce`` with ``MPI.SUM``.
+    """
+    from mpi4py import MPI
+    if comm is None:
+        comm = MPI.COMM_WORLD
+
+    def all_reduce(packed: NDArray[np.float64]) -> NDArray[np.float64]:
+        send = np.ascontiguousarray(packed, dtype=np.float64)
+        recv = np.empty_like(send)
+        comm.Allreduce(send, recv, op=MPI.SUM)
+        return recv
+
+    return all_reduce

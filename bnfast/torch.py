@@ -1,0 +1,582 @@
+"""bnfast inside PyTorch models on the CPU: batch norm layers, a functional and SyncBatchNorm.
+
+``import bnfast`` never imports PyTorch; ``import bnfast.torch`` does.
+
+- ``batch_norm``: ``torch.nn.functional.batch_norm`` computed by bnfast's kernels, with
+  autograd.
+- ``BatchNorm1d``, ``BatchNorm2d``, ``BatchNorm3d``: subclasses of torch's layers (the same
+  constructor, parameters, buffers and ``state_dict``) whose forward calls ``batch_norm``.
+- ``SyncBatchNorm``: torch's ``SyncBatchNorm`` for CPU tensors over ``torch.distributed``
+  (gloo): the statistics and the input gradient are those of the whole batch over the ranks.
+- ``convert(module)`` swaps torch's batch norm layers of a model for these;
+  ``convert_sync_batchnorm(module, process_group)`` swaps them for ``SyncBatchNorm``.
+
+What runs where. CPU tensors of float32 and float64 are handed to the kernels without a copy:
+contiguous tensors as they are, channels-last tensors (any tensor whose channel dimension is
+the innermost, e.g. ``torch.channels_last``) as (N, ..., C) arrays, and the output keeps the
+input's memory format. float16 and bfloat16 are computed in float32 (converted, computed,
+converted back); any other strided tensor is made contiguous first. Everything bnfast does
+not compute is passed to PyTorch's own batch norm unchanged, so it behaves (and raises)
+exactly as PyTorch: non-CPU tensors, tensor subclasses with ``__torch_function__``, empty
+batches, inputs of fewer than 2 dimensions, dtype mixes PyTorch rejects, momentum outside
+[0, 1], and JIT tracing. The kernels run on ``torch.get_num_threads()`` threads; their
+results do not depend on that number.
+
+Limits: double backward raises (the backward is computed by the kernels, not by
+differentiable PyTorch operations), and the layers cannot be scripted with TorchScript.
+"""
+from __future__ import annotations
+
+import numbers
+from typing import Any, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from numpy.typing import NDArray
+from torch import Tensor
+from torch.autograd.function import FunctionCtx, once_differentiable
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from . import _training
+from ._functional import batch_norm_backward, batch_norm_forward, batch_norm_inference
+from .distributed import (
+    sync_batch_norm_backward,
+    sync_batch_norm_forward,
+    torch_all_gather,
+    torch_all_reduce,
+)
+
+__all__ = ["batch_norm", "BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "SyncBatchNorm",
+           "convert", "convert_sync_batchnorm"]
+
+_NATIVE = (torch.float32, torch.float64)
+_HALF = (torch.float16, torch.bfloat16)
+
+
+# ---- Tensors as arrays -----------------------------------------------------------------------
+
+def _channels_last(t: Tensor) -> bool:
+    """True when ``t`` is laid out (N, ..., C) in memory but not (N, C, ...)."""
+    return t.dim() >= 3 and not t.is_contiguous() and t.movedim(1, -1).is_contiguous()
+
+
+def _compute_layout(t: Tensor) -> Tensor:
+    """``t`` (detached) in float32/float64 and in a layout the kernels read without a copy."""
+    t = t.detach()
+    if t.dtype in _HALF:
+        t = t.float()  # keeps a dense tensor's strides (memory format)
+    if t.is_neg():
+        t = t.resolve_neg()
+    if not (t.is_contiguous() or _channels_last(t)):
+        t = t.contiguous()
+    return t
+
+
+def _array(t: Tensor) -> Tuple[NDArray[Any], int]:
+    """The C-contiguous NumPy view of a tensor from ``_compute_layout``, and its channel axis."""
+    if _channels_last(t):
+        return t.movedim(1, -1).numpy(), -1
+    return t.numpy(), 1
+
+
+def _like(g: Tensor, x: Tensor) -> Tensor:
+    """The gradient ``g`` in the dtype and memory layout of ``x`` (a copy only if needed)."""
+    g = g.detach()
+    if g.is_neg():
+        g = g.resolve_neg()
+    if g.dtype == x.dtype and (g.is_contiguous() if x.is_contiguous()
+                               else g.movedim(1, -1).is_contiguous()):
+        return g
+    return torch.empty_like(x).copy_(g)
+
+
+def _vector(t: Optional[Tensor]) -> Optional[NDArray[Any]]:
+    """A per-channel parameter as a NumPy array (a view for float32/float64 tensors)."""
+    if t is None:
+        return None
+    t = t.detach()
+    if t.dtype not in _NATIVE or t.is_neg():
+        t = t.to(torch.float64)
+    return t.numpy()
+
+
+class _RunningBuffer:
+    """A running statistic as a NumPy array the kernels update in place.
+
+    A view of the tensor itself for float32 and float64; for float16 and bfloat16 a float32
+    copy, written back by ``write_back``.
+    """
+
+    def __init__(self, t: Optional[Tensor]) -> None:
+        self.tensor = t
+        self.copy: Optional[Tensor] = None
+        if t is None:
+            self.array: Optional[NDArray[Any]] = None
+        elif t.dtype in _NATIVE and not t.is_neg():
+            self.array = t.detach().numpy()
+        else:
+            self.copy = t.detach().float()
+            self.array = self.copy.numpy()
+
+    def write_back(self) -> None:
+        if self.copy is not None and self.tensor is not None:
+            with torch.no_grad():
+                self.tensor.copy_(self.copy)
+
+
+def _n_threads() -> int:
+    return max(1, torch.get_num_threads())
+
+
+def _from_array(a: NDArray[Any], axis: int) -> Tensor:
+    """A NumPy result of ``_array``'s layout as an (N, C, ...) tensor, without a copy."""
+    t = torch.from_numpy(a)
+    return t.movedim(-1, 1) if axis == -1 else t
+
+
+# ---- When bnfast computes --------------------------------------------------------------------
+
+def _is_unit_real(value: object) -> bool:
+    return (isinstance(value, numbers.Real) and not isinstance(value, bool)
+            and 0.0 <= float(value) <= 1.0)
+
+
+def _handled(input: Tensor, running_mean: Optional[Tensor], running_var: Optional[Tensor],
+             weight: Optional[Tensor], bias: Optional[Tensor], training: bool,
+             momentum: object) -> bool:
+    """True when bnfast computes this call as PyTorch would; False hands it to PyTorch."""
+    if type(input) is not torch.Tensor or input.device.type != "cpu":
+        return False
+    dtype = input.dtype
+    if dtype not in _NATIVE and dtype not in _HALF:
+        return False
+    if input.dim() < 2 or input.numel() == 0 or torch.jit.is_tracing():
+        return False
+    if (running_mean is None) != (running_var is None):
+        return False
+    if not training and running_mean is None:
+        return False
+    if not isinstance(momentum, numbers.Real) or isinstance(momentum, bool):
+        return False
+    if training and running_mean is not None and not _is_unit_real(momentum):
+        return False
+    C = input.shape[1]
+    others = [t for t in (running_mean, running_var, weight, bias) if t is not None]
+    for t in others:
+        if not isinstance(t, torch.Tensor) or t.device.type != "cpu" or t.shape != (C,):
+            return False
+    dtypes = {t.dtype for t in others}
+    # PyTorch's rule: one dtype throughout, or half-precision input with float32 parameters.
+    return dtypes <= {dtype} or (dtype in _HALF and dtypes <= {torch.float32})
+
+
+def _check_batch_size(input: Tensor) -> None:
+    size = input.size()
+    values = size[0]
+    for s in size[2:]:
+        values *= s
+    if values == 1:
+        raise ValueError("Expected more than 1 value per channel when training, "
+                         f"got input size {size}")
+
+
+def _check_eps(eps: float, training: bool) -> None:
+    if training and eps <= 0.0:
+        raise ValueError(f"batch_norm eps must be positive during training, but got {eps}")
+    if eps < 0.0:
+        raise ValueError(f"batch_norm eps must be non-negative, but got {eps}")
+
+
+def _weight_grads(dgamma: NDArray[np.float64], dbeta: NDArray[np.float64],
+                  weight: Optional[Tensor], bias: Optional[Tensor],
+                  needs: Sequence[bool]) -> Tuple[Optional[Tensor], Optional[Tensor]]:
+    gw = (torch.from_numpy(dgamma).to(weight.dtype)
+          if needs[1] and weight is not None else None)
+    gb = torch.from_numpy(dbeta).to(bias.dtype) if needs[2] and bias is not None else None
+    return gw, gb
+
+
+# ---- Autograd functions ----------------------------------------------------------------------
+
+class _BatchNormFunction(torch.autograd.Function):
+    """Batch norm by the kernels; saves the batch (or running) ``mean`` and ``invstd``."""
+
+    @staticmethod
+    def forward(ctx: Any, input: Tensor, weight: Optional[Tensor], bias: Optional[Tensor],
+                running_mean: Optional[Tensor], running_var: Optional[Tensor], training: bool,
+                momentum: float, eps: float) -> Tensor:
+        x = _compute_layout(input)
+        xa, axis = _array(x)
+        y = torch.empty_like(x)
+        ya, _ = _array(y)
+        gamma, beta = _vector(weight), _vector(bias)
+        rm, rv = _RunningBuffer(running_mean), _RunningBuffer(running_var)
+        n = _n_threads()
+        if training:
+            try:
+                _, mean, invstd = batch_norm_forward(
+                    xa, gamma, beta, axis=axis, eps=eps, running_mean=rm.array,
+                    running_var=rv.array, momentum=float(momentum), out=ya, n_threads=n)
+            finally:
+                rm.write_back()
+                rv.write_back()
+        else:
+            assert rm.array is not None and rv.array is not None
+            batch_norm_inference(xa, rm.array, rv.array, gamma, beta, axis=axis, eps=eps,
+                                 out=ya, n_threads=n)
+            mean = rm.array.astype(np.float64)
+            invstd = 1.0 / np.sqrt(rv.array.astype(np.float64) + eps)
+        ctx.save_for_backward(x, weight, bias)
+        ctx.mean, ctx.invstd, ctx.training = mean, invstd, training
+        ctx.input_dtype = input.dtype
+        return y if y.dtype == input.dtype else y.to(input.dtype)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, grad_output: Tensor) -> Tuple[Optional[Tensor], ...]:
+        x, weight, bias = ctx.saved_tensors
+        needs = ctx.needs_input_grad
+        dy = _like(grad_output, x)
+        xa, axis = _array(x)
+        dya, _ = _array(dy)
+        gamma = _vector(weight)
+        n = _n_threads()
+        dx: Optional[Tensor] = None
+        if ctx.training and needs[0]:
+            dx = torch.empty_like(x)
+            _, dgamma, dbeta = batch_norm_backward(dya, xa, ctx.mean, ctx.invstd, gamma,
+                                                   axis=axis, out=_array(dx)[0], n_threads=n)
+        elif needs[1] or needs[2]:
+            dgamma, dbeta = _training.backward_sums(dya, xa, ctx.mean, ctx.invstd, axis=axis,
+                                                    n_threads=n)
+        else:
+            dgamma = dbeta = np.zeros(0)
+        if not ctx.training and needs[0]:
+            # Fixed statistics: dx = dy * gamma * invstd, the inference kernel with scale only.
+            scale = ctx.invstd if gamma is None else ctx.invstd * gamma
+            C = scale.shape[0]
+            dx = torch.empty_like(x)
+            batch_norm_inference(dya, np.zeros(C), np.ones(C), scale, axis=axis, eps=0.0,
+                                 out=_array(dx)[0], n_threads=n)
+        if dx is not None and dx.dtype != ctx.input_dtype:
+            dx = dx.to(ctx.input_dtype)
+        gw, gb = _weight_grads(dgamma, dbeta, weight, bias, needs)
+        return dx, gw, gb, None, None, None, None, None
+
+
+class _SyncBatchNormFunction(torch.autograd.Function):
+    """Training-mode batch norm with statistics and gradient sums over a process group."""
+
+    @staticmethod
+    def forward(ctx: Any, input: Tensor, weight: Optional[Tensor], bias: Optional[Tensor],
+                running_mean: Optional[Tensor], running_var: Optional[Tensor], eps: float,
+                momentum: float, process_group: Any) -> Tensor:
+        x = _compute_layout(input)
+        xa, axis = _array(x)
+        rm, rv = _RunningBuffer(running_mean), _RunningBuffer(running_var)
+        try:
+            ya, mean, invstd = sync_batch_norm_forward(
+                xa, _vector(weight), _vector(bias), all_gather=torch_all_gather(process_group),
+                axis=axis, eps=eps, running_mean=rm.array, running_var=rv.array,
+                momentum=float(momentum), n_threads=_n_threads())
+        finally:
+            rm.write_back()
+            rv.write_back()
+        y = _from_array(ya, axis)
+        ctx.save_for_backward(x, weight, bias)
+        ctx.mean, ctx.invstd = mean, invstd
+        ctx.process_group, ctx.input_dtype = process_group, input.dtype
+        return y if y.dtype == input.dtype else y.to(input.dtype)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, grad_output: Tensor) -> Tuple[Optional[Tensor], ...]:
+        x, weight, bias = ctx.saved_tensors
+        needs = ctx.needs_input_grad
+        dy = _like(grad_output, x)
+        xa, axis = _array(x)
+        dya, _ = _array(dy)
+        n = _n_threads()
+        dx: Optional[Tensor] = None
+        if needs[0]:
+            # Every rank's input needs its gradient alike, so every rank joins the all-reduce.
+            dx = torch.empty_like(x)
+            _, dgamma, dbeta = sync_batch_norm_backward(
+                dya, xa, ctx.mean, ctx.invstd, _vector(weight),
+                all_reduce=torch_all_reduce(ctx.process_group), axis=axis,
+                out=_array(dx)[0], n_threads=n)
+            if dx.dtype != ctx.input_dtype:
+                dx = dx.to(ctx.input_dtype)
+        elif x.numel() == 0:
+            C = x.shape[1]
+            dgamma, dbeta = np.zeros(C), np.zeros(C)
+        else:
+            dgamma, dbeta = _training.backward_sums(dya, xa, ctx.mean, ctx.invstd, axis=axis,
+                                                    n_threads=n)
+        gw, gb = _weight_grads(dgamma, dbeta, weight, bias, needs)
+        return dx, gw, gb, None, None, None, None, None
+
+
+# ---- The functional --------------------------------------------------------------------------
+
+def batch_norm(input: Tensor, running_mean: Optional[Tensor], running_var: Optional[Tensor],
+               weight: Optional[Tensor] = None, bias: Optional[Tensor] = None,
+               training: bool = False, momentum: float = 0.1, eps: float = 1e-5) -> Tensor:
+    """``torch.nn.functional.batch_norm`` computed by bnfast's kernels.
+
+    The same arguments, result and errors. In training mode the batch statistics normalize
+    and ``running_mean``/``running_var`` (when given) are updated in place with ``momentum``
+    (running_var with the unbiased variance); otherwise the running statistics normalize.
+    Differentiable with respect to ``input``, ``weight`` and ``bias`` (once: double backward
+    raises RuntimeError). Calls bnfast cannot serve as PyTorch would (see the module's
+    docstring) go to ``torch.nn.functional.batch_norm``.
+
+    Examples
+    --------
+    >>> import torch, bnfast.torch
+    >>> x = torch.randn(8, 3, 4, 4, requires_grad=True)
+    >>> rm, rv = torch.zeros(3), torch.ones(3)
+    >>> y = bnfast.torch.batch_norm(x, rm, rv, training=True)
+    >>> y.sum().backward()
+    >>> x.grad.shape
+    torch.Size([8, 3, 4, 4])
+    """
+    if torch.overrides.has_torch_function_variadic(input, running_mean, running_var, weight,
+                                                   bias):
+        return F.batch_norm(input, running_mean, running_var, weight, bias, training,
+                            momentum, eps)
+    if training:
+        _check_batch_size(input)
+    if isinstance(eps, numbers.Real):
+        _check_eps(float(eps), training)
+    if not (_handled(input, running_mean, running_var, weight, bias, training, momentum)
+            and isinstance(eps, numbers.Real)):
+        return F.batch_norm(input, running_mean, running_var, weight, bias, training,
+                            momentum, eps)
+    out = _BatchNormFunction.apply(input, weight, bias, running_mean, running_var,
+                                   bool(training), momentum, float(eps))
+    return out
+
+
+# ---- Layers ----------------------------------------------------------------------------------
+
+def _layer_forward(module: _BatchNorm, input: Tensor) -> Tensor:
+    """``_BatchNorm.forward`` with bnfast's ``batch_norm`` (the same steps, in the same order)."""
+    module._check_input_dim(input)
+    factor = 0.0 if module.momentum is None else module.momentum
+    if module.training and module.track_running_stats:
+        if module.num_batches_tracked is not None:
+            module.num_batches_tracked.add_(1)
+            if module.momentum is None:  # cumulative moving average
+                factor = 1.0 / float(module.num_batches_tracked)
+    if module.training:
+        bn_training = True
+    else:
+        bn_training = module.running_mean is None and module.running_var is None
+    track = not module.training or module.track_running_stats
+    return batch_norm(input, module.running_mean if track else None,
+                      module.running_var if track else None, module.weight, module.bias,
+                      bn_training, factor, module.eps)
+
+
+class BatchNorm1d(torch.nn.BatchNorm1d):
+    """``torch.nn.BatchNorm1d`` computed by bnfast on the CPU (input (N, C) or (N, C, L)).
+
+    The same constructor, parameters, buffers, ``state_dict`` and behaviour; non-CPU input
+    runs torch's own forward.
+    """
+
+    def forward(self, input: Tensor) -> Tensor:
+        if input.device.type != "cpu":
+            return super().forward(input)
+        return _layer_forward(self, input)
+
+
+class BatchNorm2d(torch.nn.BatchNorm2d):
+    """``torch.nn.BatchNorm2d`` computed by bnfast on the CPU (input (N, C, H, W)).
+
+    The same constructor, parameters, buffers, ``state_dict`` and behaviour; non-CPU input
+    runs torch's own forward. channels_last input gives channels_last output, without copies.
+    """
+
+    def forward(self, input: Tensor) -> Tensor:
+        if input.device.type != "cpu":
+            return super().forward(input)
+        return _layer_forward(self, input)
+
+
+class BatchNorm3d(torch.nn.BatchNorm3d):
+    """``torch.nn.BatchNorm3d`` computed by bnfast on the CPU (input (N, C, D, H, W)).
+
+    The same constructor, parameters, buffers, ``state_dict`` and behaviour; non-CPU input
+    runs torch's own forward.
+    """
+
+    def forward(self, input: Tensor) -> Tensor:
+        if input.device.type != "cpu":
+            return super().forward(input)
+        return _layer_forward(self, input)
+
+
+class SyncBatchNorm(_BatchNorm):
+    """``torch.nn.SyncBatchNorm`` for CPU tensors over ``torch.distributed`` (gloo).
+
+    The same constructor (``num_features, eps, momentum, affine, track_running_stats,
+    process_group, device, dtype, *, bias``), parameters, buffers and ``state_dict``. In
+    training mode, with a process group of more than one rank, every rank normalizes its
+    part of the batch with the statistics of the whole batch: the ranks all-gather their
+    ``(count, mean, m2)`` states and merge them in rank order, so every rank gets the same
+    bits (batch sizes may differ between ranks, and a rank may hold an empty batch). The
+    backward all-reduces ``sum(dy)``, ``sum(dy * xhat)`` and the counts, so each rank's input
+    gradient is its slice of the whole batch's. ``weight.grad`` and ``bias.grad`` are this
+    rank's own, as with torch's SyncBatchNorm: DistributedDataParallel sums them. Every rank
+    must call forward and backward together, as for any collective.
+
+    Otherwise (eval mode, one rank, no process group) it is ``BatchNorm*d`` on bnfast, and
+    non-CPU input runs torch's own SyncBatchNorm forward. Use ``convert_sync_batchnorm`` to
+    convert a model.
+
+    It is not a subclass of ``torch.nn.SyncBatchNorm``: DistributedDataParallel refuses
+    those on CPU modules ("SyncBatchNorm layers only work with GPU modules").
+    """
+
+    def __init__(self, num_features: int, eps: float = 1e-5, momentum: Optional[float] = 0.1,
+                 affine: bool = True, track_running_stats: bool = True,
+                 process_group: Any = None, device: Any = None, dtype: Any = None, *,
+                 bias: bool = True) -> None:
+        super().__init__(num_features, eps, momentum, affine, track_running_stats,
+                         device=device, dtype=dtype, bias=bias)
+        self.process_group = process_group
+
+    def _check_input_dim(self, input: Tensor) -> None:
+        if input.dim() < 2:
+            raise ValueError(f"expected at least 2D input (got {input.dim()}D input)")
+
+    def _check_non_zero_input_channels(self, input: Tensor) -> None:
+        if input.size(1) == 0:
+            raise ValueError("SyncBatchNorm number of input channels should be non-zero")
+
+    def forward(self, input: Tensor) -> Tensor:
+        if input.device.type != "cpu":
+            return torch.nn.SyncBatchNorm.forward(self, input)  # type: ignore[arg-type]
+        self._check_input_dim(input)
+        self._check_non_zero_input_channels(input)
+        factor = 0.0 if self.momentum is None else self.momentum
+        if self.training and self.track_running_stats:
+            if self.num_batches_tracked is None:
+                raise AssertionError("num_batches_tracked must not be None")
+            self.num_batches_tracked.add_(1)
+            if self.momentum is None:  # cumulative moving average
+                factor = 1.0 / float(self.num_batches_tracked)
+        if self.training:
+            bn_training = True
+        else:
+            bn_training = self.running_mean is None and self.running_var is None
+        track = not self.training or self.track_running_stats
+        running_mean = self.running_mean if track else None
+        running_var = self.running_var if track else None
+        need_sync = (bn_training and self.training and dist.is_available()
+                     and dist.is_initialized())
+        group = None
+        if need_sync:
+            group = self.process_group if self.process_group else dist.group.WORLD
+            need_sync = dist.get_world_size(group) > 1
+        if not need_sync:
+            return batch_norm(input, running_mean, running_var, self.weight, self.bias,
+                              bn_training, factor, self.eps)
+        _check_eps(float(self.eps), True)
+        if input.dtype not in _NATIVE and input.dtype not in _HALF:
+            raise TypeError(f"SyncBatchNorm on the CPU: expected float16, bfloat16, float32 "
+                            f"or float64 input, got {input.dtype}")
+        return _SyncBatchNormFunction.apply(input, self.weight, self.bias, running_mean,
+                                            running_var, float(self.eps), factor, group)
+
+    @classmethod
+    def convert_sync_batchnorm(cls, module: torch.nn.Module,
+                               process_group: Any = None) -> torch.nn.Module:
+        """``convert_sync_batchnorm`` (the module function) as a class method, like torch's."""
+        return convert_sync_batchnorm(module, process_group)
+
+
+# ---- Converting models -----------------------------------------------------------------------
+
+def _swap(module: _BatchNorm, new: _BatchNorm) -> _BatchNorm:
+    """``new`` given ``module``'s parameters and buffers (the same tensors) and mode."""
+    if module.affine:
+        new.weight = module.weight
+        new.bias = module.bias
+    new.running_mean = module.running_mean
+    new.running_var = module.running_var
+    new.num_batches_tracked = module.num_batches_tracked
+    new.train(module.training)
+    if hasattr(module, "qconfig"):
+        new.qconfig = module.qconfig
+    return new
+
+
+def _new_like(module: _BatchNorm, cls: type, **extra: Any) -> _BatchNorm:
+    # Built on the meta device (nothing allocated): every tensor is then module's own.
+    return cls(module.num_features, module.eps, module.momentum, module.affine,
+               module.track_running_stats, device="meta", bias=module.bias is not None,
+               **extra)
+
+
+_SWAPS: dict = {torch.nn.BatchNorm1d: BatchNorm1d, torch.nn.BatchNorm2d: BatchNorm2d,
+                torch.nn.BatchNorm3d: BatchNorm3d}
+
+
+def convert(module: torch.nn.Module) -> torch.nn.Module:
+    """Swap every ``torch.nn.BatchNorm1d/2d/3d`` (and ``SyncBatchNorm``) of a model for bnfast's.
+
+    The new layers keep the old ones' parameters and buffers (the same tensors, so their
+    values, ``requires_grad``, device, dtype and an optimizer's references stay), and their
+    train/eval mode. Only layers of exactly those classes are swapped: a subclass of them
+    may change their behaviour, and is left alone.
+
+    Returns
+    -------
+    torch.nn.Module
+        ``module`` itself with its layers swapped, or, when ``module`` is itself a batch norm
+        layer, the new layer.
+
+    Examples
+    --------
+    >>> import torch, bnfast.torch
+    >>> model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.BatchNorm2d(8))
+    >>> model = bnfast.torch.convert(model)
+    >>> type(model[1]).__module__, isinstance(model[1], torch.nn.BatchNorm2d)
+    ('bnfast.torch', True)
+    """
+    out = module
+    if type(module) in _SWAPS:
+        out = _swap(module, _new_like(module, _SWAPS[type(module)]))  # type: ignore[arg-type]
+    elif type(module) is torch.nn.SyncBatchNorm:
+        out = _swap(module, _new_like(module, SyncBatchNorm,  # type: ignore[arg-type]
+                                      process_group=module.process_group))
+    for name, child in module.named_children():
+        out.add_module(name, convert(child))
+    return out
+
+
+def convert_sync_batchnorm(module: torch.nn.Module,
+                           process_group: Any = None) -> torch.nn.Module:
+    """Swap every batch norm layer of a model for bnfast's ``SyncBatchNorm``.
+
+    As ``torch.nn.SyncBatchNorm.convert_sync_batchnorm``: every ``_BatchNorm`` (torch's
+    ``BatchNorm1d/2d/3d``, ``SyncBatchNorm`` and bnfast's) becomes a ``SyncBatchNorm`` over
+    ``process_group`` (default: the whole world) that keeps the old layer's parameters,
+    buffers (the same tensors) and mode.
+
+    Returns
+    -------
+    torch.nn.Module
+        ``module`` with its layers swapped, or the new layer when ``module`` is one.
+    """
+    out = module
+    if isinstance(module, _BatchNorm):
+        out = _swap(module, _new_like(module, SyncBatchNorm, process_group=process_group))
+    for name, child in module.named_children():
+        out.add_module(name, convert_sync_batchnorm(child, process_group))
+    return out
