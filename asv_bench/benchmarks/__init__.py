@@ -6,6 +6,7 @@ bench_torch      PyTorch's CPU batch norm (skipped when torch is not installed)
 bench_copy       the streaming copy that sets the memory-bandwidth floor
 bench_layer      the BatchNorm layer: training forward, backward, eval forward
 bench_scaler     BatchNormScaler against StandardScaler (skipped without scikit-learn)
+bench_torch_module  bnfast.torch's BatchNorm layers against torch's (skipped without torch)
 
 The suites share their parameters (common.py): shape, layout (4-D only), dtype, op (named
 after bnfast's function, whose equivalent each peer runs) and n_threads (where the
