@@ -28,6 +28,7 @@ _SKLEARN_IMPORT_ERROR: ImportError | None
 _BASES: tuple[type, ...]
 _sk_validate_data: Callable[..., Any] | None = None
 _sk_check_sample_weight: Callable[..., Any] | None = None
+_PARAMETER_CONSTRAINTS: dict[str, list[Any]] = {}
 
 
 def _no_callbacks(method: _F) -> _F:
@@ -65,6 +66,19 @@ else:
         pass
     else:
         _sk_check_sample_weight = _check_sample_weight
+    try:  # StandardScaler's parameter checks: InvalidParameterError (ValueError, TypeError)
+        from sklearn.utils._param_validation import Interval
+    except ImportError:  # scikit-learn < 1.2: bnfast's own checks below (ValueError)
+        pass
+    else:
+        _PARAMETER_CONSTRAINTS = {
+            "eps": [Interval(numbers.Real, 0, None, closed="left")],
+            "momentum": [Interval(numbers.Real, 0, 1, closed="both"), None],
+            "with_mean": ["boolean"],
+            "with_std": ["boolean"],
+            "copy": ["boolean"],
+            "n_threads": [Interval(numbers.Integral, 1, None, closed="left"), None],
+        }
     try:  # the callback API (scikit-learn 1.9): detected by feature, not by version
         from sklearn.callback import CallbackSupportMixin, with_callbacks
     except ImportError:
@@ -222,6 +236,8 @@ class BatchNormScaler(*_BASES):  # type: ignore[misc]
     >>> scaler.transform(X).round(4).tolist()
     [[-1.2247, 0.0], [0.0, 0.0], [1.2247, 0.0], [nan, 0.0]]
     """
+
+    _parameter_constraints: dict[str, list[Any]] = _PARAMETER_CONSTRAINTS
 
     mean_: NDArray[np.float64] | None
     var_: NDArray[np.float64] | None
@@ -415,6 +431,8 @@ class BatchNormScaler(*_BASES):  # type: ignore[misc]
         fit ends. (It runs inside ``_unchanged_on_error``, which must not undo the callback
         bookkeeping before the teardown.)
         """
+        if self._parameter_constraints:  # as StandardScaler; bnfast's checks still follow
+            self._validate_params()  # type: ignore[attr-defined]
         eps = check_eps(self.eps)
         momentum = None if self.momentum is None else check_momentum(self.momentum)
         with_mean = check_bool(self.with_mean, "with_mean")
@@ -464,6 +482,9 @@ class BatchNormScaler(*_BASES):  # type: ignore[misc]
                     update, (1.0 - momentum) * prev_mean + momentum * mean, prev_mean))
                 var = np.where(fresh, var, np.where(
                     update, (1.0 - momentum) * prev_var + momentum * var, prev_var))
+        # The weighted kernel's m2 of a constant feature can round to just below zero: a
+        # variance is never negative (and its square root must not warn).
+        var = np.maximum(var, 0.0)  # NaN (a feature without values) stays NaN
         empty = total == 0
         mean[empty] = np.nan  # StandardScaler's statistics of a feature with no values
         var[empty] = np.nan
