@@ -11,6 +11,7 @@ takes part in it as StandardScaler does: one fit task per ``fit`` / ``partial_fi
 from __future__ import annotations
 
 import contextlib
+import functools
 import numbers
 from typing import Any, Callable, Iterator, TypeVar
 
@@ -95,6 +96,16 @@ _F64_EPS = np.finfo(np.float64).eps
 class _OutOfRangeError(ValueError, OverflowError):
     """A number beyond float64's range: a ValueError (bnfast's convention for bad input) that
     is also the OverflowError scikit-learn's checks let through."""
+
+
+@functools.lru_cache(maxsize=None)
+def _counts_in_float() -> bool:
+    """Whether StandardScaler counts unweighted samples in float64 (scikit-learn 1.9) or in
+    int64 (earlier versions): asked of StandardScaler itself, once."""
+    from sklearn.preprocessing import StandardScaler
+
+    counts = StandardScaler().fit(np.zeros((2, 1))).n_samples_seen_
+    return bool(np.asarray(counts).dtype.kind == "f")
 
 
 def _old_sklearn_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -197,9 +208,9 @@ class BatchNormScaler(*_BASES):  # type: ignore[misc]
         ``sqrt(var_ + eps)`` (see ``eps``); None when ``with_std=False``.
     n_samples_seen_ : numpy float64 or int64, or ndarray of shape (n_features,)
         Values counted per feature (NaN excluded): a scalar when every feature counted the
-        same, else an array, as in StandardScaler. float64, as StandardScaler has it in
-        scikit-learn 1.9, except int64 when ``with_mean=False, with_std=False`` and no
-        ``sample_weight`` was given; with ``sample_weight``, the sums of the weights.
+        same, else an array, as in StandardScaler, and of its dtype: float64 (int64 before
+        scikit-learn 1.9), int64 when ``with_mean=False, with_std=False``; float64 sums of
+        the weights once ``sample_weight`` has been used.
     n_features_in_ : int
     feature_names_in_ : ndarray of str, shape (n_features,)
         Only when fitted on data with string column names (e.g. a DataFrame).
@@ -460,9 +471,10 @@ class BatchNormScaler(*_BASES):  # type: ignore[misc]
             count, mean, m2 = self._batch_state(X, w, n_threads)
         n_features = X.shape[1]
 
-        # StandardScaler (scikit-learn 1.9) counts in float64 whenever it computes
-        # statistics, in int64 only when it computes none and has no weights.
-        as_float = sample_weight is not None or with_mean or with_std or (
+        # StandardScaler counts weights in float64; unweighted samples in int64 when it
+        # computes no statistics, else in float64 in scikit-learn 1.9 and int64 before.
+        as_float = sample_weight is not None or (
+            (with_mean or with_std) and _counts_in_float()) or (
             not first_call and np.asarray(self.n_samples_seen_).dtype.kind == "f")
         with np.errstate(invalid="ignore", divide="ignore"):
             if first_call:
