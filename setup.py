@@ -117,6 +117,12 @@ directives = {
     "autotestdict": False,
 }
 
+# _kernels.pyx includes the .pxi files; the .h files are its C side.
+KERNEL_SOURCES = [
+    "src/loops.pxi", "src/plan.pxi", "src/stats.pxi", "src/elementwise.pxi", "src/backward.pxi",
+    "src/plain.pxi", "src/bn_loops.h", "src/bn_loops_impl.h", "src/bn_openmp.h",
+]
+
 extensions = [
     Extension(
         "bnfast._kernels",
@@ -128,7 +134,8 @@ extensions = [
         ],
         extra_compile_args=COMPILE_ARGS,
         extra_link_args=LINK_ARGS,
-        depends=["src/bn_loops.h", "src/bn_loops_impl.h", "src/bn_openmp.h"],
+        # Every file the module is made of: a change to any of them rebuilds it.
+        depends=KERNEL_SOURCES,
     )
 ]
 

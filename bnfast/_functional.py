@@ -1,21 +1,38 @@
-"""The functional API: validate once, make the (outer, C, inner) view, call one kernel."""
+"""The functional API: one compiled entry point per operation (the kernel contract,
+docs/design.md §4).
+
+Each function first hands the caller's arguments to its compiled entry point, which computes
+the plain case (contiguous native float32/float64 arrays, plain vectors, ...) with no Python
+in between, or returns None. The validated path (``_*_validated``) then checks every
+argument, makes the plain (outer, C, inner) view with axis=1, and calls the same entry point.
+"""
+from __future__ import annotations
+
 import warnings
+from typing import Any, Iterable
 
 import numpy as np
+import numpy.typing as npt
 
 from . import _kernels
+from ._training import backward_arguments, check_training_size
 from ._validation import (
     as_array,
     channel_shape,
     channel_vector,
     check_bool,
+    check_ddof,
     check_eps,
     check_momentum,
-    check_n_threads,
     check_out,
+    check_sample_weight,
     contiguous,
-    direct_out,
     dtype_policy,
+    finish_output,
+    kernel_result,
+    kernel_threads,
+    output_buffers,
+    plain,
     running_buffer,
     running_stats,
 )
@@ -23,45 +40,12 @@ from ._validation import (
 __all__ = ["moments", "moments_state", "merge_moments", "batch_norm_forward",
            "batch_norm_inference", "batch_norm_backward"]
 
-
-def _buffers(a, shape3, work, out, inputs):
-    """(x3, y3, direct): the kernel's view of ``a``, the buffer it writes, and whether that
-    buffer is ``out`` itself.
-
-    When the kernel can write straight into ``out`` and ``a`` must be copied anyway (strided,
-    byte-swapped, another dtype), the copy is made into ``out`` and the kernel runs in place,
-    so no temporary the size of the input is made.
-    """
-    if out is not None and direct_out(out, inputs, work):
-        y3 = out.reshape(shape3)
-        if a.dtype == work and a.flags.c_contiguous:
-            return a.reshape(shape3), y3, True
-        if not any(np.may_share_memory(out, i) for i in inputs):
-            np.copyto(out, a, casting="unsafe")
-            return y3, y3, True
-        return contiguous(a, work, shape3), y3, True
-    return contiguous(a, work, shape3), np.empty(shape3, dtype=work), False
+_F64 = np.dtype(np.float64)
+F64Array = npt.NDArray[np.float64]
 
 
-def _finish(y3, shape, odt, out, direct):
-    """The user's result from the kernel's buffer: ``out`` itself when given."""
-    if out is not None:
-        if not direct:
-            np.copyto(out, y3.reshape(shape), casting="unsafe")
-        return out
-    y = y3.reshape(shape)
-    return y if y.dtype == odt else y.astype(odt)
-
-
-def _check_training_size(m, C, shape):
-    if C > 0 and m <= 1:
-        if m == 0:
-            raise ValueError(f"Expected a non-empty batch when training, got input size {shape}")
-        raise ValueError("Expected more than 1 value per channel when training, "
-                         f"got input size {shape}")
-
-
-def moments(x, axis=1, ddof=0, *, n_threads=None):
+def moments(x: npt.ArrayLike, axis: int | None = 1, ddof: float = 0, *,
+            n_threads: int | None = None) -> tuple[F64Array, F64Array]:
     """Per-channel mean and variance.
 
     Parameters
@@ -96,26 +80,15 @@ def moments(x, axis=1, ddof=0, *, n_threads=None):
     a = as_array(x)
     outer, C, inner = channel_shape(a, axis)
     work, _ = dtype_policy(a.dtype)
-    nt = check_n_threads(n_threads)
-    if isinstance(ddof, bool) or not isinstance(ddof, (int, float, np.integer, np.floating)):
-        raise ValueError(f"ddof: expected a real number, got {ddof!r}")
-    try:  # a float: m - ddof on an unsigned NumPy integer would wrap around
-        ddof = float(ddof)
-    except OverflowError:
-        raise ValueError(f"ddof: expected a real number within float64's range, "
-                         f"got {ddof!r:.40}") from None
-    m = outer * inner
-    mean = np.empty(C)
-    m2 = np.empty(C)
+    nt = kernel_threads(n_threads)
+    dof = outer * inner - check_ddof(ddof)
     if C == 0:
-        return mean, m2
-    if m == 0:
+        return np.empty(0), np.empty(0)
+    if outer * inner == 0:
         warnings.warn("Mean of empty slice", RuntimeWarning, stacklevel=2)
-        mean.fill(np.nan)
-        m2.fill(np.nan)
-        return mean, m2
-    _kernels.moments(contiguous(a, work, (outer, C, inner)), mean, m2, nt)
-    dof = m - ddof
+        return np.full(C, np.nan), np.full(C, np.nan)
+    mean, m2 = kernel_result(_kernels.moments(contiguous(a, work, (outer, C, inner)), 1, nt),
+                             "moments")
     if dof <= 0:
         warnings.warn("Degrees of freedom <= 0 for slice", RuntimeWarning, stacklevel=2)
         with np.errstate(divide="ignore", invalid="ignore"):
@@ -124,7 +97,9 @@ def moments(x, axis=1, ddof=0, *, n_threads=None):
     return mean, m2
 
 
-def moments_state(x, axis=1, *, skipna=False, sample_weight=None, n_threads=None):
+def moments_state(x: npt.ArrayLike, axis: int | None = 1, *, skipna: bool = False,
+                  sample_weight: npt.ArrayLike | None = None,
+                  n_threads: int | None = None) -> tuple[F64Array, F64Array, F64Array]:
     """Per-channel Welford state ``(count, mean, m2)``, mergeable with ``merge_moments``.
 
     ``m2`` is the sum of squared deviations from ``mean``, so the variance is
@@ -161,45 +136,37 @@ def moments_state(x, axis=1, *, skipna=False, sample_weight=None, n_threads=None
     a = as_array(x)
     outer, C, inner = channel_shape(a, axis)
     work, _ = dtype_policy(a.dtype)
-    nt = check_n_threads(n_threads)
+    nt = kernel_threads(n_threads)
     skipna = check_bool(skipna, "skipna")
     w = None
     if sample_weight is not None:
-        if a.ndim != 2 or inner != 1:
-            raise ValueError("sample_weight: only for 2-D x (samples, channels) with axis=1")
-        w = as_array(sample_weight, "sample_weight")
-        if w.shape != (outer,):
-            raise ValueError(f"sample_weight: expected shape ({outer},), got shape {w.shape}")
-        w = np.ascontiguousarray(w, dtype=np.float64)
-    count = np.empty(C)
-    mean = np.empty(C)
-    m2 = np.empty(C)
+        w = plain(check_sample_weight(sample_weight, outer, a.ndim == 2 and inner == 1), _F64)
+    m = outer * inner
+    if C == 0 or m == 0:
+        return np.full(C, float(m) if w is None else 0.0), np.zeros(C), np.zeros(C)
     if not skipna and w is None:
-        count.fill(outer * inner)
-        if outer * inner == 0:
-            mean.fill(0.0)
-            m2.fill(0.0)
-        elif C:
-            _kernels.moments(contiguous(a, work, (outer, C, inner)), mean, m2, nt)
-        return count, mean, m2
+        mean, m2 = kernel_result(_kernels.moments(contiguous(a, work, (outer, C, inner)), 1, nt),
+                                 "moments")
+        return np.full(C, float(m)), mean, m2
     if inner == 1:
         rows = contiguous(a, work, (outer, C))
     else:
         # Samples of one channel are spread out: gather them as (outer * inner, C) rows.
-        rows = np.ascontiguousarray(
-            np.moveaxis(a.reshape(outer, C, inner), 1, 2).reshape(outer * inner, C), dtype=work)
-    _kernels.moments_masked(rows, w, count, mean, m2, nt)
+        rows = plain(np.moveaxis(a.reshape(outer, C, inner), 1, 2).reshape(m, C), work)
+    count, mean, m2 = kernel_result(_kernels.moments_masked(rows, w, nt), "moments_masked")
     if not skipna:
         # Without skipna a NaN poisons its channel, as in the other kernels.
         poisoned = np.isnan(rows).any(axis=0)
         if poisoned.any():
-            count[poisoned] = outer * inner if w is None else w.sum()
+            count[poisoned] = m if w is None else w.sum()
             mean[poisoned] = np.nan
             m2[poisoned] = np.nan
     return count, mean, m2
 
 
-def merge_moments(states):
+def merge_moments(
+    states: Iterable[tuple[npt.ArrayLike, npt.ArrayLike, npt.ArrayLike]],
+) -> tuple[F64Array, F64Array, F64Array]:
     """Merge Welford states ``(count, mean, m2)`` into one, exactly (Chan et al.'s formula).
 
     Parameters
@@ -221,39 +188,44 @@ def merge_moments(states):
     >>> float(count[0]), round(float(mean[0]), 12), round(float(m2[0] / count[0]), 6)
     (6.0, 6.333333333333, 9.555556)
     """
-    merged = None
+    merged: tuple[F64Array, F64Array, F64Array] | None = None
     for i, state in enumerate(states):
         try:
-            count, mean, m2 = state
+            count_in, mean_in, m2_in = state
         except (TypeError, ValueError):
             raise ValueError(f"states[{i}]: expected a (count, mean, m2) triple") from None
-        if count is None or mean is None or m2 is None:
+        if count_in is None or mean_in is None or m2_in is None:
             raise ValueError(f"states[{i}]: expected a (count, mean, m2) triple of arrays, "
                              f"got None")
         try:
-            mean = np.array(mean, dtype=np.float64, ndmin=1)
-            count = np.asarray(count, np.float64)
+            mean = np.array(mean_in, dtype=np.float64, ndmin=1)
+            count = np.asarray(count_in, np.float64)
         except OverflowError:  # a Python int beyond float64
             raise ValueError(f"states[{i}]: expected real numbers within float64's range") \
                 from None
         C = mean.shape[0]
         if mean.ndim != 1:
             raise ValueError(f"states[{i}]: expected mean of shape (C,), got {mean.shape}")
-        count = np.ascontiguousarray(np.broadcast_to(count, (C,)))
-        m2 = channel_vector(m2, C, f"states[{i}] m2")
+        count = plain(np.broadcast_to(count, (C,)), _F64)
+        m2 = channel_vector(m2_in, C, f"states[{i}] m2")
+        assert m2 is not None
         if merged is None:
             merged = (count.copy(), mean.copy(), m2.copy())
             continue
         if C != merged[1].shape[0]:
             raise ValueError(f"states[{i}]: expected {merged[1].shape[0]} channels, got {C}")
-        _kernels.merge_states(*merged, count, mean, m2)
+        kernel_result(_kernels.merge_states(*merged, count, mean, m2), "merge_states")
     if merged is None:
         raise ValueError("states: expected at least one (count, mean, m2) state")
     return merged
 
 
-def batch_norm_forward(x, gamma=None, beta=None, *, axis=1, eps=1e-5, running_mean=None,
-                       running_var=None, momentum=0.1, out=None, n_threads=None):
+def batch_norm_forward(
+    x: npt.ArrayLike, gamma: npt.ArrayLike | None = None, beta: npt.ArrayLike | None = None, *,
+    axis: int | None = 1, eps: float = 1e-5, running_mean: np.ndarray | None = None,
+    running_var: np.ndarray | None = None, momentum: float = 0.1,
+    out: np.ndarray | None = None, n_threads: int | None = None,
+) -> tuple[np.ndarray, F64Array, F64Array]:
     """Batch normalization in training mode: normalize with the batch's own statistics.
 
     ``y = (x - mean) / sqrt(var + eps) * gamma + beta`` per channel, where ``mean`` and the
@@ -303,28 +275,38 @@ def batch_norm_forward(x, gamma=None, beta=None, *, axis=1, eps=1e-5, running_me
     >>> round(float(y.mean()), 12), round(float(y.var()), 4)
     (0.0, 1.0)
     """
-    fast = _kernels.forward_train_fast(x, gamma, beta, axis, eps, running_mean, running_var,
-                                       momentum, out, n_threads)
+    fast = _kernels.forward_train(x, gamma, beta, axis, eps, running_mean, running_var,
+                                  momentum, out, n_threads)
     if fast is not None:  # the plain case, recognized and computed without Python between
         return fast
+    return _forward_train_validated(x, gamma, beta, axis, eps, running_mean, running_var,
+                                    momentum, out, n_threads)
+
+
+def _forward_train_validated(x: Any, gamma: Any, beta: Any, axis: Any, eps: Any,
+                             running_mean: Any, running_var: Any, momentum: Any, out: Any,
+                             n_threads: Any) -> tuple[np.ndarray, F64Array, F64Array]:
+    """batch_norm_forward on checked, normalized arguments (every error is raised here)."""
     a = as_array(x)
     outer, C, inner = channel_shape(a, axis)
     work, odt = dtype_policy(a.dtype)
     eps = check_eps(eps)
     momentum = check_momentum(momentum)
-    nt = check_n_threads(n_threads)
+    nt = kernel_threads(n_threads)
     g = channel_vector(gamma, C, "gamma")
     b = channel_vector(beta, C, "beta")
     rm, rm_back = running_buffer(running_mean, C, "running_mean")
     rv, rv_back = running_buffer(running_var, C, "running_var")
     if out is not None:
         check_out(out, a.shape, odt)
-    _check_training_size(outer * inner, C, a.shape)
-    mean = np.empty(C)
-    invstd = np.empty(C)
-    x3, y3, direct = _buffers(a, (outer, C, inner), work, out, (a,))
+    check_training_size(outer * inner, C, a.shape)
+    if C == 0:
+        if outer * inner < 2:  # what the kernels have always answered here
+            raise ValueError("training needs more than 1 value per channel")
+        return (out if out is not None else np.empty(a.shape, odt)), np.empty(0), np.empty(0)
+    x3, y3, direct = output_buffers(a, (outer, C, inner), work, out, (a,))
     try:
-        _kernels.forward_train(x3, y3, g, b, eps, mean, invstd, rm, rv, momentum, nt)
+        res = _kernels.forward_train(x3, g, b, 1, eps, rm, rv, momentum, y3, nt)
     finally:
         # Also when KeyboardInterrupt is raised as the kernel returns: running statistics
         # kept in a float64 copy are then updated whole, like those the kernel writes itself.
@@ -332,11 +314,16 @@ def batch_norm_forward(x, gamma=None, beta=None, *, axis=1, eps=1e-5, running_me
             running_mean[...] = rm
         if rv_back:
             running_var[...] = rv
-    return _finish(y3, a.shape, odt, out, direct), mean, invstd
+    _, mean, invstd = kernel_result(res, "forward_train")
+    return finish_output(y3, a.shape, odt, out, direct), mean, invstd
 
 
-def batch_norm_inference(x, running_mean, running_var, gamma=None, beta=None, *, axis=1,
-                         eps=1e-5, out=None, n_threads=None):
+def batch_norm_inference(
+    x: npt.ArrayLike, running_mean: npt.ArrayLike, running_var: npt.ArrayLike,
+    gamma: npt.ArrayLike | None = None, beta: npt.ArrayLike | None = None, *,
+    axis: int | None = 1, eps: float = 1e-5, out: np.ndarray | None = None,
+    n_threads: int | None = None,
+) -> np.ndarray:
     """Batch normalization in inference mode: normalize with given (running) statistics.
 
     ``y = (x - running_mean) / sqrt(running_var + eps) * gamma + beta`` per channel.
@@ -365,26 +352,40 @@ def batch_norm_inference(x, running_mean, running_var, gamma=None, beta=None, *,
     >>> y.tolist()
     [[-1.0, -1.0], [1.0, 1.0]]
     """
-    fast = _kernels.forward_infer_fast(x, running_mean, running_var, gamma, beta, axis, eps,
-                                       out, n_threads)
+    fast = _kernels.forward_infer(x, running_mean, running_var, gamma, beta, axis, eps, out,
+                                  n_threads)
     if fast is not None:  # the plain case, recognized and computed without Python between
         return fast
+    return _forward_infer_validated(x, running_mean, running_var, gamma, beta, axis, eps, out,
+                                    n_threads)
+
+
+def _forward_infer_validated(x: Any, running_mean: Any, running_var: Any, gamma: Any,
+                             beta: Any, axis: Any, eps: Any, out: Any,
+                             n_threads: Any) -> np.ndarray:
+    """batch_norm_inference on checked, normalized arguments (every error is raised here)."""
     a = as_array(x)
     outer, C, inner = channel_shape(a, axis)
     work, odt = dtype_policy(a.dtype)
     eps = check_eps(eps)
-    nt = check_n_threads(n_threads)
+    nt = kernel_threads(n_threads)
     rm, rv = running_stats(running_mean, running_var, C)
     g = channel_vector(gamma, C, "gamma")
     b = channel_vector(beta, C, "beta")
     if out is not None:
         check_out(out, a.shape, odt)
-    x3, y3, direct = _buffers(a, (outer, C, inner), work, out, (a,))
-    _kernels.forward_infer(x3, y3, rm, rv, g, b, eps, nt)
-    return _finish(y3, a.shape, odt, out, direct)
+    if C == 0 or outer * inner == 0:
+        return out if out is not None else np.empty(a.shape, odt)
+    x3, y3, direct = output_buffers(a, (outer, C, inner), work, out, (a,))
+    kernel_result(_kernels.forward_infer(x3, rm, rv, g, b, 1, eps, y3, nt), "forward_infer")
+    return finish_output(y3, a.shape, odt, out, direct)
 
 
-def batch_norm_backward(dy, x, mean, invstd, gamma=None, *, axis=1, out=None, n_threads=None):
+def batch_norm_backward(
+    dy: npt.ArrayLike, x: npt.ArrayLike, mean: npt.ArrayLike, invstd: npt.ArrayLike,
+    gamma: npt.ArrayLike | None = None, *, axis: int | None = 1,
+    out: np.ndarray | None = None, n_threads: int | None = None,
+) -> tuple[np.ndarray, F64Array, F64Array]:
     """Gradients of training-mode batch normalization.
 
     With ``xhat = (x - mean) * invstd``: ``dbeta = sum(dy)``, ``dgamma = sum(dy * xhat)`` and
@@ -420,58 +421,24 @@ def batch_norm_backward(dy, x, mean, invstd, gamma=None, *, axis=1, out=None, n_
     >>> dbeta.tolist()
     [1.0, 0.0]
     """
-    fast = _kernels.backward_fast(dy, x, mean, invstd, gamma, axis, out, n_threads)
+    fast = _kernels.backward(dy, x, mean, invstd, gamma, axis, out, n_threads)
     if fast is not None:  # the plain case, recognized and computed without Python between
         return fast
-    a = as_array(x, "x")
-    g_in = as_array(dy, "dy")
-    if g_in.shape != a.shape:
-        raise ValueError(f"dy: expected the shape of x {a.shape}, got shape {g_in.shape}")
-    outer, C, inner = channel_shape(a, axis)
-    work, odt = dtype_policy(np.result_type(a.dtype, g_in.dtype))
-    nt = check_n_threads(n_threads)
-    if mean is None or invstd is None:
-        raise ValueError(f"mean, invstd: expected arrays of shape ({C},), got None")
-    mu = channel_vector(mean, C, "mean")
-    inv = channel_vector(invstd, C, "invstd")
+    return _backward_validated(dy, x, mean, invstd, gamma, axis, out, n_threads)
+
+
+def _backward_validated(dy: Any, x: Any, mean: Any, invstd: Any, gamma: Any, axis: Any,
+                        out: Any, n_threads: Any) -> tuple[np.ndarray, F64Array, F64Array]:
+    """batch_norm_backward on checked, normalized arguments (every error is raised here)."""
+    b = backward_arguments(dy, x, mean, invstd, axis, n_threads)
+    C = b.shape3[1]
     g = channel_vector(gamma, C, "gamma")
     if out is not None:
-        check_out(out, a.shape, odt)
-    shape3 = (outer, C, inner)
-    x3 = contiguous(a, work, shape3)
-    dy3, dx3, direct = _buffers(g_in, shape3, work, out, (a, g_in))
-    dgamma = np.empty(C)
-    dbeta = np.empty(C)
-    _kernels.backward(dy3, x3, dx3, mu, inv, g, dgamma, dbeta, nt)
-    return _finish(dx3, a.shape, odt, out, direct), dgamma, dbeta
-
-
-def _training_stats_from_state(state, eps, running_mean, running_var, momentum, shape):
-    """Training-mode ``(mean, var, invstd)`` of a merged Welford state ``(count, mean, m2)``.
-
-    For statistics no single kernel call saw (dask chunks, several processes): the checks and
-    the running-statistics rule of ``batch_norm_forward`` (running_var receives the unbiased
-    variance), applied to the merged state. The running buffers are updated in place, and only
-    once every check has passed. ``shape`` is the global input's, for the error message.
-    """
-    count, mean, m2 = state
-    C = mean.shape[0]
-    eps = check_eps(eps)
-    momentum = check_momentum(momentum)
-    rm, rm_back = running_buffer(running_mean, C, "running_mean")
-    rv, rv_back = running_buffer(running_var, C, "running_var")
-    m = float(count[0]) if C else 0.0
-    _check_training_size(m, C, shape)
-    var = m2 / count
-    with np.errstate(divide="ignore"):  # eps=0 on a constant channel: inf, as the kernel
-        invstd = 1.0 / np.sqrt(var + eps)
-    # The kernel's arithmetic (float64, then stored in the buffer's dtype).
-    if rm is not None:
-        rm[...] = (1.0 - momentum) * rm.astype(np.float64) + momentum * mean
-    if rv is not None:
-        rv[...] = (1.0 - momentum) * rv.astype(np.float64) + momentum * (m2 * (1.0 / (m - 1.0)))
-    if rm_back:
-        running_mean[...] = rm
-    if rv_back:
-        running_var[...] = rv
-    return mean, var, invstd
+        check_out(out, b.x.shape, b.odt)
+    if b.empty:
+        return (out if out is not None else np.empty(b.x.shape, b.odt)), np.zeros(C), np.zeros(C)
+    x3 = contiguous(b.x, b.work, b.shape3)
+    dy3, dx3, direct = output_buffers(b.dy, b.shape3, b.work, out, (b.x, b.dy))
+    _, dgamma, dbeta = kernel_result(
+        _kernels.backward(dy3, x3, b.mean, b.invstd, g, 1, dx3, b.n_threads), "backward")
+    return finish_output(dx3, b.x.shape, b.odt, out, direct), dgamma, dbeta

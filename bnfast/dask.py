@@ -43,21 +43,22 @@ except ImportError as exc:  # pragma: no cover - exercised by the import-without
         "bnfast.dask needs dask, which is not installed: pip install 'dask[array,distributed]' "
         "(or install bnfast with its `dask` extra: pip install 'bnfast[dask]')") from exc
 
-from ._functional import (
-    _check_training_size,
-    _training_stats_from_state,
-    batch_norm_inference as _inference,
-    merge_moments as _merge_moments,
-    moments_state as _moments_state,
-)
+from ._functional import batch_norm_inference as _inference
+from ._functional import merge_moments as _merge_moments
+from ._functional import moments_state as _moments_state
+from ._training import check_training_size, training_stats_from_state
 from ._validation import (
     as_array,
     channel_shape,
     channel_vector,
+    check_bool,
+    check_ddof,
     check_eps,
     check_momentum,
-    check_n_threads,
+    check_real_dtype,
+    check_sample_weight,
     dtype_policy,
+    kernel_threads,
     running_buffer,
     running_stats,
 )
@@ -74,8 +75,8 @@ STATE_DTYPE = np.dtype([("count", np.float64), ("mean", np.float64), ("m2", np.f
 def _as_dask(x):
     """``x`` as a dask array of a real dtype (NumPy arrays and lists become one chunk)."""
     if not isinstance(x, da.Array):
-        x = da.asarray(as_array(x))
-    as_array(np.empty(0, x.dtype))  # the TypeError of the in-memory API for non-real dtypes
+        return da.asarray(as_array(x))
+    check_real_dtype(x.dtype)  # the TypeError of the in-memory API for non-real dtypes
     return x
 
 
@@ -159,28 +160,21 @@ def _state_array(x, axis, skipna=False, sample_weight=None, split_every=None, n_
     x = _as_dask(x)
     ch = _channel_axis(x, axis)
     _n_channels(x, ch)
-    n_threads = check_n_threads(n_threads) or None
-    if not isinstance(skipna, (bool, np.bool_)):
-        raise ValueError(f"skipna: expected True or False, got {skipna!r}")
+    n_threads = kernel_threads(n_threads)
+    skipna = check_bool(skipna, "skipna")
     weights = None
     if sample_weight is not None:
-        if x.ndim != 2 or ch != 1:
-            raise ValueError("sample_weight: only for 2-D x (samples, channels) with axis=1")
-        if any(c != c for c in x.chunks[0]):
+        samples_by_channels = x.ndim == 2 and ch == 1
+        if samples_by_channels and any(c != c for c in x.chunks[0]):
             raise ValueError("x: unknown chunk sizes along the samples axis; call "
                              "x.compute_chunk_sizes() first")
-        w = sample_weight if isinstance(sample_weight, da.Array) else da.asarray(
-            as_array(sample_weight, "sample_weight"))
-        as_array(np.empty(0, w.dtype), "sample_weight")
-        if w.shape != (x.shape[0],):
-            raise ValueError(f"sample_weight: expected shape ({x.shape[0]},), "
-                             f"got shape {w.shape}")
+        w = da.asarray(check_sample_weight(sample_weight, x.shape[0], samples_by_channels))
         # Row chunks of x, so that the weights never make dask rechunk x itself.
         weights = da.broadcast_to(w.astype(np.float64).rechunk((x.chunks[0],))[:, None],
                                   x.shape, chunks=x.chunks)
     reduced = tuple(i for i in range(x.ndim) if i != ch)
     state = da.reduction(
-        x, partial(_chunk_state, skipna=bool(skipna), n_threads=n_threads), _merge_state,
+        x, partial(_chunk_state, skipna=skipna, n_threads=n_threads), _merge_state,
         combine=_merge_state, axis=reduced, keepdims=False, dtype=STATE_DTYPE,
         split_every=split_every, concatenate=True, weights=weights,
         meta=np.empty((0,) * (x.ndim - len(reduced)), STATE_DTYPE),
@@ -259,11 +253,10 @@ def moments(x, axis=1, ddof=0, *, split_every=None, n_threads=None):
         channels give NaN and ``count - ddof <= 0`` gives inf or NaN (without a warning:
         the division happens on the workers).
     """
-    if isinstance(ddof, bool) or not isinstance(ddof, (int, float, np.integer, np.floating)):
-        raise ValueError(f"ddof: expected a real number, got {ddof!r}")
+    ddof = check_ddof(ddof)
     state = _state_array(x, axis, split_every=split_every, n_threads=n_threads)
     mean = state.map_blocks(_mean_block, dtype=np.float64, meta=np.empty((0,), np.float64))
-    var = state.map_blocks(_var_block, float(ddof), dtype=np.float64,
+    var = state.map_blocks(_var_block, ddof, dtype=np.float64,
                            meta=np.empty((0,), np.float64))
     return mean, var
 
@@ -330,17 +323,17 @@ def batch_norm_forward(x, gamma=None, beta=None, *, axis=1, eps=1e-5, running_me
     C = _n_channels(x, ch)
     eps = check_eps(eps)
     momentum = check_momentum(momentum)
-    n_threads = check_n_threads(n_threads) or None
+    n_threads = kernel_threads(n_threads)
     g = channel_vector(gamma, C, "gamma")
     b = channel_vector(beta, C, "beta")
     running_buffer(running_mean, C, "running_mean")  # checked before the cluster works
     running_buffer(running_var, C, "running_var")
     m = x.size // C if C else 0
     if m == m:  # known shape: fail before computing
-        _check_training_size(m, C, x.shape)
+        check_training_size(m, C, x.shape)
     state = dask.compute(_state_array(x, axis, split_every=split_every,
                                       n_threads=n_threads))[0]
-    mean, var, invstd = _training_stats_from_state(
+    mean, var, invstd = training_stats_from_state(
         (state["count"], state["mean"], state["m2"]), eps, running_mean, running_var,
         momentum, x.shape)
     return _normalize(x, ch, mean, var, g, b, eps, n_threads), mean, invstd
@@ -373,7 +366,7 @@ def batch_norm_inference(x, running_mean, running_var, gamma=None, beta=None, *,
     ch = _channel_axis(x, axis)
     C = _n_channels(x, ch)
     eps = check_eps(eps)
-    n_threads = check_n_threads(n_threads) or None
+    n_threads = kernel_threads(n_threads)
     rm, rv = running_stats(running_mean, running_var, C)
     g = channel_vector(gamma, C, "gamma")
     b = channel_vector(beta, C, "beta")

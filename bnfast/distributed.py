@@ -39,12 +39,8 @@ rank's gradient sums only (SyncBatchNorm all-reduces ``sum(dy)`` and ``sum(dy * 
 """
 import numpy as np
 
-from ._functional import (
-    _training_stats_from_state,
-    batch_norm_inference,
-    merge_moments,
-    moments_state,
-)
+from ._functional import batch_norm_inference, merge_moments, moments_state
+from ._training import training_stats_from_state
 from ._validation import (
     as_array,
     channel_shape,
@@ -170,8 +166,8 @@ def sync_batch_norm_forward(x, gamma=None, beta=None, *, all_gather, axis=1, eps
     state = sync_moments_state(moments_state(a, axis, n_threads=n_threads), all_gather)
     shape = (f"{a.shape} on this rank, {int(state[0][0]) if C else 0} values per channel "
              "over all ranks")
-    mean, var, invstd = _training_stats_from_state(state, eps, running_mean, running_var,
-                                                   momentum, shape)
+    mean, var, invstd = training_stats_from_state(state, eps, running_mean, running_var,
+                                                  momentum, shape)
     y = batch_norm_inference(a, mean, var, gamma, beta, axis=axis, eps=eps,
                              n_threads=n_threads)
     return y, mean, invstd

@@ -19,6 +19,7 @@ from ._validation import (
     check_momentum,
     check_n_threads,
     dtype_policy,
+    is_real_dtype,
     running_stats,
 )
 
@@ -322,7 +323,7 @@ class BatchNorm:
                                      f"got dtype {v.dtype} shape {v.shape}")
                 new[key] = int(v)
                 continue
-            if v.dtype.kind not in "fiub" or (v.dtype.kind == "f" and v.dtype.itemsize > 8):
+            if not is_real_dtype(v.dtype):
                 raise ValueError(f"{key}: expected real numbers of shape ({C},), "
                                  f"got dtype {v.dtype}")
             if v.shape != (C,):

@@ -19,7 +19,15 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from ._functional import batch_norm_inference, merge_moments, moments_state
-from ._validation import check_bool, check_eps, check_momentum, check_n_threads, is_dask_array
+from ._validation import (
+    check_bool,
+    check_eps,
+    check_momentum,
+    check_n_threads,
+    check_sample_weight,
+    is_dask_array,
+    is_real_dtype,
+)
 
 __all__ = ["BatchNormScaler"]
 
@@ -348,9 +356,7 @@ class BatchNormScaler(*_BASES):  # type: ignore[misc]
         else:
             w = _check_array(sample_weight, ensure_2d=False, dtype=np.float64, order="C",
                              input_name="sample_weight")
-        if w.shape != (n_samples,):
-            raise ValueError(f"sample_weight: expected shape ({n_samples},), "
-                             f"got shape {w.shape}")
+        w = check_sample_weight(w, n_samples)
         if not w.any():
             raise ValueError("sample_weight: expected at least one non-zero weight, "
                              "got all zero weights")
@@ -385,7 +391,7 @@ class BatchNormScaler(*_BASES):  # type: ignore[misc]
         """A dask X checked as validate_data checks arrays (without computing it), as float."""
         if X.ndim != 2:
             raise ValueError(f"Expected 2D array, got {X.ndim}D array instead")
-        if X.dtype.kind not in "fiub" or X.dtype.itemsize > 8:
+        if not is_real_dtype(X.dtype):
             raise ValueError(f"X: expected real numbers, got a dask array of dtype {X.dtype}")
         n_samples, n_features = X.shape
         if n_features != n_features:

@@ -451,12 +451,10 @@ def test_functional_forward_interrupted_after_the_kernel(monkeypatch, rng):
             return getattr(real, name)
 
         @staticmethod
-        def forward_train_fast(*args):
-            return None  # the validating path, whose kernel call is interrupted below
-
-        @staticmethod
         def forward_train(*args):
-            real.forward_train(*args)
+            result = real.forward_train(*args)
+            if result is None:
+                return None  # not the plain case: the validating path calls it again
             raise KeyboardInterrupt
 
     x = make_float(rng, (20, 3), 1)

@@ -1,0 +1,155 @@
+# Recognizing the plain case (included by _kernels.pyx, whose docstring defines it): these
+# helpers look at types, flags and shapes only, and never raise.
+
+cdef bint plain_array(object a, int typenum, int ndim) noexcept:
+    """a is exactly an ndarray of typenum, ndim dimensions, C-contiguous, aligned, native."""
+    cdef cnp.ndarray arr
+    if type(a) is not cnp.ndarray:
+        return False
+    arr = <cnp.ndarray>a
+    return (cnp.PyArray_TYPE(arr) == typenum and cnp.PyArray_NDIM(arr) == ndim
+            and cnp.PyArray_IS_C_CONTIGUOUS(arr) and cnp.PyArray_ISALIGNED(arr)
+            and cnp.PyArray_ISNOTSWAPPED(arr))
+
+
+cdef bint plain_like(object a, cnp.ndarray like) noexcept:
+    """a is a plain array of like's dtype and shape."""
+    cdef int i, ndim = cnp.PyArray_NDIM(like)
+    if not plain_array(a, cnp.PyArray_TYPE(like), ndim):
+        return False
+    for i in range(ndim):
+        if (<cnp.ndarray>a).shape[i] != like.shape[i]:
+            return False
+    return True
+
+
+cdef bint plain_vector(object a, intp C, bint write, bint f32=True) noexcept:
+    """a is a plain float64 (or, with f32, float32) vector of length C, writeable if write."""
+    if not (plain_array(a, cnp.NPY_FLOAT64, 1) or (f32 and plain_array(a, cnp.NPY_FLOAT32, 1))):
+        return False
+    if (<cnp.ndarray>a).shape[0] != C:
+        return False
+    return not write or cnp.PyArray_ISWRITEABLE(<cnp.ndarray>a)
+
+
+cdef inline bint plain_optional(object a, intp C, bint write) noexcept:
+    """a is None or a plain float32/float64 vector of length C."""
+    return a is None or plain_vector(a, C, write)
+
+
+cdef bint plain_threads(object n_threads, int *nt) noexcept:
+    """n_threads is None (nt = 0: OpenMP's default) or a Python int in [1, 65536]."""
+    nt[0] = 0
+    if n_threads is None:
+        return True
+    if type(n_threads) is not int or not 1 <= n_threads <= 65536:
+        return False
+    nt[0] = n_threads
+    return True
+
+
+cdef bint plain_float(object v, double lo, double hi, bint lo_open, double *out) noexcept:
+    """v is a Python float in [lo, hi] (with lo_open: (lo, hi]); hi = INFINITY excludes inf."""
+    cdef double d
+    if type(v) is not float:
+        return False
+    d = v
+    if not (d >= lo and d <= hi) or (lo_open and d == lo) or d == INFINITY:
+        return False
+    out[0] = d
+    return True
+
+
+cdef int plain_call(object x, object axis, object n_threads, intp *outer, intp *C,
+                    intp *inner, int *nt) noexcept:
+    """typenum of x when x, axis and n_threads are plain and x has at least one channel and
+    one element per channel, else -1; fills the (outer, C, inner) view's shape."""
+    cdef cnp.ndarray arr
+    cdef int typenum, ndim, ax, i
+    if type(x) is not cnp.ndarray:
+        return -1
+    arr = <cnp.ndarray>x
+    typenum = cnp.PyArray_TYPE(arr)
+    if typenum != cnp.NPY_FLOAT32 and typenum != cnp.NPY_FLOAT64:
+        return -1
+    ndim = cnp.PyArray_NDIM(arr)
+    if not plain_array(x, typenum, ndim) or ndim < 2 or type(axis) is not int:
+        return -1
+    if not plain_threads(n_threads, nt) or not -ndim <= axis < ndim:
+        return -1
+    ax = axis % ndim
+    outer[0] = 1
+    inner[0] = 1
+    for i in range(ndim):
+        if i < ax:
+            outer[0] *= arr.shape[i]
+        elif i > ax:
+            inner[0] *= arr.shape[i]
+    C[0] = arr.shape[ax]
+    if C[0] < 1 or outer[0] * inner[0] < 1:
+        return -1
+    return typenum
+
+
+cdef object plain_out(object out, cnp.ndarray like, object other):
+    """A new array like `like`, or `out` when it is plain, writeable, of like's type and shape,
+    and either identical to or disjoint from `like` and `other`; None otherwise."""
+    cdef cnp.ndarray a
+    cdef intp nbytes
+    cdef char *ys
+    cdef char *xs
+    if out is None:
+        return cnp.PyArray_EMPTY(cnp.PyArray_NDIM(like), like.shape, cnp.PyArray_TYPE(like), 0)
+    if not plain_like(out, like) or not cnp.PyArray_ISWRITEABLE(<cnp.ndarray>out):
+        return None
+    nbytes = cnp.PyArray_NBYTES(like)
+    ys = <char *>cnp.PyArray_DATA(<cnp.ndarray>out)
+    for a in (like, other):
+        xs = <char *>cnp.PyArray_DATA(a)
+        if xs != ys and xs < ys + nbytes and ys < xs + nbytes:
+            return None  # partial overlap: the validating path copies
+    return out
+
+
+cdef const double *as_doubles(object a, double *buf, intp C) noexcept:
+    """A plain vector's values as doubles: its own data, or converted into buf; NULL for None."""
+    cdef cnp.ndarray arr
+    cdef const float *f
+    cdef intp c
+    if a is None:
+        return NULL
+    arr = <cnp.ndarray>a
+    if cnp.PyArray_TYPE(arr) == cnp.NPY_FLOAT64:
+        return <const double *>cnp.PyArray_DATA(arr)
+    f = <const float *>cnp.PyArray_DATA(arr)
+    for c in range(C):
+        buf[c] = f[c]
+    return buf
+
+
+cdef inline double *data(object a) noexcept:
+    return <double *>cnp.PyArray_DATA(<cnp.ndarray>a)
+
+
+cdef inline cnp.ndarray new_vector(intp C):
+    return cnp.PyArray_EMPTY(1, &C, cnp.NPY_FLOAT64, 0)
+
+
+cdef double *alloc_doubles(intp n) except NULL:
+    cdef double *buf = <double *>malloc(max(n, 1) * sizeof(double))
+    if buf == NULL:
+        raise MemoryError()
+    return buf
+
+
+cdef void update_buffer(object running, const double *batch, intp C, double momentum,
+                        double factor) noexcept:
+    """update_running on a plain float32/float64 running buffer (nothing for None)."""
+    if running is None:
+        return
+    if cnp.PyArray_TYPE(<cnp.ndarray>running) == cnp.NPY_FLOAT32:
+        update_running_impl(<float *>cnp.PyArray_DATA(<cnp.ndarray>running), batch, C,
+                            momentum, factor)
+    else:
+        update_running_impl(<double *>cnp.PyArray_DATA(<cnp.ndarray>running), batch, C,
+                            momentum, factor)
