@@ -3,11 +3,20 @@
 scikit-learn is optional: this module imports without it, and constructing the scaler then
 raises an ImportError that says what to install. Dask arrays are fitted through their
 scheduler and transformed lazily (``bnfast.dask``); dask is imported only when given one.
+
+Where scikit-learn has the callback API (``set_callbacks``, scikit-learn 1.9), the scaler
+takes part in it as StandardScaler does: one fit task per ``fit`` / ``partial_fit`` /
+``fit_transform``.
 """
+from __future__ import annotations
+
 import contextlib
+import functools
 import numbers
+from typing import Any, Callable, Iterator, TypeVar
 
 import numpy as np
+from numpy.typing import ArrayLike, NDArray
 
 from ._functional import batch_norm_inference, merge_moments, moments_state
 from ._validation import (
@@ -22,8 +31,20 @@ from ._validation import (
 
 __all__ = ["BatchNormScaler"]
 
-_SKLEARN_IMPORT_ERROR: "ImportError | None"
-_BASES: "tuple[type, ...]"
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+_SKLEARN_IMPORT_ERROR: ImportError | None
+_BASES: tuple[type, ...]
+_sk_validate_data: Callable[..., Any] | None = None
+_sk_check_sample_weight: Callable[..., Any] | None = None
+_PARAMETER_CONSTRAINTS: dict[str, list[Any]] = {}
+
+
+def _no_callbacks(method: _F) -> _F:
+    return method
+
+
+_with_callbacks: Callable[[_F], _F] = _no_callbacks
 
 try:
     from sklearn.base import BaseEstimator, OneToOneFeatureMixin, TransformerMixin
@@ -43,15 +64,59 @@ else:
     _SKLEARN_IMPORT_ERROR = None
     _BASES = (OneToOneFeatureMixin, TransformerMixin, BaseEstimator)
     try:
-        from sklearn.utils.validation import validate_data as _sk_validate_data
+        from sklearn.utils.validation import validate_data
     except ImportError:  # scikit-learn < 1.6
-        _sk_validate_data = None
+        pass
+    else:
+        _sk_validate_data = validate_data
+    try:  # private, but StandardScaler's own check: the same messages
+        from sklearn.utils.validation import _check_sample_weight
+    except ImportError:
+        pass
+    else:
+        _sk_check_sample_weight = _check_sample_weight
+    try:  # StandardScaler's parameter checks: InvalidParameterError (ValueError, TypeError)
+        from sklearn.utils._param_validation import Interval
+    except ImportError:  # scikit-learn < 1.2: bnfast's own checks below (ValueError)
+        pass
+    else:
+        _PARAMETER_CONSTRAINTS = {
+            "eps": [Interval(numbers.Real, 0, None, closed="left")],
+            "momentum": [Interval(numbers.Real, 0, 1, closed="both"), None],
+            "with_mean": ["boolean"],
+            "with_std": ["boolean"],
+            "copy": ["boolean"],
+            "n_threads": [Interval(numbers.Integral, 1, None, closed="left"), None],
+        }
+    try:  # the callback API (scikit-learn 1.9): detected by feature, not by version
+        from sklearn.callback import CallbackSupportMixin, with_callbacks
+    except ImportError:
+        pass
+    else:
+        _BASES = (CallbackSupportMixin, *_BASES)
+        _with_callbacks = with_callbacks
 
-_FLOAT_DTYPES = (np.float64, np.float32)
+# The dtypes kept as they are (StandardScaler's: float16 too); anything else becomes float64.
+_FLOAT_DTYPES = (np.float64, np.float32, np.float16)
 _F64_EPS = np.finfo(np.float64).eps
 
 
-def _old_sklearn_kwargs(kwargs):
+class _OutOfRangeError(ValueError, OverflowError):
+    """A number beyond float64's range: a ValueError (bnfast's convention for bad input) that
+    is also the OverflowError scikit-learn's checks let through."""
+
+
+@functools.lru_cache(maxsize=None)
+def _counts_in_float() -> bool:
+    """Whether StandardScaler counts unweighted samples in float64 (scikit-learn 1.9) or in
+    int64 (earlier versions): asked of StandardScaler itself, once."""
+    from sklearn.preprocessing import StandardScaler
+
+    counts = StandardScaler().fit(np.zeros((2, 1))).n_samples_seen_
+    return bool(np.asarray(counts).dtype.kind == "f")
+
+
+def _old_sklearn_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
     # scikit-learn < 1.6 spells ensure_all_finite force_all_finite and has no force_writeable.
     if "ensure_all_finite" in kwargs:
         kwargs["force_all_finite"] = kwargs.pop("ensure_all_finite")
@@ -59,14 +124,14 @@ def _old_sklearn_kwargs(kwargs):
     return kwargs
 
 
-def _validate_data(estimator, X, **kwargs):
+def _validate_data(estimator: Any, X: Any, **kwargs: Any) -> Any:
     with _overflow_as_value_error(kwargs.get("input_name") or "X"):
         if _sk_validate_data is not None:
             return _sk_validate_data(estimator, X, **kwargs)
         return estimator._validate_data(X, **_old_sklearn_kwargs(kwargs))
 
 
-def _check_array(X, **kwargs):
+def _check_array(X: Any, **kwargs: Any) -> Any:
     if _sk_validate_data is None:
         kwargs = _old_sklearn_kwargs(kwargs)
     with _overflow_as_value_error(kwargs.get("input_name") or "X"):
@@ -74,16 +139,19 @@ def _check_array(X, **kwargs):
 
 
 @contextlib.contextmanager
-def _overflow_as_value_error(name):
+def _overflow_as_value_error(name: str) -> Iterator[None]:
     """scikit-learn's checks let NumPy's OverflowError (a Python int beyond float64) through."""
     try:
         yield
+    except _OutOfRangeError:
+        raise
     except OverflowError as exc:
-        raise ValueError(f"{name}: expected real numbers within float64's range ({exc})") from exc
+        raise _OutOfRangeError(
+            f"{name}: expected real numbers within float64's range ({exc})") from exc
 
 
 @contextlib.contextmanager
-def _unchanged_on_error(estimator):
+def _unchanged_on_error(estimator: Any) -> Iterator[None]:
     """A fit that raises (KeyboardInterrupt included) leaves the estimator as it was.
 
     Fitting rebinds its attributes to new objects, never changes them in place, so a shallow
@@ -98,7 +166,7 @@ def _unchanged_on_error(estimator):
         raise
 
 
-def _owned_copy(X, X_in):
+def _owned_copy(X: Any, X_in: Any) -> bool:
     """True when validation made ``X`` a fresh array, which may then be written in place."""
     return (X is not X_in and isinstance(X_in, np.ndarray)
             and not np.may_share_memory(X, X_in))
@@ -133,8 +201,8 @@ class BatchNormScaler(*_BASES):  # type: ignore[misc]
     with_std : bool, default True
         Scale the data to unit variance (else ``var_`` and ``scale_`` are None).
     copy : bool, default True
-        False lets ``transform`` / ``inverse_transform`` work in place on a float32 or
-        float64 NumPy array.
+        False lets ``transform`` / ``inverse_transform`` work in place on a float16, float32
+        or float64 NumPy array.
     n_threads : int or None, default None
         Threads for the kernels; None is the OpenMP default. Results do not depend on it.
 
@@ -146,10 +214,11 @@ class BatchNormScaler(*_BASES):  # type: ignore[misc]
         Biased variance; None when ``with_std=False``.
     scale_ : ndarray of float64, shape (n_features,) or None
         ``sqrt(var_ + eps)`` (see ``eps``); None when ``with_std=False``.
-    n_samples_seen_ : numpy integer or float, or ndarray of shape (n_features,)
+    n_samples_seen_ : numpy float64 or int64, or ndarray of shape (n_features,)
         Values counted per feature (NaN excluded): a scalar when every feature counted the
-        same, else an array, as in StandardScaler. int64 without sample weights; float64
-        (sums of weights) once ``sample_weight`` has been used.
+        same, else an array, as in StandardScaler, and of its dtype: float64 (int64 before
+        scikit-learn 1.9), int64 when ``with_mean=False, with_std=False``; float64 sums of
+        the weights once ``sample_weight`` has been used.
     n_features_in_ : int
     feature_names_in_ : ndarray of str, shape (n_features,)
         Only when fitted on data with string column names (e.g. a DataFrame).
@@ -160,8 +229,13 @@ class BatchNormScaler(*_BASES):  # type: ignore[misc]
       non-NaN values; a feature with none gets NaN statistics) and kept by ``transform``.
       Infinite values raise ValueError, as in StandardScaler.
     - ``sample_weight`` weights the samples; ``n_samples_seen_`` then sums the weights.
-    - float32 input gives float32 output; other inputs are converted to float64. The
-      statistics are float64 whatever the input.
+    - float32 and float16 input give output of the same dtype; other inputs are converted
+      to float64, as in StandardScaler. The fitted statistics are float64 whatever the
+      input.
+    - With scikit-learn's callback API (scikit-learn 1.9), ``set_callbacks`` works as on
+      StandardScaler: ``fit``, ``partial_fit`` and ``fit_transform`` each run one fit task
+      (``on_fit_task_begin`` with the validated X, ``on_fit_task_end`` with a fitted copy
+      of the scaler), also as a step of a Pipeline.
     - Sparse input is not supported: it raises TypeError (use StandardScaler with
       ``with_mean=False`` for sparse data, or ``X.toarray()``).
     - Dask arrays: ``fit`` / ``partial_fit`` compute the statistics through the dask
@@ -182,8 +256,17 @@ class BatchNormScaler(*_BASES):  # type: ignore[misc]
     [[-1.2247, 0.0], [0.0, 0.0], [1.2247, 0.0], [nan, 0.0]]
     """
 
-    def __init__(self, *, eps=1e-5, momentum=None, with_mean=True, with_std=True, copy=True,
-                 n_threads=None):
+    _parameter_constraints: dict[str, list[Any]] = _PARAMETER_CONSTRAINTS
+
+    mean_: NDArray[np.float64] | None
+    var_: NDArray[np.float64] | None
+    scale_: NDArray[np.float64] | None
+    n_samples_seen_: Any
+    n_features_in_: int
+
+    def __init__(self, *, eps: float = 1e-5, momentum: float | None = None,
+                 with_mean: bool = True, with_std: bool = True, copy: bool = True,
+                 n_threads: int | None = None) -> None:
         self.eps = eps
         self.momentum = momentum
         self.with_mean = with_mean
@@ -191,20 +274,21 @@ class BatchNormScaler(*_BASES):  # type: ignore[misc]
         self.copy = copy
         self.n_threads = n_threads
 
-    def __sklearn_tags__(self):
-        tags = super().__sklearn_tags__()
+    def __sklearn_tags__(self) -> Any:
+        tags = super().__sklearn_tags__()  # type: ignore[misc]
         tags.input_tags.allow_nan = True
         tags.transformer_tags.preserves_dtype = ["float64", "float32"]
         return tags
 
     # -- fitting ----------------------------------------------------------------------------
 
-    def _reset(self):
+    def _reset(self) -> None:
         for name in ("mean_", "var_", "scale_", "n_samples_seen_"):
             if hasattr(self, name):
                 delattr(self, name)
 
-    def fit(self, X, y=None, sample_weight=None):
+    def fit(self, X: ArrayLike, y: object = None,
+            sample_weight: ArrayLike | None = None) -> BatchNormScaler:
         """Compute the per-feature mean and variance of X (NaN ignored).
 
         Parameters
@@ -220,10 +304,11 @@ class BatchNormScaler(*_BASES):  # type: ignore[misc]
         """
         with _unchanged_on_error(self):
             self._reset()
-            self._partial_fit(X, sample_weight)
+            self._partial_fit(X, y, sample_weight)
         return self
 
-    def partial_fit(self, X, y=None, sample_weight=None):
+    def partial_fit(self, X: ArrayLike, y: object = None,
+                    sample_weight: ArrayLike | None = None) -> BatchNormScaler:
         """Update the statistics with one more batch of samples (see ``momentum``).
 
         Parameters
@@ -238,26 +323,34 @@ class BatchNormScaler(*_BASES):  # type: ignore[misc]
         self
         """
         with _unchanged_on_error(self):
-            self._partial_fit(X, sample_weight)
+            self._partial_fit(X, y, sample_weight)
         return self
 
-    def fit_transform(self, X, y=None, sample_weight=None):
+    def fit_transform(self, X: ArrayLike, y: object = None,  # type: ignore[override]
+                      sample_weight: ArrayLike | None = None) -> Any:
         """``fit(X).transform(X)``, validating X once (two passes over the data in all).
 
         Returns
         -------
         X_new : ndarray of shape (n_samples, n_features)
+            float32 or float16 for input of that dtype, else float64 (a DataFrame with
+            ``set_output(transform="pandas")``).
         """
         with _unchanged_on_error(self):
             self._reset()
-            Xv = self._partial_fit(X, sample_weight)
+            Xv = self._partial_fit(X, y, sample_weight)
             copy = check_bool(self.copy, "copy")
             return self._transform_array(Xv, copy and not _owned_copy(Xv, X))
 
-    def _sample_weight(self, sample_weight, n_samples):
+    def _sample_weight(self, sample_weight: Any, X: Any) -> NDArray[np.float64] | None:
+        """sample_weight as float64 of shape (n_samples,); StandardScaler's checks for NumPy X."""
         if sample_weight is None:
             return None
-        if isinstance(sample_weight, numbers.Real):
+        n_samples = X.shape[0]
+        if _sk_check_sample_weight is not None and not is_dask_array(X):
+            with _overflow_as_value_error("sample_weight"):
+                w = _sk_check_sample_weight(sample_weight, X, dtype=np.float64)
+        elif isinstance(sample_weight, numbers.Real):
             with _overflow_as_value_error("sample_weight"):
                 w = np.full(n_samples, float(sample_weight))
         else:
@@ -269,7 +362,7 @@ class BatchNormScaler(*_BASES):  # type: ignore[misc]
                              "got all zero weights")
         return w
 
-    def _batch_state(self, X, w, n_threads):
+    def _batch_state(self, X: Any, w: Any, n_threads: int | None) -> Any:
         """Welford state (count, mean, m2) of one batch, NaN skipped, infinity rejected."""
         if w is None:
             # The plain kernel is the fast path; a NaN or an inf makes its feature's
@@ -294,7 +387,7 @@ class BatchNormScaler(*_BASES):  # type: ignore[misc]
             full[cols] = part
         return state
 
-    def _check_dask(self, X, reset):
+    def _check_dask(self, X: Any, reset: bool) -> Any:
         """A dask X checked as validate_data checks arrays (without computing it), as float."""
         if X.ndim != 2:
             raise ValueError(f"Expected 2D array, got {X.ndim}D array instead")
@@ -316,7 +409,7 @@ class BatchNormScaler(*_BASES):  # type: ignore[misc]
                              f"expecting {self.n_features_in_} features as input.")
         return X if X.dtype in _FLOAT_DTYPES else X.astype(np.float64)
 
-    def _dask_batch_state(self, X, sample_weight, n_threads):
+    def _dask_batch_state(self, X: Any, sample_weight: Any, n_threads: int | None) -> Any:
         """Welford state of a dask X, computed through its scheduler (NaN skipped)."""
         import dask
 
@@ -324,7 +417,7 @@ class BatchNormScaler(*_BASES):  # type: ignore[misc]
 
         w = sample_weight
         if w is not None and not is_dask_array(w):
-            w = self._sample_weight(w, X.shape[0])
+            w = self._sample_weight(w, X)
         state = dask_moments_state(X, skipna=True, sample_weight=w, n_threads=n_threads)
         any_weight = True if w is None or not is_dask_array(w) else (w != 0).any()
         count, mean, m2, any_weight = dask.compute(*state, any_weight)
@@ -337,7 +430,7 @@ class BatchNormScaler(*_BASES):  # type: ignore[misc]
                              "dtype('float64').")
         return count, mean, m2
 
-    def _previous_state(self, n_features):
+    def _previous_state(self, n_features: int) -> Any:
         """The fitted (count, mean, m2) as a mergeable state (features never seen: zeros)."""
         count = np.broadcast_to(np.asarray(self.n_samples_seen_, np.float64),
                                 (n_features,)).copy()
@@ -346,8 +439,17 @@ class BatchNormScaler(*_BASES):  # type: ignore[misc]
         var = np.zeros(n_features) if self.var_ is None else np.where(seen, self.var_, 0.0)
         return count, mean, var
 
-    def _partial_fit(self, X, sample_weight):
-        """Fit one batch; return X as validated (for fit_transform)."""
+    @_with_callbacks
+    def _partial_fit(self, X: Any, y: object, sample_weight: Any) -> Any:
+        """Fit one batch; return X as validated (for fit_transform).
+
+        As in StandardScaler, the callbacks' fit task begins once X is validated and ends
+        with the statistics set; ``_with_callbacks`` tears the callbacks down however the
+        fit ends. (It runs inside ``_unchanged_on_error``, which must not undo the callback
+        bookkeeping before the teardown.)
+        """
+        if self._parameter_constraints:  # as StandardScaler; bnfast's checks still follow
+            self._validate_params()  # type: ignore[attr-defined]
         eps = check_eps(self.eps)
         momentum = None if self.momentum is None else check_momentum(self.momentum)
         with_mean = check_bool(self.with_mean, "with_mean")
@@ -355,18 +457,30 @@ class BatchNormScaler(*_BASES):  # type: ignore[misc]
         check_bool(self.copy, "copy")
         n_threads = check_n_threads(self.n_threads) or None
         first_call = not hasattr(self, "n_samples_seen_")
-        if is_dask_array(X):
+        dask_input = is_dask_array(X)
+        if dask_input:
             X = self._check_dask(X, reset=first_call)
-            count, mean, m2 = self._dask_batch_state(X, sample_weight, n_threads)
         else:
             # Infinity is rejected from the statistics (see _batch_state): no extra pass here.
             X = _validate_data(self, X, dtype=_FLOAT_DTYPES, ensure_all_finite=False,
                                reset=first_call)
-            w = self._sample_weight(sample_weight, X.shape[0])
+        callback_ctx = None
+        if hasattr(self, "_init_callback_context"):  # scikit-learn's callback API
+            callback_ctx = self._init_callback_context()
+            callback_ctx.call_on_fit_task_begin(
+                estimator=self, X=X, y=y, metadata={"sample_weight": sample_weight})
+        w = sample_weight
+        if dask_input:
+            count, mean, m2 = self._dask_batch_state(X, sample_weight, n_threads)
+        else:
+            w = self._sample_weight(sample_weight, X)
             count, mean, m2 = self._batch_state(X, w, n_threads)
         n_features = X.shape[1]
 
-        weighted = sample_weight is not None or (
+        # StandardScaler counts weights in float64; unweighted samples in int64 when it
+        # computes no statistics, else in float64 in scikit-learn 1.9 and int64 before.
+        as_float = sample_weight is not None or (
+            (with_mean or with_std) and _counts_in_float()) or (
             not first_call and np.asarray(self.n_samples_seen_).dtype.kind == "f")
         with np.errstate(invalid="ignore", divide="ignore"):
             if first_call:
@@ -386,21 +500,28 @@ class BatchNormScaler(*_BASES):  # type: ignore[misc]
                     update, (1.0 - momentum) * prev_mean + momentum * mean, prev_mean))
                 var = np.where(fresh, var, np.where(
                     update, (1.0 - momentum) * prev_var + momentum * var, prev_var))
+        # The weighted kernel's m2 of a constant feature can round to just below zero: a
+        # variance is never negative (and its square root must not warn).
+        var = np.maximum(var, 0.0)  # NaN (a feature without values) stays NaN
         empty = total == 0
         mean[empty] = np.nan  # StandardScaler's statistics of a feature with no values
         var[empty] = np.nan
 
-        self.n_samples_seen_ = (total.astype(np.float64) if weighted
+        self.n_samples_seen_ = (total.astype(np.float64) if as_float
                                 else np.rint(total).astype(np.int64))
         if self.n_samples_seen_.min() == self.n_samples_seen_.max():
             self.n_samples_seen_ = self.n_samples_seen_[0]
         self.mean_ = mean if (with_mean or with_std) else None
         self.var_ = var if with_std else None
         self.scale_ = self._scale(var, mean, total, eps) if with_std else None
+        if callback_ctx is not None:
+            callback_ctx.call_on_fit_task_end(
+                estimator=self, X=X, y=y, metadata={"sample_weight": w},
+                reconstruction_attributes={})
         return X
 
     @staticmethod
-    def _scale(var, mean, count, eps):
+    def _scale(var: Any, mean: Any, count: Any, eps: float) -> Any:
         scale = np.sqrt(var + eps)
         if eps == 0:
             # StandardScaler's test for "constant up to rounding" (Chan, Golub, LeVeque's
@@ -411,7 +532,7 @@ class BatchNormScaler(*_BASES):  # type: ignore[misc]
 
     # -- transforming -----------------------------------------------------------------------
 
-    def _transform_array(self, X, copy, inverse=False):
+    def _transform_array(self, X: Any, copy: bool, inverse: bool = False) -> Any:
         """The (inverse) transform of a validated float array, by one inference-kernel pass."""
         with_mean = check_bool(self.with_mean, "with_mean")
         with_std = check_bool(self.with_std, "with_std")
@@ -423,11 +544,15 @@ class BatchNormScaler(*_BASES):  # type: ignore[misc]
         n_features = X.shape[1]
         zeros, ones = np.zeros(n_features), np.ones(n_features)
         mean = self.mean_ if with_mean else None
+        scale: Any = self.scale_
+        center: Any
+        gamma: Any
+        beta: Any
         if inverse:  # x * scale_ + mean_
-            center, gamma, beta = zeros, self.scale_ if with_std else None, mean
+            center, gamma, beta = zeros, scale if with_std else None, mean
         else:        # (x - mean_) * (1 / scale_)
             center = zeros if mean is None else mean
-            gamma, beta = (1.0 / self.scale_ if with_std else None), None
+            gamma, beta = (1.0 / scale if with_std else None), None
         n_threads = check_n_threads(self.n_threads) or None
         if dask_input:  # lazy: one map_blocks of the same kernel
             from .dask import batch_norm_inference as dask_batch_norm_inference
@@ -436,7 +561,7 @@ class BatchNormScaler(*_BASES):  # type: ignore[misc]
         return batch_norm_inference(X, center, ones, gamma, beta, axis=1, eps=0.0,
                                     out=None if copy else X, n_threads=n_threads)
 
-    def transform(self, X, copy=None):
+    def transform(self, X: ArrayLike, copy: bool | None = None) -> Any:
         """Standardize X: ``(X - mean_) / scale_`` (NaN stays NaN).
 
         Parameters
@@ -448,7 +573,8 @@ class BatchNormScaler(*_BASES):  # type: ignore[misc]
         Returns
         -------
         X_new : ndarray of shape (n_samples, n_features)
-            float32 for float32 input, else float64.
+            float32 or float16 for input of that dtype, else float64 (a DataFrame with
+            ``set_output(transform="pandas")``).
         """
         check_is_fitted(self)
         copy = check_bool(self.copy if copy is None else copy, "copy")
@@ -458,7 +584,7 @@ class BatchNormScaler(*_BASES):  # type: ignore[misc]
                             force_writeable=not copy, ensure_all_finite="allow-nan")
         return self._transform_array(Xv, copy and not _owned_copy(Xv, X))
 
-    def inverse_transform(self, X, copy=None):
+    def inverse_transform(self, X: ArrayLike, copy: bool | None = None) -> Any:
         """Undo ``transform``: ``X * scale_ + mean_``.
 
         Parameters
@@ -477,7 +603,7 @@ class BatchNormScaler(*_BASES):  # type: ignore[misc]
             return self._transform_array(self._check_dask(X, reset=False), copy,
                                          inverse=True)
         Xv = _check_array(X, dtype=_FLOAT_DTYPES, copy=False, force_writeable=not copy,
-                          ensure_all_finite="allow-nan", input_name="X", estimator=self)
+                          ensure_all_finite="allow-nan", estimator=self)
         if Xv.shape[1] != self.n_features_in_:
             raise ValueError(f"X has {Xv.shape[1]} features, but {type(self).__name__} is "
                              f"expecting {self.n_features_in_} features as input")
