@@ -1,13 +1,77 @@
+"""Seeds and markers for the whole suite.
+
+One session seed drives every random choice of a run: BNFAST_TEST_SEED when it is set, else a
+fresh one. pytest prints it in its header, so one environment variable replays a whole run.
+Each test's own seed is derived from the session seed and the test's node id, so a test sees
+the same data whatever else runs and in whichever order; a failing test prints the line that
+replays it alone. Hypothesis draws from a seed derived the same way (unless --hypothesis-seed
+is given), under the "ci" profile when BNFAST_TEST_SEED or CI=true is set.
+"""
+import hashlib
 import os
 import sys
 
 import numpy as np
 import pytest
 
-# Make tests/_helpers.py importable whatever pytest's import mode is.
+# Make tests/_helpers.py and tests/strategies.py importable whatever pytest's import mode is.
 _HERE = os.path.dirname(os.path.abspath(__file__))
 if _HERE not in sys.path:
     sys.path.insert(0, _HERE)
+
+SEED_VARIABLE = "BNFAST_TEST_SEED"
+
+
+def _session_seed():
+    fixed = os.environ.get(SEED_VARIABLE, "").strip()
+    return int(fixed) if fixed else int(np.random.SeedSequence().entropy)
+
+
+SESSION_SEED = _session_seed()
+
+
+def derive_seed(*keys):
+    """A 128-bit seed from the session seed and ``keys`` (a hash: independent of test order)."""
+    text = ":".join(str(k) for k in (SESSION_SEED, *keys))
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:16], "little")
+
+
+def _hypothesis_profile():
+    ci = os.environ.get("CI", "").strip().lower() in ("1", "true", "yes")
+    return "ci" if ci or os.environ.get(SEED_VARIABLE, "").strip() else "dev"
+
+
+def _register_hypothesis_profiles():
+    try:
+        from hypothesis import settings
+    except ImportError:
+        return None
+    # deadline=None: the machine is shared, a slow example is not a failure. print_blob: a
+    # failure prints the line that replays its example.
+    settings.register_profile("dev", deadline=None, print_blob=True)
+    # CI: no example database either, so a run depends on the seed alone, not on local files.
+    settings.register_profile("ci", deadline=None, print_blob=True, database=None)
+    name = _hypothesis_profile()
+    settings.load_profile(name)
+    return name
+
+
+@pytest.hookimpl(tryfirst=True)  # before hypothesis' own plugin reads --hypothesis-seed
+def pytest_configure(config):
+    config._bnfast_hypothesis_profile = _register_hypothesis_profiles()
+    if (config._bnfast_hypothesis_profile is not None
+            and getattr(config.option, "hypothesis_seed", None) is None):
+        config.option.hypothesis_seed = derive_seed("hypothesis") % 2**64
+
+
+def pytest_report_header(config):
+    lines = [f"bnfast test seed: {SESSION_SEED} (replay this run with "
+             f"{SEED_VARIABLE}={SESSION_SEED})"]
+    profile = getattr(config, "_bnfast_hypothesis_profile", None)
+    if profile is not None:
+        lines.append(f"hypothesis: profile {profile!r}, seed "
+                     f"{getattr(config.option, 'hypothesis_seed', None)}")
+    return lines
 
 
 def pytest_collection_modifyitems(config, items):
@@ -23,12 +87,12 @@ def pytest_collection_modifyitems(config, items):
 
 
 @pytest.fixture
-def seed():
-    """A fresh random seed per test, printed so a failure can be replayed with
-    BNFAST_TEST_SEED=<seed> (pytest shows captured stdout of failing tests)."""
-    fixed = os.environ.get("BNFAST_TEST_SEED")
-    value = int(fixed) if fixed else np.random.SeedSequence().entropy
-    print(f"random seed: {value} (replay with BNFAST_TEST_SEED={value})")
+def seed(request):
+    """This test's seed: derived from the session seed and the node id, printed so that a
+    failure (pytest shows the captured stdout of failing tests) can be replayed alone."""
+    value = derive_seed(request.node.nodeid)
+    print(f"random seed: {value} (replay: {SEED_VARIABLE}={SESSION_SEED} "
+          f"pytest '{request.node.nodeid}')")
     return value
 
 
