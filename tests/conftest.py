@@ -6,9 +6,14 @@ Each test's own seed is derived from the session seed and the test's node id, so
 the same data whatever else runs and in whichever order; a failing test prints the line that
 replays it alone. Hypothesis draws from a seed derived the same way (unless --hypothesis-seed
 is given), under the "ci" profile when BNFAST_TEST_SEED or CI=true is set.
+
+A seed sweep: BNFAST_TEST_SWEEP=N runs every test that takes the ``seed`` (or ``rng``) fixture
+N times, under the session seeds S, S+1, ..., S+N-1 (S the session seed), in one process; a
+failure prints the session seed that replays it.
 """
 import hashlib
 import os
+import re
 import sys
 
 import numpy as np
@@ -20,6 +25,8 @@ if _HERE not in sys.path:
     sys.path.insert(0, _HERE)
 
 SEED_VARIABLE = "BNFAST_TEST_SEED"
+SWEEP_VARIABLE = "BNFAST_TEST_SWEEP"
+_SWEEP_ID = re.compile(r"-?\bsweep\d+\b-?")
 
 
 def _session_seed():
@@ -30,9 +37,10 @@ def _session_seed():
 SESSION_SEED = _session_seed()
 
 
-def derive_seed(*keys):
+def derive_seed(*keys, session_seed=None):
     """A 128-bit seed from the session seed and ``keys`` (a hash: independent of test order)."""
-    text = ":".join(str(k) for k in (SESSION_SEED, *keys))
+    session_seed = SESSION_SEED if session_seed is None else session_seed
+    text = ":".join(str(k) for k in (session_seed, *keys))
     return int.from_bytes(hashlib.sha256(text.encode()).digest()[:16], "little")
 
 
@@ -86,13 +94,34 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
+def _sweep_size():
+    text = os.environ.get(SWEEP_VARIABLE, "").strip()
+    return int(text) if text else 0
+
+
+def pytest_generate_tests(metafunc):
+    if _sweep_size() and "seed" in metafunc.fixturenames:
+        metafunc.parametrize("_sweep_offset", range(_sweep_size()), indirect=True,
+                             ids=[f"sweep{i}" for i in range(_sweep_size())])
+
+
 @pytest.fixture
-def seed(request):
+def _sweep_offset(request):
+    """How far this run of a test is from the session seed in a sweep (0 outside one)."""
+    return getattr(request, "param", 0)
+
+
+@pytest.fixture
+def seed(request, _sweep_offset):
     """This test's seed: derived from the session seed and the node id, printed so that a
     failure (pytest shows the captured stdout of failing tests) can be replayed alone."""
-    value = derive_seed(request.node.nodeid)
-    print(f"random seed: {value} (replay: {SEED_VARIABLE}={SESSION_SEED} "
-          f"pytest '{request.node.nodeid}')")
+    session_seed = SESSION_SEED
+    nodeid = request.node.nodeid
+    if _sweep_size():
+        session_seed += _sweep_offset
+        nodeid = _SWEEP_ID.sub("", nodeid).replace("[]", "")
+    value = derive_seed(nodeid, session_seed=session_seed)
+    print(f"random seed: {value} (replay: {SEED_VARIABLE}={session_seed} pytest '{nodeid}')")
     return value
 
 
