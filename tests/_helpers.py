@@ -189,7 +189,8 @@ def invstd_rtol(n, x, axis, eps):
         return stat_rtol(n)
     var = x2.var(axis=0)
     _, var_scale = stat_scales(x, axis)
-    spread = float(np.max((var + var_scale) / (var + eps))) if np.all(var + eps > 0) else np.inf
+    ok = var + eps > 0  # else invstd is infinite on both sides
+    spread = float(np.max((var[ok] + var_scale) / (var[ok] + eps))) if ok.any() else 1.0
     return 0.5 * stat_rtol(n) * spread + 6 * unit_roundoff()
 
 
