@@ -110,7 +110,7 @@ def test_awkward_inputs_match_reference(rng, shape, axis, dtype, kind):
 
 @pytest.mark.parametrize("shape, axis, dtype, kind", list(_cases()))
 def test_awkward_inputs_same_as_contiguous_copy(rng, shape, axis, dtype, kind):
-    """DESIGN §2: walked by stride or copied, the result is that of a contiguous copy."""
+    """docs/design.md §2: walked by stride or copied, the result is that of a contiguous copy."""
     x = make_awkward(rng, shape, axis, dtype, kind)
     dy = make_awkward(rng, shape, axis, dtype, kind)
     xc = np.ascontiguousarray(x, dtype=np.dtype(dtype))

@@ -1,4 +1,4 @@
-"""Every row of DESIGN §5's error table: the exception type and an argument-naming message."""
+"""Every row of the error table of docs/design.md §5: the exception type and an argument-naming message."""
 
 import re
 

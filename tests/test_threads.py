@@ -1,4 +1,4 @@
-"""Results are bit-identical whatever the number of threads (DESIGN §3)."""
+"""Results are bit-identical whatever the number of threads (docs/design.md §3)."""
 
 from concurrent.futures import ThreadPoolExecutor
 
