@@ -272,6 +272,29 @@ def assert_backward_close(got, want, dy, x, mean, invstd, gamma, axis, dtype=Non
     assert_stat_close(dbeta, rdbeta, stat_rtol(n), dbeta_scale, "dbeta")
 
 
+def central_difference_tol(h, value_error, third_derivative=0.0):
+    """|(f(x + h) - f(x - h)) / 2h - f'(x)| <= value_error / h (each evaluation within
+    value_error of f) + h^2 / 6 * max |f^(3)| (Taylor's remainder)."""
+    return value_error / h + h * h / 6.0 * third_derivative
+
+
+def bn_loss_error(w, y_scale, n):
+    """Error bound of sum(w * y) over float64 y = batch norm of n values per channel: each y
+    within output_rtol(float64, n) * y_scale (elementwise_scale) of exact, and the sum's
+    gamma_N sum |w| y_scale (N = w.size terms)."""
+    w = np.asarray(w, np.float64)
+    return float(np.abs(w).sum()) * y_scale * (output_rtol(np.float64, n) + gamma_n(w.size))
+
+
+def bn_third_derivative(w, gamma, invstd, xhat_max, n):
+    """Bound on |d^3 sum(w * y) / dx_i^3| for y = gamma (x - mean) invstd + beta: differentiating
+    invstd = (var + eps)^-1/2 three times with var' = 2 (x_i - mean) / n, var'' <= 2 / n gives
+    at most 40 (1 + max|xhat|)^3 |gamma| invstd^3 sum |w| / n (0 for gamma and beta: linear)."""
+    g = 1.0 if gamma is None else float(np.max(np.abs(gamma)))
+    s = float(np.max(invstd))
+    return 40.0 * (1.0 + xhat_max) ** 3 * g * s ** 3 * float(np.abs(w).sum()) / n
+
+
 def assert_bits_equal(a, b, what=""):
     """Bit-identical arrays (NaN payloads, signed zeros included)."""
     a = np.asarray(a)
