@@ -79,6 +79,16 @@ def output_rtol(dtype, n=0):
     return (stat_rtol(n) if n else 0.0) + 8.0 * unit_roundoff(work) + unit_roundoff(dtype)
 
 
+def torch_rtol(dtype, n=0):
+    """rtol of bnfast vs PyTorch's CPU batch norm in dtype (neither is exact): bnfast's
+    output_rtol(dtype, n), plus PyTorch's side taken at its worst: statistics accumulated in
+    dtype (5 gamma_{n+3} of dtype, as stat_rtol), 8 roundings of its elementwise pass and
+    the final one."""
+    dtype = np.dtype(dtype)
+    theirs = (5.0 * gamma_n(n + 3, dtype) if n else 0.0) + 9.0 * unit_roundoff(dtype)
+    return output_rtol(dtype, n) + theirs
+
+
 def values_per_channel(x, axis):
     """n: how many values each channel's statistics are taken over."""
     x = np.asarray(x)
