@@ -282,6 +282,35 @@ def assert_backward_close(got, want, dy, x, mean, invstd, gamma, axis, dtype=Non
     assert_stat_close(dbeta, rdbeta, stat_rtol(n), dbeta_scale, "dbeta")
 
 
+def assert_merged_moments_close(mean, var, ref_mean, ref_var, x, axis, what=""):
+    """mean / var of a chunked or all-gathered (merged) reduction vs another computation of
+    them (dask, distributed): each within stat_rtol(n) of exact plus 3 roundings per Chan
+    merge of the pieces (fewer merges than values: stat_rtol(4 n)); atol from stat_scales
+    (NaN counted as 0, which only widens it)."""
+    x = np.where(np.isnan(x), 0.0, np.asarray(x, np.float64))
+    n = values_per_channel(x, axis)
+    rtol = stat_rtol(4 * n)
+    mean_scale, var_scale = stat_scales(x, axis)
+    np.testing.assert_allclose(mean, ref_mean, rtol=rtol, atol=rtol * mean_scale,
+                               err_msg=f"mean {what}")
+    if var is not None:
+        np.testing.assert_allclose(var, ref_var, rtol=rtol, atol=rtol * 2 * var_scale,
+                                   err_msg=f"var {what}")
+
+
+def assert_merged_y_close(y, y_ref, x, axis, eps=1e-5, gamma=None, beta=None):
+    """y of a chunked or distributed training forward vs the in-memory one:
+    output_rtol(dtype, 4 n) (statistics as in assert_merged_moments_close) of
+    elementwise_scale."""
+    x2 = channels_last_2d(x, axis)
+    mean = x2.mean(axis=0)
+    invstd = 1 / np.sqrt(x2.var(axis=0) + eps)
+    scale = elementwise_scale(x, axis, mean, invstd, gamma, beta)
+    rtol = output_rtol(np.asarray(y).dtype, 4 * values_per_channel(x, axis))
+    np.testing.assert_allclose(np.asarray(y, np.float64), np.asarray(y_ref, np.float64), rtol=0,
+                               atol=rtol * scale, err_msg="y")
+
+
 def central_difference_tol(h, value_error, third_derivative=0.0):
     """|(f(x + h) - f(x - h)) / 2h - f'(x)| <= value_error / h (each evaluation within
     value_error of f) + h^2 / 6 * max |f^(3)| (Taylor's remainder)."""

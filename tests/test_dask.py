@@ -16,10 +16,9 @@ import dask  # noqa: E402
 
 import bnfast  # noqa: E402
 import bnfast.dask as bd  # noqa: E402
-from bnfast import reference  # noqa: E402
 from _helpers import (  # noqa: E402
-    elementwise_scale, output_rtol, stat_rtol, stat_scales, sum_tol, unit_roundoff,
-    values_per_channel)
+    assert_merged_moments_close, assert_merged_y_close, output_rtol, stat_rtol, stat_scales,
+    sum_tol, unit_roundoff, values_per_channel)
 
 try:
     import sklearn  # noqa: F401
@@ -89,33 +88,6 @@ def _ref_moments(x, axis):
     return x2.mean(axis=0), x2.var(axis=0)
 
 
-def _stats_close(mean, var, ref_mean, ref_var, x, axis, what=""):
-    """mean / var of a chunked reduction vs another computation of them: each within
-    stat_rtol(n) of exact plus 3 roundings per Chan merge of the chunks (fewer merges than
-    values: stat_rtol(4 n)); atol from stat_scales (NaN counted as 0, which only widens it)."""
-    x = np.where(np.isnan(x), 0.0, np.asarray(x, F64))
-    n = values_per_channel(x, axis)
-    rtol = stat_rtol(4 * n)
-    mean_scale, var_scale = stat_scales(x, axis)
-    np.testing.assert_allclose(mean, ref_mean, rtol=rtol, atol=rtol * mean_scale,
-                               err_msg=f"mean {what}")
-    if var is not None:
-        np.testing.assert_allclose(var, ref_var, rtol=rtol, atol=rtol * 2 * var_scale,
-                                   err_msg=f"var {what}")
-
-
-def _y_close(y, y_ref, x, axis, eps=1e-5, gamma=None, beta=None):
-    """y of a chunked training forward vs the in-memory one: output_rtol(dtype, 4 n) (the
-    statistics as in _stats_close) of elementwise_scale."""
-    _, mean, invstd, _, _ = reference.batch_norm_forward(
-        np.asarray(x, F64).reshape(-1) if axis is None else x, axis=0 if axis is None else axis,
-        eps=eps)
-    scale = elementwise_scale(x, axis, mean, invstd, gamma, beta)
-    rtol = output_rtol(np.asarray(y).dtype, 4 * values_per_channel(x, axis))
-    np.testing.assert_allclose(np.asarray(y, F64), np.asarray(y_ref, F64), rtol=0,
-                               atol=rtol * scale, err_msg="y")
-
-
 def _bnfast_on_workers():
     return "bnfast._kernels" in sys.modules
 
@@ -148,9 +120,9 @@ def test_moments_are_lazy_and_exact(client, rng, shape, axis, chunks, dtype):
         assert mean.chunks == (X.chunks[axis],)
     mean, var, count, smean, m2 = dask.compute(mean, var, count, smean, m2)
     ref_mean, ref_var = _ref_moments(x, axis)
-    _stats_close(mean, var, ref_mean, ref_var, x, axis, "vs float64 NumPy")
+    assert_merged_moments_close(mean, var, ref_mean, ref_var, x, axis, "vs float64 NumPy")
     in_mean, in_var = bnfast.moments(x, axis=axis)
-    _stats_close(mean, var, in_mean, in_var, x, axis, "vs bnfast.moments")
+    assert_merged_moments_close(mean, var, in_mean, in_var, x, axis, "vs bnfast.moments")
     np.testing.assert_array_equal(count, x.size // C)
     np.testing.assert_array_equal(smean, mean)
     # var = M2 / count, one division (maybe by count - ddof, 0 here) on either side
@@ -164,7 +136,7 @@ def test_moments_ddof_and_deep_merge_tree(client, rng):
     results = dask.compute(*[bd.moments(X, ddof=ddof, split_every=2) for ddof in ddofs])
     for ddof, (mean, var) in zip(ddofs, results):
         # ddof: var = M2 / (n - ddof), M2's bound times n / (n - ddof) <= 2
-        _stats_close(mean, var * (1000 - ddof) / 1000, x.mean(axis=0),
+        assert_merged_moments_close(mean, var * (1000 - ddof) / 1000, x.mean(axis=0),
                      x.var(axis=0, ddof=ddof) * (1000 - ddof) / 1000, x, 1, f"ddof={ddof}")
     # a degenerate ddof gives inf, as bnfast.moments does (there with a warning)
     with pytest.warns(RuntimeWarning):
@@ -187,7 +159,7 @@ def test_moments_state_skipna_and_weights(client, rng, dtype):
     ref_mean = xz.sum(axis=0) / ref_count
     ref_var = (np.where(ok, xz - ref_mean, 0.0) ** 2).sum(axis=0) / ref_count
     np.testing.assert_array_equal(count, ref_count)
-    _stats_close(mean, m2 / count, ref_mean, ref_var, x, 1, "skipna")
+    assert_merged_moments_close(mean, m2 / count, ref_mean, ref_var, x, 1, "skipna")
     # NaN skipped and weighted, the weights a dask array chunked differently from x
     for weights in (w, da.from_array(w, chunks=64)):
         count, mean, m2 = dask.compute(*bd.moments_state(X, skipna=True,
@@ -200,7 +172,7 @@ def test_moments_state_skipna_and_weights(client, rng, dtype):
         np.testing.assert_allclose(count, ref_count, rtol=0,
                                    atol=sum_tol(300, float(ref_count.max())))
         # weighted: one rounding more per term, well inside stat_rtol(4 n)'s margin
-        _stats_close(mean, m2 / count, ref_mean, ref_var, x, 1, "weighted")
+        assert_merged_moments_close(mean, m2 / count, ref_mean, ref_var, x, 1, "weighted")
     # without skipna a NaN poisons its channel, as in memory
     assert np.isnan(dask.compute(*bd.moments(X))[0]).all()
 
@@ -208,10 +180,10 @@ def test_moments_state_skipna_and_weights(client, rng, dtype):
 def test_numpy_and_integer_input(client, rng):
     x = rng.integers(-5, 50, (40, 3))
     mean, var = dask.compute(*bd.moments(x))
-    _stats_close(mean, var, x.mean(axis=0), x.var(axis=0), x, 1)
+    assert_merged_moments_close(mean, var, x.mean(axis=0), x.var(axis=0), x, 1)
     y, _, _ = bd.batch_norm_forward(da.from_array(x, chunks=(15, 2)))
     assert y.dtype == F64
-    _y_close(y.compute(), bnfast.batch_norm_forward(x)[0], x, 1)
+    assert_merged_y_close(y.compute(), bnfast.batch_norm_forward(x)[0], x, 1)
 
 
 # -- forward and inference --------------------------------------------------------------------
@@ -233,11 +205,11 @@ def test_forward_matches_in_memory(client, rng, shape, axis, chunks, dtype):
         x, gamma, beta, axis=axis, eps=1e-3, running_mean=rm_ref, running_var=rv_ref,
         momentum=0.3)
     ref_mean, ref_var = _ref_moments(x, axis)
-    _stats_close(mean, 1 / invstd**2, mean_ref, 1 / invstd_ref**2, x, axis, "vs in memory")
-    _stats_close(mean, 1 / invstd**2, ref_mean, ref_var + 1e-3, x, axis, "vs float64 NumPy")
+    assert_merged_moments_close(mean, 1 / invstd**2, mean_ref, 1 / invstd_ref**2, x, axis, "vs in memory")
+    assert_merged_moments_close(mean, 1 / invstd**2, ref_mean, ref_var + 1e-3, x, axis, "vs float64 NumPy")
     yc = y.compute()
     assert yc.dtype == dtype
-    _y_close(yc, y_ref, x, axis, 1e-3, gamma, beta)
+    assert_merged_y_close(yc, y_ref, x, axis, 1e-3, gamma, beta)
     # the batch statistics (as above), 4 roundings of the update, one rounding to dtype
     rtol = stat_rtol(4 * values_per_channel(x, axis)) + 4 * unit_roundoff() \
         + unit_roundoff(dtype)
@@ -266,8 +238,8 @@ def test_forward_float16_and_persisted_y(client, rng):
     y, mean, invstd = bd.batch_norm_forward(X)
     assert y.dtype == np.float16
     y_ref, mean_ref, _ = bnfast.batch_norm_forward(x)
-    _stats_close(mean, None, mean_ref, None, x, 1)
-    _y_close(y.persist().compute(), y_ref, x, 1)
+    assert_merged_moments_close(mean, None, mean_ref, None, x, 1)
+    assert_merged_y_close(y.persist().compute(), y_ref, x, 1)
 
 
 def test_forward_errors_leave_running_stats(client):
@@ -303,8 +275,8 @@ def test_unknown_row_chunks_still_reduce(client, rng):
     Xu = X[X[:, 0] > -10]  # boolean mask: unknown row chunk sizes
     assert np.isnan(Xu.shape[0])
     y, mean, _ = bd.batch_norm_forward(Xu)
-    _stats_close(mean, None, x.mean(axis=0), None, x, 1)
-    _y_close(y.compute(), bnfast.batch_norm_forward(x)[0], x, 1)
+    assert_merged_moments_close(mean, None, x.mean(axis=0), None, x, 1)
+    assert_merged_y_close(y.compute(), bnfast.batch_norm_forward(x)[0], x, 1)
 
 
 # -- BatchNormScaler on dask arrays -----------------------------------------------------------
@@ -324,12 +296,12 @@ def _transform_scale(scaler, X):
 def _assert_same_fit(a, b, X):
     """Two fits of the same data X (NaN skipped): statistics as in _stats_close; scale_ =
     sqrt(var_) has half var_'s relative error; sample counts are integers (exact)."""
-    _stats_close(a.mean_, a.var_, b.mean_, b.var_, X, 1, "scaler")
+    assert_merged_moments_close(a.mean_, a.var_, b.mean_, b.var_, X, 1, "scaler")
     var = np.asarray(b.var_, F64)
     ok = var > 0  # a constant feature's scale_ is 1 on both sides
     _, var_scale = stat_scales(np.where(np.isnan(X), 0.0, np.asarray(X, F64)), 1)
-    rtol = 0.5 * stat_rtol(4 * X.shape[0]) * (1 + 2 * var_scale / float(np.min(var[ok], initial=np.inf))) \
-        + 2 * unit_roundoff()
+    smallest = float(np.min(var[ok], initial=np.inf))
+    rtol = 0.5 * stat_rtol(4 * X.shape[0]) * (1 + 2 * var_scale / smallest) + 2 * unit_roundoff()
     np.testing.assert_allclose(a.scale_[ok], b.scale_[ok], rtol=rtol, err_msg="scale_")
     np.testing.assert_array_equal(a.scale_[~ok], b.scale_[~ok])
     seen_a, seen_b = np.asarray(a.n_samples_seen_), np.asarray(b.n_samples_seen_)
@@ -351,7 +323,7 @@ def test_scaler_fit_transform_with_nan(client, rng, dtype):
     got = bnfast.BatchNormScaler().fit(D)
     _assert_same_fit(got, ref, X)
     # float64 NumPy reference, NaN skipped
-    _stats_close(got.mean_, got.var_, np.nanmean(X.astype(F64), axis=0),
+    assert_merged_moments_close(got.mean_, got.var_, np.nanmean(X.astype(F64), axis=0),
                  np.nanvar(X.astype(F64), axis=0), X, 1, "vs float64 NumPy")
     T = got.transform(D)
     assert isinstance(T, da.Array) and T.dtype == dtype and T.chunks == D.chunks
