@@ -49,7 +49,8 @@ def unit_roundoff(dtype=np.float64):
 
 
 def gamma_n(n, dtype=np.float64):
-    """gamma_n = n u / (1 - n u): relative error bound of n chained roundings (Higham, Lemma 3.1)."""
+    """gamma_n = n u / (1 - n u): relative error bound of n chained roundings (Higham, Lemma
+    3.1)."""
     nu = n * unit_roundoff(dtype)
     assert nu < 0.5, f"gamma_{n}: n u = {nu} too large for a useful bound"
     return nu / (1.0 - nu)

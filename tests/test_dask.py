@@ -205,8 +205,10 @@ def test_forward_matches_in_memory(client, rng, shape, axis, chunks, dtype):
         x, gamma, beta, axis=axis, eps=1e-3, running_mean=rm_ref, running_var=rv_ref,
         momentum=0.3)
     ref_mean, ref_var = _ref_moments(x, axis)
-    assert_merged_moments_close(mean, 1 / invstd**2, mean_ref, 1 / invstd_ref**2, x, axis, "vs in memory")
-    assert_merged_moments_close(mean, 1 / invstd**2, ref_mean, ref_var + 1e-3, x, axis, "vs float64 NumPy")
+    assert_merged_moments_close(mean, 1 / invstd**2, mean_ref, 1 / invstd_ref**2, x, axis,
+                                "vs in memory")
+    assert_merged_moments_close(mean, 1 / invstd**2, ref_mean, ref_var + 1e-3, x, axis,
+                                "vs float64 NumPy")
     yc = y.compute()
     assert yc.dtype == dtype
     assert_merged_y_close(yc, y_ref, x, axis, 1e-3, gamma, beta)

@@ -147,7 +147,8 @@ def test_worked_example_from_the_seed():
     for axis in (0, -1):
         assert_forward_close(bnfast.batch_norm_forward(x, axis=axis), want, x, 0)
     m, v = bnfast.moments(x, axis=0)
-    assert m[0] == pytest.approx(38 / 6, rel=2 * u) and v[0] == pytest.approx(var, rel=stat_rtol(6))
+    assert m[0] == pytest.approx(38 / 6, rel=2 * u)
+    assert v[0] == pytest.approx(var, rel=stat_rtol(6))
 
 
 # ---------------------------------------------------------------- running statistics
@@ -194,8 +195,8 @@ def test_running_var_is_unbiased_and_normalization_biased(rng):
     np.testing.assert_allclose(rm, x.mean(axis=0), rtol=rtol, atol=rtol * mean_scale)
     np.testing.assert_allclose(rv, x.var(axis=0, ddof=1), rtol=rtol, atol=rtol * 2 * var_scale)
     # eps = 0: 1 / invstd^2 is var up to invstd's rounding (relative 2 * (3u)) and squaring (2u)
-    np.testing.assert_allclose(1 / invstd**2, x.var(axis=0, ddof=0), rtol=rtol + 8 * unit_roundoff(),
-                               atol=rtol * var_scale)
+    np.testing.assert_allclose(1 / invstd**2, x.var(axis=0, ddof=0),
+                               rtol=rtol + 8 * unit_roundoff(), atol=rtol * var_scale)
 
 
 def test_momentum_zero_keeps_running_statistics(rng):
