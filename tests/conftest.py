@@ -26,7 +26,8 @@ if _HERE not in sys.path:
 
 SEED_VARIABLE = "BNFAST_TEST_SEED"
 SWEEP_VARIABLE = "BNFAST_TEST_SWEEP"
-_SWEEP_ID = re.compile(r"-?\bsweep\d+\b-?")
+# The sweep's part of a node id: "sweepN-" inside the brackets, "-sweepN]" or "[sweepN]".
+_SWEEP_ID = re.compile(r"(?<=[\[-])sweep\d+-|-sweep\d+(?=\])|\[sweep\d+\]")
 
 
 def _session_seed():
@@ -119,7 +120,7 @@ def seed(request, _sweep_offset):
     nodeid = request.node.nodeid
     if _sweep_size():
         session_seed += _sweep_offset
-        nodeid = _SWEEP_ID.sub("", nodeid).replace("[]", "")
+        nodeid = _SWEEP_ID.sub("", nodeid)
     value = derive_seed(nodeid, session_seed=session_seed)
     print(f"random seed: {value} (replay: {SEED_VARIABLE}={session_seed} pytest '{nodeid}')")
     return value
