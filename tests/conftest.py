@@ -83,6 +83,12 @@ def pytest_report_header(config):
     return lines
 
 
+def pytest_terminal_summary(terminalreporter):
+    """The seed again at the end (``-q`` hides the header), with how to replay the run."""
+    terminalreporter.write_line(f"bnfast test seed: {SESSION_SEED} (replay this run with "
+                                f"{SEED_VARIABLE}={SESSION_SEED})")
+
+
 def pytest_collection_modifyitems(config, items):
     """Tests marked slow (hours of CPU or many GiB of memory) run only when asked for:
     ``pytest -m slow`` or BNFAST_SLOW=1. A plain ``pytest`` (CI) skips them."""
