@@ -6,7 +6,7 @@ import sys
 
 import numpy as np
 
-# (id, shape, axis): every layout of DESIGN §2 plus axis 0, middle axes and
+# (id, shape, axis): every layout of docs/design.md §2 plus axis 0, middle axes and
 # shapes that reach both kernel shapes (inner == 1 and inner > 1) with few
 # and many channels.
 LAYOUTS = [
@@ -34,12 +34,67 @@ LAYOUT_PARAMS = [layout[1:] for layout in LAYOUTS]
 # Input kinds: NumPy dtypes plus "list" (nested Python lists of floats).
 INPUT_KINDS = ["float64", "float32", "float16", "int64", "int32", "uint8", "bool", "list"]
 
-# Relative tolerance of y / dx, by output dtype (a few ulps of that dtype).
-OUTPUT_RTOL = {np.dtype(np.float64): 1e-12, np.dtype(np.float32): 2e-6,
-               np.dtype(np.float16): 1e-3}
-# Relative tolerance of the float64 statistics, by input working dtype.
-STAT_RTOL = {np.dtype(np.float64): 1e-12, np.dtype(np.float32): 1e-10,
-             np.dtype(np.float16): 1e-10}
+# ------------------------------------------------------------------ tolerances
+# Every tolerance below is a worst-case rounding-error bound (Higham, "Accuracy and Stability of
+# Numerical Algorithms", 2nd ed., 2002: chapters 3 and 4), doubled where two computations of the
+# same quantity (bnfast and the float64 reference), each within the bound of the exact value,
+# are compared. Worst-case bounds grow like n u; observed errors grow like sqrt(n) u, so the
+# bounds cannot fail by chance, and they stay orders of magnitude below the error of a real bug
+# (float32 rounding of a float64 result ~1e-7, ddof off by one ~1/n, a wrong eps ~1e-5).
+
+
+def unit_roundoff(dtype=np.float64):
+    """u = eps / 2: the largest relative error of one rounding to nearest in dtype."""
+    return float(np.finfo(dtype).eps) / 2
+
+
+def gamma_n(n, dtype=np.float64):
+    """gamma_n = n u / (1 - n u): relative error bound of n chained roundings (Higham, Lemma
+    3.1)."""
+    nu = n * unit_roundoff(dtype)
+    assert nu < 0.5, f"gamma_{n}: n u = {nu} too large for a useful bound"
+    return nu / (1.0 - nu)
+
+
+def sum_tol(n, magnitude, dtype=np.float64):
+    """Largest |difference| of two sums of the same n terms in any orders (sum |terms| =
+    magnitude): each is within gamma_{n-1} * magnitude of the exact sum (Higham, eq. 4.4)."""
+    return 2.0 * gamma_n(max(n - 1, 0), dtype) * magnitude
+
+
+def stat_rtol(n):
+    """rtol of a float64 mean / variance / backward sum over n values per channel vs the float64
+    reference (atol = rtol * the scale of stat_scales / backward_scales): each side within
+    5 gamma_{n+3} of the exact value (a sum of n terms of <= 3 roundings each; the kernels'
+    shifted sums keep q <= 2 M2, which costs the factor 5 for M2 = q - s^2 / n)."""
+    return 2.0 * 5.0 * gamma_n(n + 3)
+
+
+def output_rtol(dtype, n=0):
+    """rtol of y / dx of dtype vs the float64 reference, relative to a scale that bounds every
+    term of the elementwise pass (elementwise_scale, backward_scales): the statistics' error
+    stat_rtol(n) (n = values per channel; 0 when the statistics are given), 8 roundings of the
+    pass in its arithmetic dtype (float32 for float16), and the final rounding to dtype."""
+    dtype = np.dtype(dtype)
+    work = np.float32 if dtype == np.float16 else dtype
+    return (stat_rtol(n) if n else 0.0) + 8.0 * unit_roundoff(work) + unit_roundoff(dtype)
+
+
+def torch_rtol(dtype, n=0):
+    """rtol of bnfast vs PyTorch's CPU batch norm in dtype (neither is exact): bnfast's
+    output_rtol(dtype, n), plus PyTorch's side taken at its worst: statistics accumulated in
+    dtype (5 gamma_{n+3} of dtype, as stat_rtol), 8 roundings of its elementwise pass and
+    the final one."""
+    dtype = np.dtype(dtype)
+    theirs = (5.0 * gamma_n(n + 3, dtype) if n else 0.0) + 9.0 * unit_roundoff(dtype)
+    return output_rtol(dtype, n) + theirs
+
+
+def values_per_channel(x, axis):
+    """n: how many values each channel's statistics are taken over."""
+    x = np.asarray(x)
+    channels = 1 if axis is None else n_channels(x.shape, axis)
+    return x.size // channels if channels else 0
 
 
 def n_channels(shape, axis):
@@ -94,12 +149,13 @@ def make_channel_params(rng, channels, kind="float64"):
 
 
 def assert_output_close(got, ref, dtype, scale=None, rtol=None):
-    """y / dx: dtype, shape and values within a few ulps of the output dtype."""
+    """y / dx: dtype, shape, and values within rtol * scale of the reference (defaults:
+    output_rtol(dtype), which assumes given statistics, and max |ref| as the scale)."""
     dtype = np.dtype(dtype)
     assert isinstance(got, np.ndarray), type(got)
     assert got.dtype == dtype, f"dtype {got.dtype}, expected {dtype}"
     assert got.shape == ref.shape, f"shape {got.shape}, expected {ref.shape}"
-    rtol = OUTPUT_RTOL[dtype] if rtol is None else rtol
+    rtol = output_rtol(dtype) if rtol is None else rtol
     if scale is None:
         finite = np.abs(ref[np.isfinite(ref)])
         scale = finite.max() if finite.size else 0.0
@@ -107,7 +163,7 @@ def assert_output_close(got, ref, dtype, scale=None, rtol=None):
 
 
 def assert_stat_close(got, ref, rtol, atol_scale=0.0, name="statistic"):
-    """float64 (C,) statistics."""
+    """float64 (C,) statistics within rtol * (|ref| + atol_scale)."""
     assert isinstance(got, np.ndarray), f"{name}: {type(got)}"
     assert got.dtype == np.float64, f"{name}: dtype {got.dtype}, expected float64"
     assert got.shape == ref.shape, f"{name}: shape {got.shape}, expected {ref.shape}"
@@ -117,25 +173,59 @@ def assert_stat_close(got, ref, rtol, atol_scale=0.0, name="statistic"):
 def channels_last_2d(a, axis):
     """float64 (m, C) view of a, for per-channel error scales in tests."""
     a = np.asarray(a, dtype=np.float64)
-    if a.ndim == 1:
+    if a.ndim == 1 or axis is None:
         return a.reshape(-1, 1)
     moved = np.moveaxis(a, axis, -1)
     return moved.reshape(-1, moved.shape[-1])
 
 
 def stat_scales(x, axis):
-    """Scales for mean and var atol: max |x| and max (x - mean)^2 over channels."""
+    """atol scales for stat_rtol: max |x| for the mean (a sum's error is relative to the sum of
+    |terms|) and max (x - mean)^2 for the variance, plus gamma_{n+1} max|x|^2 so that
+    stat_rtol(n) * scale covers the (gamma_{n+1} max|x|)^2 an error in the mean adds (a
+    constant channel has variance 0 only up to that)."""
     x2 = channels_last_2d(x, axis)
     if x2.size == 0:
         return 0.0, 0.0
     dev = x2 - x2.mean(axis=0)
     biggest = float(np.abs(x2).max())
-    # The second term covers a constant channel, whose variance is 0 only up to rounding.
-    return biggest, float((dev ** 2).max()) + 1e-12 * biggest ** 2
+    return biggest, float((dev ** 2).max()) + gamma_n(x2.shape[0] + 1) * biggest ** 2
+
+
+def invstd_rtol(n, x, axis, eps):
+    """rtol of invstd = 1 / sqrt(var + eps) from n values per channel: half the relative error
+    of var + eps (stat_rtol(n) * (var + var scale) / (var + eps)) plus 3 roundings each side."""
+    x2 = channels_last_2d(x, axis)
+    if x2.size == 0:
+        return stat_rtol(n)
+    var = x2.var(axis=0)
+    _, var_scale = stat_scales(x, axis)
+    ok = var + eps > 0  # else invstd is infinite on both sides
+    spread = float(np.max((var[ok] + var_scale) / (var[ok] + eps))) if ok.any() else 1.0
+    return 0.5 * stat_rtol(n) * spread + 6 * unit_roundoff()
+
+
+def elementwise_scale(x, axis, center, invstd, gamma=None, beta=None):
+    """Bound on the terms of y = (x - center) * invstd * gamma + beta, in either order of
+    evaluation (x * a + b included): max over channels of |gamma| invstd (max|x| + |center|)
+    + |beta|; an error of the statistics or one rounding is relative to this."""
+    x2 = channels_last_2d(x, axis)
+    if x2.size == 0:
+        return 0.0
+    g = np.ones(x2.shape[1]) if gamma is None else np.abs(np.asarray(gamma, np.float64))
+    b = np.zeros(x2.shape[1]) if beta is None else np.abs(np.asarray(beta, np.float64))
+    center = np.abs(np.asarray(center, np.float64))
+    invstd = np.asarray(invstd, np.float64)
+    big = np.abs(x2).max(axis=0)
+    with np.errstate(invalid="ignore"):
+        terms = g * invstd * (big + center) + b
+    terms = terms[np.isfinite(terms)]
+    return float(terms.max()) if terms.size else 0.0
 
 
 def backward_scales(dy, x, mean, invstd, gamma, axis):
-    """Error scales for dx, dgamma and dbeta: the size of the terms that cancel."""
+    """atol scales for dx, dgamma and dbeta: the size of the terms that cancel (dx: |gamma|
+    invstd |dy| (2 + xhat^2); dgamma: sum |dy xhat|; dbeta: sum |dy|)."""
     x2 = channels_last_2d(x, axis)
     dy2 = channels_last_2d(dy, axis)
     if x2.size == 0:
@@ -147,6 +237,102 @@ def backward_scales(dy, x, mean, invstd, gamma, axis):
     dgamma_scale = float(np.abs(dy2 * xhat).sum(axis=0).max())
     dbeta_scale = float(np.abs(dy2).sum(axis=0).max())
     return dx_scale, dgamma_scale, dbeta_scale
+
+
+def assert_moments_close(mean, var, rmean, rvar, x, axis):
+    """mean / var of x (any ddof) vs the float64 reference, within stat_rtol(n)."""
+    rtol = stat_rtol(values_per_channel(x, axis))
+    mean_scale, var_scale = stat_scales(x, axis)
+    assert_stat_close(mean, rmean, rtol, mean_scale, "mean")
+    if var is not None:
+        assert_stat_close(var, rvar, rtol, var_scale, "var")
+
+
+def assert_forward_close(got, want, x, axis, gamma=None, beta=None, eps=1e-5, dtype=None):
+    """(y, mean, invstd) of a training forward vs the reference's: the statistics within
+    stat_rtol(n) / invstd_rtol, y within output_rtol(dtype, n) of elementwise_scale."""
+    y, mean, invstd = got
+    ry, rmean, rinvstd = want[:3]
+    n = values_per_channel(x, axis)
+    dtype = working_dtype(x) if dtype is None else np.dtype(dtype)
+    assert_output_close(y, ry, dtype, rtol=output_rtol(dtype, n),
+                        scale=elementwise_scale(x, axis, rmean, rinvstd, gamma, beta))
+    assert_moments_close(mean, None, rmean, None, x, axis)
+    assert_stat_close(invstd, rinvstd, invstd_rtol(n, x, axis, eps), 0.0, "invstd")
+
+
+def assert_inference_close(y, ry, x, axis, rm, rv, gamma=None, beta=None, eps=1e-5, dtype=None):
+    """y of an inference forward vs the reference's: given statistics, so only the elementwise
+    pass rounds (output_rtol(dtype)) relative to elementwise_scale."""
+    dtype = working_dtype(x) if dtype is None else np.dtype(dtype)
+    invstd = 1.0 / np.sqrt(np.asarray(rv, np.float64) + eps)
+    assert_output_close(y, ry, dtype, rtol=output_rtol(dtype),
+                        scale=elementwise_scale(x, axis, rm, invstd, gamma, beta))
+
+
+def assert_backward_close(got, want, dy, x, mean, invstd, gamma, axis, dtype=None):
+    """(dx, dgamma, dbeta) vs the reference's, given the same mean and invstd: the two sums
+    within stat_rtol(n) of their backward_scales, dx within output_rtol(dtype, n)."""
+    dx, dgamma, dbeta = got
+    rdx, rdgamma, rdbeta = want
+    n = values_per_channel(x, axis)
+    dtype = working_dtype(x) if dtype is None else np.dtype(dtype)
+    dx_scale, dgamma_scale, dbeta_scale = backward_scales(dy, x, mean, invstd, gamma, axis)
+    assert_output_close(dx, rdx, dtype, scale=dx_scale, rtol=output_rtol(dtype, n))
+    assert_stat_close(dgamma, rdgamma, stat_rtol(n), dgamma_scale, "dgamma")
+    assert_stat_close(dbeta, rdbeta, stat_rtol(n), dbeta_scale, "dbeta")
+
+
+def assert_merged_moments_close(mean, var, ref_mean, ref_var, x, axis, what=""):
+    """mean / var of a chunked or all-gathered (merged) reduction vs another computation of
+    them (dask, distributed): each within stat_rtol(n) of exact plus 3 roundings per Chan
+    merge of the pieces (fewer merges than values: stat_rtol(4 n)); atol from stat_scales
+    (NaN counted as 0, which only widens it)."""
+    x = np.where(np.isnan(x), 0.0, np.asarray(x, np.float64))
+    n = values_per_channel(x, axis)
+    rtol = stat_rtol(4 * n)
+    mean_scale, var_scale = stat_scales(x, axis)
+    np.testing.assert_allclose(mean, ref_mean, rtol=rtol, atol=rtol * mean_scale,
+                               err_msg=f"mean {what}")
+    if var is not None:
+        np.testing.assert_allclose(var, ref_var, rtol=rtol, atol=rtol * 2 * var_scale,
+                                   err_msg=f"var {what}")
+
+
+def assert_merged_y_close(y, y_ref, x, axis, eps=1e-5, gamma=None, beta=None):
+    """y of a chunked or distributed training forward vs the in-memory one:
+    output_rtol(dtype, 4 n) (statistics as in assert_merged_moments_close) of
+    elementwise_scale."""
+    x2 = channels_last_2d(x, axis)
+    mean = x2.mean(axis=0)
+    invstd = 1 / np.sqrt(x2.var(axis=0) + eps)
+    scale = elementwise_scale(x, axis, mean, invstd, gamma, beta)
+    rtol = output_rtol(np.asarray(y).dtype, 4 * values_per_channel(x, axis))
+    np.testing.assert_allclose(np.asarray(y, np.float64), np.asarray(y_ref, np.float64), rtol=0,
+                               atol=rtol * scale, err_msg="y")
+
+
+def central_difference_tol(h, value_error, third_derivative=0.0):
+    """|(f(x + h) - f(x - h)) / 2h - f'(x)| <= value_error / h (each evaluation within
+    value_error of f) + h^2 / 6 * max |f^(3)| (Taylor's remainder)."""
+    return value_error / h + h * h / 6.0 * third_derivative
+
+
+def bn_loss_error(w, y_scale, n):
+    """Error bound of sum(w * y) over float64 y = batch norm of n values per channel: each y
+    within output_rtol(float64, n) * y_scale (elementwise_scale) of exact, and the sum's
+    gamma_N sum |w| y_scale (N = w.size terms)."""
+    w = np.asarray(w, np.float64)
+    return float(np.abs(w).sum()) * y_scale * (output_rtol(np.float64, n) + gamma_n(w.size))
+
+
+def bn_third_derivative(w, gamma, invstd, xhat_max, n):
+    """Bound on |d^3 sum(w * y) / dx_i^3| for y = gamma (x - mean) invstd + beta: differentiating
+    invstd = (var + eps)^-1/2 three times with var' = 2 (x_i - mean) / n, var'' <= 2 / n gives
+    at most 40 (1 + max|xhat|)^3 |gamma| invstd^3 sum |w| / n (0 for gamma and beta: linear)."""
+    g = 1.0 if gamma is None else float(np.max(np.abs(gamma)))
+    s = float(np.max(invstd))
+    return 40.0 * (1.0 + xhat_max) ** 3 * g * s ** 3 * float(np.abs(w).sum()) / n
 
 
 def assert_bits_equal(a, b, what=""):

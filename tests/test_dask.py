@@ -16,6 +16,9 @@ import dask  # noqa: E402
 
 import bnfast  # noqa: E402
 import bnfast.dask as bd  # noqa: E402
+from _helpers import (  # noqa: E402
+    assert_merged_moments_close, assert_merged_y_close, output_rtol, stat_rtol, stat_scales,
+    sum_tol, unit_roundoff, values_per_channel)
 
 try:
     import sklearn  # noqa: F401
@@ -56,7 +59,6 @@ LAYOUTS = [
 IDS = [layout[0] for layout in LAYOUTS]
 PARAMS = [layout[1:] for layout in LAYOUTS]
 DTYPES = [np.float32, np.float64]
-Y_RTOL = {np.dtype(np.float32): 3e-6, np.dtype(np.float64): 1e-12}
 
 
 def _channels(shape, axis):
@@ -84,12 +86,6 @@ def _ref_moments(x, axis):
     x2 = x.reshape(-1, 1) if axis is None or x.ndim == 1 else np.moveaxis(x, axis, -1).reshape(
         -1, x.shape[axis])
     return x2.mean(axis=0), x2.var(axis=0)
-
-
-def _close(got, ref, rtol, what=""):
-    scale = np.abs(ref[np.isfinite(ref)]).max() if np.isfinite(ref).any() else 0.0
-    np.testing.assert_allclose(np.asarray(got, F64), np.asarray(ref, F64), rtol=rtol,
-                               atol=rtol * scale, err_msg=what)
 
 
 def _bnfast_on_workers():
@@ -124,14 +120,13 @@ def test_moments_are_lazy_and_exact(client, rng, shape, axis, chunks, dtype):
         assert mean.chunks == (X.chunks[axis],)
     mean, var, count, smean, m2 = dask.compute(mean, var, count, smean, m2)
     ref_mean, ref_var = _ref_moments(x, axis)
-    _close(mean, ref_mean, 1e-12, "mean vs float64 NumPy")
-    _close(var, ref_var, 1e-11, "var vs float64 NumPy")
+    assert_merged_moments_close(mean, var, ref_mean, ref_var, x, axis, "vs float64 NumPy")
     in_mean, in_var = bnfast.moments(x, axis=axis)
-    _close(mean, in_mean, 1e-13, "mean vs bnfast.moments")
-    _close(var, in_var, 1e-12, "var vs bnfast.moments")
+    assert_merged_moments_close(mean, var, in_mean, in_var, x, axis, "vs bnfast.moments")
     np.testing.assert_array_equal(count, x.size // C)
     np.testing.assert_array_equal(smean, mean)
-    _close(m2 / count, var, 1e-15)
+    # var = M2 / count, one division (maybe by count - ddof, 0 here) on either side
+    np.testing.assert_allclose(m2 / count, var, rtol=2 * unit_roundoff(), atol=0)
 
 
 def test_moments_ddof_and_deep_merge_tree(client, rng):
@@ -140,8 +135,9 @@ def test_moments_ddof_and_deep_merge_tree(client, rng):
     ddofs = (0, 1, 2.5)
     results = dask.compute(*[bd.moments(X, ddof=ddof, split_every=2) for ddof in ddofs])
     for ddof, (mean, var) in zip(ddofs, results):
-        _close(mean, x.mean(axis=0), 1e-13)
-        _close(var, x.var(axis=0, ddof=ddof), 1e-12, f"ddof={ddof}")
+        # ddof: var = M2 / (n - ddof), M2's bound times n / (n - ddof) <= 2
+        assert_merged_moments_close(mean, var * (1000 - ddof) / 1000, x.mean(axis=0),
+                     x.var(axis=0, ddof=ddof) * (1000 - ddof) / 1000, x, 1, f"ddof={ddof}")
     # a degenerate ddof gives inf, as bnfast.moments does (there with a warning)
     with pytest.warns(RuntimeWarning):
         expected = bnfast.moments(x[:2], ddof=2)[1]
@@ -163,8 +159,7 @@ def test_moments_state_skipna_and_weights(client, rng, dtype):
     ref_mean = xz.sum(axis=0) / ref_count
     ref_var = (np.where(ok, xz - ref_mean, 0.0) ** 2).sum(axis=0) / ref_count
     np.testing.assert_array_equal(count, ref_count)
-    _close(mean, ref_mean, 1e-12)
-    _close(m2 / count, ref_var, 1e-11)
+    assert_merged_moments_close(mean, m2 / count, ref_mean, ref_var, x, 1, "skipna")
     # NaN skipped and weighted, the weights a dask array chunked differently from x
     for weights in (w, da.from_array(w, chunks=64)):
         count, mean, m2 = dask.compute(*bd.moments_state(X, skipna=True,
@@ -173,9 +168,11 @@ def test_moments_state_skipna_and_weights(client, rng, dtype):
         ref_count = ww.sum(axis=0)
         ref_mean = (ww * xz).sum(axis=0) / ref_count
         ref_var = (ww * (xz - ref_mean) ** 2).sum(axis=0) / ref_count
-        _close(count, ref_count, 1e-13)
-        _close(mean, ref_mean, 1e-12)
-        _close(m2 / count, ref_var, 1e-11)
+        # the same weights summed in other orders (all >= 0: sum |w| = count)
+        np.testing.assert_allclose(count, ref_count, rtol=0,
+                                   atol=sum_tol(300, float(ref_count.max())))
+        # weighted: one rounding more per term, well inside stat_rtol(4 n)'s margin
+        assert_merged_moments_close(mean, m2 / count, ref_mean, ref_var, x, 1, "weighted")
     # without skipna a NaN poisons its channel, as in memory
     assert np.isnan(dask.compute(*bd.moments(X))[0]).all()
 
@@ -183,10 +180,10 @@ def test_moments_state_skipna_and_weights(client, rng, dtype):
 def test_numpy_and_integer_input(client, rng):
     x = rng.integers(-5, 50, (40, 3))
     mean, var = dask.compute(*bd.moments(x))
-    _close(mean, x.mean(axis=0), 1e-14)
+    assert_merged_moments_close(mean, var, x.mean(axis=0), x.var(axis=0), x, 1)
     y, _, _ = bd.batch_norm_forward(da.from_array(x, chunks=(15, 2)))
     assert y.dtype == F64
-    _close(y.compute(), bnfast.batch_norm_forward(x)[0], 1e-12)
+    assert_merged_y_close(y.compute(), bnfast.batch_norm_forward(x)[0], x, 1)
 
 
 # -- forward and inference --------------------------------------------------------------------
@@ -207,17 +204,20 @@ def test_forward_matches_in_memory(client, rng, shape, axis, chunks, dtype):
     y_ref, mean_ref, invstd_ref = bnfast.batch_norm_forward(
         x, gamma, beta, axis=axis, eps=1e-3, running_mean=rm_ref, running_var=rv_ref,
         momentum=0.3)
-    _close(mean, mean_ref, 1e-13, "mean")
-    _close(invstd, invstd_ref, 1e-12, "invstd")
     ref_mean, ref_var = _ref_moments(x, axis)
-    _close(mean, ref_mean, 1e-12, "mean vs float64 NumPy")
-    _close(invstd, 1 / np.sqrt(ref_var + 1e-3), 1e-11, "invstd vs float64 NumPy")
+    assert_merged_moments_close(mean, 1 / invstd**2, mean_ref, 1 / invstd_ref**2, x, axis,
+                                "vs in memory")
+    assert_merged_moments_close(mean, 1 / invstd**2, ref_mean, ref_var + 1e-3, x, axis,
+                                "vs float64 NumPy")
     yc = y.compute()
     assert yc.dtype == dtype
-    _close(yc, y_ref, Y_RTOL[np.dtype(dtype)], "y")
-    rtol = 1e-6 if dtype == np.float32 else 1e-12
-    _close(rm, rm_ref, rtol, "running_mean")
-    _close(rv, rv_ref, rtol, "running_var")
+    assert_merged_y_close(yc, y_ref, x, axis, 1e-3, gamma, beta)
+    # the batch statistics (as above), 4 roundings of the update, one rounding to dtype
+    rtol = stat_rtol(4 * values_per_channel(x, axis)) + 4 * unit_roundoff() \
+        + unit_roundoff(dtype)
+    mean_scale, var_scale = stat_scales(x, axis)
+    np.testing.assert_allclose(rm, rm_ref, rtol=rtol, atol=rtol * mean_scale)
+    np.testing.assert_allclose(rv, rv_ref, rtol=rtol, atol=rtol * 2 * var_scale)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -240,8 +240,8 @@ def test_forward_float16_and_persisted_y(client, rng):
     y, mean, invstd = bd.batch_norm_forward(X)
     assert y.dtype == np.float16
     y_ref, mean_ref, _ = bnfast.batch_norm_forward(x)
-    _close(mean, mean_ref, 1e-13)
-    _close(y.persist().compute(), y_ref, 2e-3)
+    assert_merged_moments_close(mean, None, mean_ref, None, x, 1)
+    assert_merged_y_close(y.persist().compute(), y_ref, x, 1)
 
 
 def test_forward_errors_leave_running_stats(client):
@@ -277,8 +277,8 @@ def test_unknown_row_chunks_still_reduce(client, rng):
     Xu = X[X[:, 0] > -10]  # boolean mask: unknown row chunk sizes
     assert np.isnan(Xu.shape[0])
     y, mean, _ = bd.batch_norm_forward(Xu)
-    _close(mean, x.mean(axis=0), 1e-13)
-    _close(y.compute(), bnfast.batch_norm_forward(x)[0], 1e-12)
+    assert_merged_moments_close(mean, None, x.mean(axis=0), None, x, 1)
+    assert_merged_y_close(y.compute(), bnfast.batch_norm_forward(x)[0], x, 1)
 
 
 # -- BatchNormScaler on dask arrays -----------------------------------------------------------
@@ -289,11 +289,29 @@ def _scaler_data(rng, n, p, dtype, nan_frac=0.1):
     return X.astype(dtype)
 
 
-def _assert_same_fit(a, b, rtol=1e-12):
-    _close(a.mean_, b.mean_, rtol, "mean_")
-    _close(a.var_, b.var_, 1e2 * rtol, "var_")
-    _close(a.scale_, b.scale_, 1e2 * rtol, "scale_")
-    np.testing.assert_allclose(a.n_samples_seen_, b.n_samples_seen_, rtol=1e-14)
+def _transform_scale(scaler, X):
+    """Size of the terms of (X - mean_) / scale_ (NaN as 0)."""
+    X = np.where(np.isnan(X), 0.0, np.asarray(X, F64))
+    return float(np.max((np.abs(X).max(axis=0) + np.abs(scaler.mean_)) / scaler.scale_))
+
+
+def _assert_same_fit(a, b, X):
+    """Two fits of the same data X (NaN skipped): statistics as in _stats_close; scale_ =
+    sqrt(var_) has half var_'s relative error; sample counts are integers (exact)."""
+    assert_merged_moments_close(a.mean_, a.var_, b.mean_, b.var_, X, 1, "scaler")
+    var = np.asarray(b.var_, F64)
+    ok = var > 0  # a constant feature's scale_ is 1 on both sides
+    _, var_scale = stat_scales(np.where(np.isnan(X), 0.0, np.asarray(X, F64)), 1)
+    smallest = float(np.min(var[ok], initial=np.inf))
+    rtol = 0.5 * stat_rtol(4 * X.shape[0]) * (1 + 2 * var_scale / smallest) + 2 * unit_roundoff()
+    np.testing.assert_allclose(a.scale_[ok], b.scale_[ok], rtol=rtol, err_msg="scale_")
+    np.testing.assert_array_equal(a.scale_[~ok], b.scale_[~ok])
+    seen_a, seen_b = np.asarray(a.n_samples_seen_), np.asarray(b.n_samples_seen_)
+    if seen_b.dtype.kind == "f":  # sums of weights (>= 0) in other orders
+        np.testing.assert_allclose(seen_a, seen_b, rtol=0,
+                                   atol=sum_tol(X.shape[0], float(seen_b.max())))
+    else:
+        np.testing.assert_array_equal(seen_a, seen_b)
     assert np.asarray(a.n_samples_seen_).dtype == np.asarray(b.n_samples_seen_).dtype
     assert a.n_features_in_ == b.n_features_in_
 
@@ -305,22 +323,28 @@ def test_scaler_fit_transform_with_nan(client, rng, dtype):
     D = da.from_array(X, chunks=((100, 1, 150, 50), (2, 3)))  # uneven, along features too
     ref = bnfast.BatchNormScaler().fit(X)
     got = bnfast.BatchNormScaler().fit(D)
-    _assert_same_fit(got, ref)
+    _assert_same_fit(got, ref, X)
     # float64 NumPy reference, NaN skipped
-    np.testing.assert_allclose(got.mean_, np.nanmean(X.astype(F64), axis=0), rtol=1e-12)
-    np.testing.assert_allclose(got.var_, np.nanvar(X.astype(F64), axis=0), rtol=1e-10)
+    assert_merged_moments_close(got.mean_, got.var_, np.nanmean(X.astype(F64), axis=0),
+                 np.nanvar(X.astype(F64), axis=0), X, 1, "vs float64 NumPy")
     T = got.transform(D)
     assert isinstance(T, da.Array) and T.dtype == dtype and T.chunks == D.chunks
     t_ref = ref.transform(X)
     t = T.compute()
     np.testing.assert_array_equal(np.isnan(t), np.isnan(X))  # NaN kept
-    _close(t, t_ref, Y_RTOL[np.dtype(dtype)])
+    # statistics of the two fits as in _stats_close, then the elementwise pass
+    rtol = output_rtol(dtype, 4 * X.shape[0])
+    scale = _transform_scale(ref, X)
+    np.testing.assert_allclose(t, t_ref, rtol=0, atol=rtol * scale, equal_nan=True)
     back = got.inverse_transform(T)
     assert isinstance(back, da.Array)
-    _close(back.compute(), X, 10 * Y_RTOL[np.dtype(dtype)])
+    # the same statistics both ways: t's rounding and the two passes' in dtype, relative to
+    # the terms' size times scale_
+    back_atol = 2 * output_rtol(dtype) * scale * float(np.max(got.scale_))
+    np.testing.assert_allclose(back.compute(), X, rtol=0, atol=back_atol, equal_nan=True)
     ft = bnfast.BatchNormScaler().fit_transform(D)
     assert isinstance(ft, da.Array)
-    _close(ft.compute(), t_ref, Y_RTOL[np.dtype(dtype)])
+    np.testing.assert_allclose(ft.compute(), t_ref, rtol=0, atol=rtol * scale, equal_nan=True)
 
 
 @needs_sklearn
@@ -333,9 +357,9 @@ def test_scaler_partial_fit_over_dask_batches(client, rng, momentum):
     for start in range(0, 400, 130):
         got.partial_fit(D[start:start + 130])
         ref.partial_fit(X[start:start + 130])
-    _assert_same_fit(got, ref)
+    _assert_same_fit(got, ref, X)
     if momentum is None:  # the exact merge: partial_fit over batches == fit on all
-        _assert_same_fit(got, bnfast.BatchNormScaler().fit(X))
+        _assert_same_fit(got, bnfast.BatchNormScaler().fit(X), X)
 
 
 @needs_sklearn
@@ -346,11 +370,11 @@ def test_scaler_sample_weight_and_int_input(client, rng):
     ref = bnfast.BatchNormScaler().fit(X, sample_weight=w)
     for weights in (w, da.from_array(w, chunks=45)):
         got = bnfast.BatchNormScaler().fit(D, sample_weight=weights)
-        _assert_same_fit(got, ref)
+        _assert_same_fit(got, ref, X)
         assert got.n_samples_seen_.dtype == F64
     Xi = rng.integers(0, 9, (50, 2))
     got = bnfast.BatchNormScaler().fit(da.from_array(Xi, chunks=20))
-    _assert_same_fit(got, bnfast.BatchNormScaler().fit(Xi))
+    _assert_same_fit(got, bnfast.BatchNormScaler().fit(Xi), Xi)
     assert got.transform(da.from_array(Xi, chunks=20)).dtype == F64
 
 

@@ -1,4 +1,5 @@
-"""Every row of DESIGN §5's error table: the exception type and an argument-naming message."""
+"""Every row of the error table of docs/design.md §5: the exception type and an
+argument-naming message."""
 
 import re
 
@@ -6,7 +7,7 @@ import numpy as np
 import pytest
 
 import bnfast
-from _helpers import make_float
+from _helpers import assert_inference_close, assert_moments_close, make_float
 
 AxisError = np.exceptions.AxisError
 M1_MESSAGE = "^Expected more than 1 value per channel when training"
@@ -88,7 +89,7 @@ def test_moments_ddof_at_least_m_warn_and_give_non_finite(rng, ddof):
     x = make_float(rng, (ddof, 3), 1)
     with pytest.warns(RuntimeWarning):
         mean, var = bnfast.moments(x, ddof=ddof)
-    np.testing.assert_allclose(mean, x.mean(axis=0), rtol=1e-14, atol=1e-14 * np.abs(x).max())
+    assert_moments_close(mean, None, x.mean(axis=0), None, x, 1)
     assert not np.isfinite(var).any()
 
 
@@ -172,7 +173,7 @@ def test_inference_accepts_read_only_running_statistics(x):
     rm.flags.writeable = False
     rv.flags.writeable = False
     y = bnfast.batch_norm_inference(x, rm, rv)
-    np.testing.assert_allclose(y, (x - 0.5) / np.sqrt(2.0 + 1e-5), rtol=1e-12, atol=1e-12)
+    assert_inference_close(y, (x - 0.5) / np.sqrt(2.0 + 1e-5), x, 1, rm, rv)
 
 
 @pytest.mark.parametrize("bad", BAD_KINDS, ids=BAD_KIND_IDS)
@@ -291,8 +292,10 @@ def test_bad_momentum(x, momentum):
 def test_momentum_bounds_are_allowed(x, momentum):
     rm, rv = np.zeros(3), np.ones(3)
     bnfast.batch_norm_forward(x, running_mean=rm, running_var=rv, momentum=momentum)
-    expected = x.mean(axis=(0, 2)) if momentum == 1 else np.zeros(3)
-    np.testing.assert_allclose(rm, expected, rtol=1e-13, atol=1e-13 * np.abs(x).max())
+    if momentum == 1:  # 0 * old + 1 * mean: the batch mean exactly
+        assert_moments_close(rm, None, x.mean(axis=(0, 2)), None, x, 1)
+    else:  # 1 * 0 + 0 * mean is exactly 0
+        np.testing.assert_array_equal(rm, 0.0)
 
 
 @pytest.mark.parametrize("n_threads", [0, -1, -8, 1.5])

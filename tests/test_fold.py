@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 import bnfast
-from _helpers import make_float
+from _helpers import gamma_n, make_float
 
 F64 = np.float64
 
@@ -24,6 +24,25 @@ def _conv2d(x, w, b):
     win = np.lib.stride_tricks.sliding_window_view(x, (kh, kw), axis=(2, 3))
     y = np.einsum("nchwij,ocij->nohw", win, w)
     return y if b is None else y + b[None, :, None, None]
+
+
+def _fold_tol(terms, K, dtype=F64):
+    """Absolute bound between a layer-then-BN output and the folded layer's, both computed
+    in dtype: each is a sum of K products (the layer) and about 6 more roundings (bias, - rm,
+    * invstd * gamma, + beta, the fold's own products), so each is within gamma_{K+6} of the
+    exact value relative to ``terms``, the largest |x| @ |W| * |invstd gamma| + |bias and
+    running-mean terms| + |beta| (the size of what is summed)."""
+    return 2 * gamma_n(K + 6, dtype) * float(np.max(terms))
+
+
+def _fold_terms(x_abs_dot_w, b, rm, rv, g, beta, eps, axis=1):
+    """``terms`` of _fold_tol, from |x| @ |W|^T (or |x| conv |w|) in float64."""
+    shape = [1] * x_abs_dot_w.ndim
+    shape[axis] = -1
+    r = lambda v: np.abs(np.asarray(0.0 if v is None else v, F64)).reshape(  # noqa: E731
+        shape if np.ndim(v) else [1] * x_abs_dot_w.ndim)
+    gain = r(g) / np.sqrt(np.asarray(rv, F64).reshape(shape) + eps)
+    return (x_abs_dot_w + r(b) + r(rm)) * gain + r(beta)
 
 
 def _bn_eval(z, rm, rv, g, b, eps, axis=1):
@@ -47,13 +66,13 @@ def test_linear_then_bn_equals_folded_linear(rng, with_bias):
     Wf, bf = bnfast.fold_batch_norm(W, b, rm, rv, g, beta, eps=eps)
     assert Wf.shape == W.shape and bf.shape == (C,)
     assert Wf.dtype == F64 and bf.dtype == F64
-    np.testing.assert_allclose(x @ Wf.T + bf, want, rtol=1e-12, atol=1e-12 * np.abs(want).max())
+    tol = _fold_tol(_fold_terms(np.abs(x) @ np.abs(W).T, b, rm, rv, g, beta, eps), d_in)
+    np.testing.assert_allclose(x @ Wf.T + bf, want, rtol=0, atol=tol)
     # and against the layer itself in eval mode
     bn = bnfast.BatchNorm(C, dtype=F64, eps=eps).eval()
     bn.load_state_dict({"weight": g, "bias": beta, "running_mean": rm, "running_var": rv,
                         "num_batches_tracked": np.array(3)})
-    np.testing.assert_allclose(bn(z), x @ Wf.T + bf, rtol=1e-12,
-                               atol=1e-12 * np.abs(want).max())
+    np.testing.assert_allclose(bn(z), x @ Wf.T + bf, rtol=0, atol=tol)
 
 
 def test_linear_then_trained_float32_layer(rng):
@@ -77,7 +96,10 @@ def test_linear_then_trained_float32_layer(rng):
                                     eps=bn.eps)
     assert Wf.dtype == np.float32 and bf.dtype == np.float32
     got = x @ Wf.T + bf
-    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
+    # float32 on the folded side: its sum and its rounded Wf, bf (2 more roundings)
+    terms = _fold_terms(np.abs(x.astype(F64)) @ np.abs(W.astype(F64)).T, b, bn.running_mean,
+                        bn.running_var, bn.weight, bn.bias, bn.eps)
+    np.testing.assert_allclose(got, want, rtol=0, atol=_fold_tol(terms, d_in + 2, np.float32))
 
 
 @pytest.mark.parametrize("with_bias", [True, False])
@@ -92,7 +114,8 @@ def test_conv_then_bn_equals_folded_conv(rng, with_bias):
     wf, bf = bnfast.fold_batch_norm(w, b, rm, rv, g, beta)
     assert wf.shape == w.shape
     got = _conv2d(x, wf, bf)
-    np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12 * np.abs(want).max())
+    terms = _fold_terms(_conv2d(np.abs(x), np.abs(w), None), b, rm, rv, g, beta, 1e-5)
+    np.testing.assert_allclose(got, want, rtol=0, atol=_fold_tol(terms, Cin * kh * kw))
 
 
 def test_conv_fold_matches_torch(rng):
@@ -111,7 +134,9 @@ def test_conv_fold_matches_torch(rng):
     wf, bf = bnfast.fold_batch_norm(conv.weight.detach().numpy(), conv.bias.detach().numpy(),
                                     rm, rv, g, beta, eps=bn.eps)
     got = torch.nn.functional.conv2d(x, torch.from_numpy(wf), torch.from_numpy(bf)).numpy()
-    np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-10 * np.abs(want).max())
+    terms = _fold_terms(_conv2d(np.abs(x.numpy()), np.abs(conv.weight.detach().numpy()), None),
+                        conv.bias.detach().numpy(), rm, rv, g, beta, bn.eps)
+    np.testing.assert_allclose(got, want, rtol=0, atol=_fold_tol(terms, 3 * 3 * 3))
 
 
 def test_no_affine_and_inputs_unchanged(rng):
@@ -122,8 +147,9 @@ def test_no_affine_and_inputs_unchanged(rng):
     copies = [None if a is None else a.copy() for a in args]
     Wf, bf = bnfast.fold_batch_norm(*args, None, None, eps=0.0)
     s = 1 / np.sqrt(rv)
-    np.testing.assert_allclose(Wf, W * s[:, None], rtol=1e-14)
-    np.testing.assert_allclose(bf, -rm * s, rtol=1e-14)
+    # + eps, sqrt, divide, multiply: 4 roundings on either side
+    np.testing.assert_allclose(Wf, W * s[:, None], rtol=2 * gamma_n(4), atol=0)
+    np.testing.assert_allclose(bf, -rm * s, rtol=2 * gamma_n(4), atol=0)
     for a, c in zip(args, copies):
         if a is not None:
             np.testing.assert_array_equal(a, c)

@@ -4,8 +4,8 @@ Shapes, channel axes, dtypes (floats, integers, bool, byte-swapped, lists), memo
 (Fortran, reversed, strided, transposed, zero-stride broadcast, read-only), where NaN and
 infinity fall, whether gamma, beta and the running statistics are given (and in which dtype and
 layout), eps, momentum and out= (none, fresh, in place). The contract for non-finite input
-(DESIGN §5): a channel holding NaN or infinity gets non-finite statistics (var NaN) and an
-all-NaN y; the other channels are exactly as without it.
+(docs/design.md §5): a channel holding NaN or infinity gets non-finite statistics (var NaN) and an
+all-NaN y; the other channels are exactly as without it. Tolerances: tests/_helpers.py.
 """
 
 import numpy as np
@@ -15,7 +15,9 @@ from hypothesis import strategies as st
 
 import bnfast
 from bnfast import reference as ref
-from _helpers import OUTPUT_RTOL, STAT_RTOL, channels_last_2d, working_dtype
+from _helpers import (
+    assert_backward_close, assert_forward_close, channels_last_2d, gamma_n, output_rtol,
+    stat_rtol, unit_roundoff, working_dtype)
 
 # The float64 reference warns about the NaN it computes; bnfast itself does not.
 pytestmark = [pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning"),
@@ -33,7 +35,8 @@ NONFINITE = ["none", "nan", "inf", "-inf", "mixed"]
 @st.composite
 def cases(draw):
     ndim = draw(st.integers(1, 4))
-    side = st.integers(1, 5) if ndim > 2 else st.integers(1, 5) | st.integers(6, 60)
+    side = st.integers(1, 5) if ndim > 2 else (st.integers(1, 5) | st.integers(6, 60)
+                                               | st.integers(61, 400))
     shape = tuple(draw(st.lists(side, min_size=ndim, max_size=ndim)))
     if ndim == 1:
         axis = draw(st.sampled_from([None, 0, -1, 1]))
@@ -178,19 +181,25 @@ def _stat_scales(x64, case, good):
         return 0.0, 0.0
     dev = x2 - x2.mean(axis=0)
     biggest = float(np.abs(x2).max())
-    return biggest, float((dev ** 2).max()) + 1e-12 * biggest ** 2
+    # + gamma_{n+1} max|x|^2: a constant channel's variance is 0 only up to the mean's error
+    return biggest, float((dev ** 2).max()) + gamma_n(x2.shape[0] + 1) * biggest ** 2
 
 
 def _work(x):
     return np.dtype(working_dtype(x))
 
 
-def _stat_rtol(x):
-    return STAT_RTOL[np.dtype(working_dtype(x)).newbyteorder("=")]
+def _n(x64, case):
+    """Values per channel."""
+    return x64.size // max(_channels(case), 1)
 
 
-def _out_rtol(x):
-    return OUTPUT_RTOL[np.dtype(working_dtype(x)).newbyteorder("=")]
+def _stat_rtol(x64, case):
+    return stat_rtol(_n(x64, case))
+
+
+def _out_rtol(x, n=0):
+    return output_rtol(np.dtype(working_dtype(x)).newbyteorder("="), n)
 
 
 def _out_arg(case, x):
@@ -212,7 +221,7 @@ def test_moments_fuzz(case):
     mean, var = bnfast.moments(x, axis=case["axis"])
     rmean, rvar = _ref(ref.moments, case, x64)
     mscale, vscale = _stat_scales(x64, case, ~bad)
-    rtol = _stat_rtol(x)
+    rtol = _stat_rtol(x64, case)
     assert_matches(mean, rmean, rtol, mscale, "mean")
     assert np.isnan(var[bad]).all(), "a channel with NaN or infinity must get var NaN"
     assert_matches(var[~bad], rvar[~bad], rtol, vscale, "var")
@@ -258,25 +267,31 @@ def test_forward_fuzz(case):
     if x_before is not None:
         np.testing.assert_array_equal(np.asarray(x), x_before)  # not modified
     assert y.dtype == _work(x).newbyteorder("=") and y.shape == np.shape(x)
-    rtol = _stat_rtol(x)
+    n = _n(x64, case)
+    rtol = stat_rtol(n)
     mscale, vscale = _stat_scales(x64, case, ~bad)
     assert_matches(mean, rmean, rtol, mscale, "mean")
     assert np.isnan(invstd[bad]).all(), "a channel with NaN or infinity must get invstd NaN"
     assume(np.isfinite(rinvstd[~bad]).all())  # eps == 0 on a constant channel
-    assert_matches(invstd, rinvstd, rtol, 0.0, "invstd")
+    # invstd = (var + eps)^-1/2: half var's relative error, var's atol (vscale) included
+    rvar = 1 / rinvstd[~bad] ** 2
+    spread = _scale((rvar + vscale) / rvar) if rvar.size else 1.0
+    assert_matches(invstd, rinvstd, 0.5 * rtol * spread + 6 * unit_roundoff(), 0.0, "invstd")
     y2, ry2 = _channel_view(y, case), _channel_view(ry, case)
     assert np.isnan(y2[:, bad]).all(), "y of a channel with NaN or infinity must be NaN"
-    out_rtol = _out_rtol(x)
-    # y's conditioning: an error of one ulp of |x| in the mean moves y by that times
-    # invstd * |gamma|, which dominates when a channel is (nearly) constant.
+    out_rtol = _out_rtol(x, n)
+    # y's conditioning: the terms of y = (x - mean) * invstd * gamma + beta are at most
+    # invstd |gamma| (max|x| + |mean|) + |beta| (elementwise_scale); an error of the mean is
+    # relative to max|x|, amplified by invstd |gamma|: large when a channel is near constant.
     gain = _scale(rinvstd[~bad] * (1.0 if gamma is None else np.abs(gamma)[~bad]))
     assert_matches(y2[:, ~bad], ry2[:, ~bad], out_rtol,
-                   max(_scale(ry2[:, ~bad]), mscale * gain), "y")
+                   max(_scale(ry2[:, ~bad]), 2 * mscale * gain + _scale(beta)), "y")
     if rm is not None:
-        run_rtol = {8: rtol, 4: 2e-7, 2: 1e-3}[np.dtype(rm.dtype).itemsize]
+        # the batch statistics' error, 4 float64 roundings of the update, one to the buffer
+        run_rtol = rtol + 4 * unit_roundoff() + unit_roundoff(rm.dtype)
         assert_matches(np.asarray(rm, np.float64), rrm, run_rtol, mscale + _scale(rm0),
                        "running_mean")
-        assert_matches(np.asarray(rv, np.float64), rrv, run_rtol, 0.0, "running_var")
+        assert_matches(np.asarray(rv, np.float64), rrv, run_rtol, 2 * vscale, "running_var")
 
 
 @SETTINGS
@@ -302,7 +317,11 @@ def test_inference_fuzz(case):
     assert y.dtype == _work(x).newbyteorder("=")
     # Elementwise: NaN stays NaN, infinity gives infinity of the same sign where the
     # reference has it.
-    assert_matches(y, ry, _out_rtol(x), _scale(ry), "y")
+    # given statistics: only the elementwise pass rounds, relative to its terms' size
+    gain = np.abs(np.asarray(gamma if gamma is not None else 1.0, np.float64)) \
+        / np.sqrt(np.asarray(rv, np.float64) + case["eps"])
+    scale = _scale(gain) * (_scale(x64) + _scale(rm)) + _scale(beta)
+    assert_matches(y, ry, _out_rtol(x), max(_scale(ry), scale), "y")
 
 
 @SETTINGS
@@ -332,8 +351,9 @@ def test_backward_fuzz(case, dy_like_x):
     np.testing.assert_array_equal(np.asarray(x), x_before)
     work = np.result_type(np.asarray(x).dtype, np.asarray(dy).dtype)
     assert dx.dtype == np.dtype(working_dtype(np.empty(0, work))).newbyteorder("=")
-    rtol = STAT_RTOL[np.dtype(working_dtype(np.empty(0, work))).newbyteorder("=")]
-    out_rtol = OUTPUT_RTOL[dx.dtype]
+    n = _n(x64, case)
+    rtol = stat_rtol(n)
+    out_rtol = output_rtol(dx.dtype, n)
     good = ~bad
     dx2, rdx2 = _channel_view(dx, case), _channel_view(rdx, case)
     assert not np.isfinite(dx2[:, bad]).any()
@@ -350,3 +370,35 @@ def test_backward_fuzz(case, dy_like_x):
                        float(np.abs(dy2 * xhat).sum(axis=0).max()), "dgamma")
     assert_matches(dbeta, rdbeta, rtol, float(np.abs(dy64).sum()), "dbeta")
     assert np.isnan(dgamma[bad]).all()
+
+
+@SETTINGS
+@given(cases(), st.booleans())
+def test_forward_then_backward_fuzz(case, dy_like_x):
+    """The backward of bnfast's own forward statistics (test_backward_fuzz takes the
+    reference's), on finite input: each step within the bounds of tests/_helpers.py."""
+    assume(case["nonfinite"] == "none")
+    x, x64 = make_x(case)
+    C, axis = _channels(case), case["axis"]
+    assume(_n(x64, case) >= 2)
+    rng = np.random.default_rng(case["seed"] + 4)
+    gamma = _per_channel(rng, C, case["gamma"], -2.0, 2.0)
+    beta = _per_channel(rng, C, case["beta"], -2.0, 2.0)
+    eps, work = case["eps"], _work(x).newbyteorder("=")
+    got = bnfast.batch_norm_forward(x, gamma, beta, axis=axis, eps=eps)
+    want = _ref(ref.batch_norm_forward, case, x64, gamma, beta, eps=eps)
+    assert_forward_close(got, want, x64, axis, gamma, beta, eps, dtype=work)
+    _, mean, invstd = got
+    assume(np.isfinite(invstd).all())  # eps == 0 on a constant channel
+    dy64 = rng.standard_normal(np.shape(x)) + 0.3
+    dy = dy64.astype(work) if dy_like_x else dy64
+    dy64 = dy.astype(np.float64)
+    got = bnfast.batch_norm_backward(dy, x, mean, invstd, gamma, axis=axis)
+    if axis is None:
+        rdx, rdgamma, rdbeta = ref.batch_norm_backward(dy64.reshape(-1), x64.reshape(-1), mean,
+                                                       invstd, gamma, axis=0)
+        want = rdx.reshape(x64.shape), rdgamma, rdbeta
+    else:
+        want = ref.batch_norm_backward(dy64, x64, mean, invstd, gamma, axis=axis)
+    dtype = working_dtype(np.empty(0, np.result_type(work, dy.dtype)))
+    assert_backward_close(got, want, dy64, x64, mean, invstd, gamma, axis, dtype=dtype)

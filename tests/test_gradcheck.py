@@ -4,7 +4,10 @@ import numpy as np
 import pytest
 
 import bnfast
-from _helpers import make_channel_params, make_float, n_channels
+from _helpers import (
+    bn_loss_error, bn_third_derivative, central_difference_tol, channels_last_2d,
+    elementwise_scale, make_channel_params, make_float, n_channels, output_rtol,
+    values_per_channel)
 
 
 @pytest.mark.parametrize("with_gamma", [True, False])
@@ -29,7 +32,15 @@ def test_backward_matches_finite_differences(rng, shape, axis, with_gamma):
     dx, dgamma, dbeta = bnfast.batch_norm_backward(w, x, mean, invstd, gamma, axis=axis)
     g_for_fd = np.ones(channels) if gamma is None else gamma
 
+    # Tolerances: the central difference's rounding and truncation bounds (tests/_helpers.py),
+    # plus the analytic gradient's own error (output_rtol of backward_scales' size ~ |numeric|).
+    n = values_per_channel(x, axis)
+    xhat_max = float(np.abs((channels_last_2d(x, axis) - mean) * invstd).max())
+    y_scale = elementwise_scale(x, axis, mean, invstd, g_for_fd, beta)
+    value_error = bn_loss_error(w, y_scale, n)
     h = 1e-6
+    curvature = {"x": bn_third_derivative(w, g_for_fd, invstd, xhat_max, n), "gamma": 0.0,
+                 "beta": 0.0}
     params = {"x": x, "gamma": g_for_fd, "beta": beta}
     analytic = {"x": dx, "gamma": dgamma, "beta": dbeta}
     for name, value in params.items():
@@ -41,7 +52,7 @@ def test_backward_matches_finite_differences(rng, shape, axis, with_gamma):
                 args[name][i] += sign * h
                 shifted[sign] = loss(args["x"], args["gamma"], args["beta"])
             numeric[i] = (shifted[1] - shifted[-1]) / (2 * h)
-        np.testing.assert_allclose(analytic[name], numeric, rtol=1e-6,
-                                   atol=1e-7 * max(np.abs(numeric).max(), 1.0),
-                                   err_msg=f"d loss / d {name}")
+        atol = central_difference_tol(h, value_error, curvature[name])
+        np.testing.assert_allclose(analytic[name], numeric, rtol=output_rtol(np.float64, n),
+                                   atol=atol, err_msg=f"d loss / d {name}")
     assert np.abs(dx).max() > 0 and np.abs(dgamma).max() > 0 and np.abs(dbeta).max() > 0

@@ -5,16 +5,20 @@ import pytest
 
 import bnfast
 from bnfast import reference
-from _helpers import make_float
+from _helpers import (
+    backward_scales, bn_loss_error, bn_third_derivative, central_difference_tol,
+    elementwise_scale, make_float,
+    output_rtol, stat_rtol, stat_scales, torch_rtol, unit_roundoff, values_per_channel)
 
 F64 = np.float64
 
 
-def _close(got, want, rtol, what=""):
-    """Relative to the reference's scale: elements near 0 get the same absolute slack."""
-    want = np.asarray(want, F64)
-    scale = float(np.abs(want).max()) if want.size else 0.0
-    np.testing.assert_allclose(np.asarray(got, F64), want, rtol=rtol, atol=rtol * scale,
+def _close_eval(bn, x, want, what=""):
+    """An eval-mode float32 layer's output vs PyTorch's: torch_rtol of the elementwise pass's
+    terms (running statistics given)."""
+    invstd = 1 / np.sqrt(bn.running_var.astype(F64) + bn.eps)
+    scale = elementwise_scale(x, bn.axis, bn.running_mean, invstd, bn.weight, bn.bias)
+    np.testing.assert_allclose(bn(x), want, rtol=0, atol=torch_rtol(np.float32) * scale,
                                err_msg=what)
 
 
@@ -106,21 +110,39 @@ def test_training_loop_matches_float64_model(rng, shape, axis, momentum, affine,
         x = make_float(rng, shape, axis)
         dy = rng.standard_normal(shape)
         y, y_ref = bn(x), ref.forward(x)
-        _close(y, y_ref, 1e-11, f"y step {step}")
+        # One step's bounds (tests/_helpers.py): the reference is given the layer's state
+        # below after every step, so that rounding does not accumulate over the loop.
+        n = values_per_channel(x, axis) if not ref.eval_mode else 0
+        y_scale = elementwise_scale(x, axis, ref.mean, ref.invstd, ref.weight, ref.bias)
+        np.testing.assert_allclose(y, y_ref, rtol=0, atol=output_rtol(F64, n) * y_scale,
+                                   err_msg=f"y step {step}")
         dx, dx_ref = bn.backward(dy), ref.backward(dy)
-        _close(dx, dx_ref, 1e-10, f"dx step {step}")
+        dx_scale, dgamma_scale, dbeta_scale = backward_scales(dy, x, ref.mean, ref.invstd,
+                                                              ref.weight, axis)
+        n_sums = values_per_channel(x, axis)
+        np.testing.assert_allclose(dx, dx_ref, rtol=0, atol=output_rtol(F64, n) * dx_scale,
+                                   err_msg=f"dx step {step}")
         if affine:
-            _close(bn.dgamma, ref.dgamma, 1e-10, f"dgamma step {step}")
-            _close(bn.dbeta, ref.dbeta, 1e-12, f"dbeta step {step}")
+            np.testing.assert_allclose(bn.dgamma, ref.dgamma, rtol=stat_rtol(n_sums),
+                                       atol=stat_rtol(n_sums) * dgamma_scale,
+                                       err_msg=f"dgamma step {step}")
+            np.testing.assert_allclose(bn.dbeta, ref.dbeta, rtol=stat_rtol(n_sums),
+                                       atol=stat_rtol(n_sums) * dbeta_scale,
+                                       err_msg=f"dbeta step {step}")
             bn.weight -= lr * bn.dgamma
             bn.bias -= lr * bn.dbeta
-            ref.weight = ref.weight - lr * ref.dgamma
-            ref.bias = ref.bias - lr * ref.dbeta
+            ref.weight, ref.bias = bn.weight.copy(), bn.bias.copy()
         else:
             assert bn.dgamma is None and bn.dbeta is None and bn.weight is None
         if track:
-            _close(bn.running_mean, ref.running_mean, 1e-12, f"running_mean step {step}")
-            _close(bn.running_var, ref.running_var, 1e-12, f"running_var step {step}")
+            # the batch statistics' error, 4 roundings of the update (unbiasing included)
+            rtol = stat_rtol(n_sums) + 4 * unit_roundoff()
+            mean_scale, var_scale = stat_scales(x, axis)
+            np.testing.assert_allclose(bn.running_mean, ref.running_mean, rtol=rtol,
+                                       atol=rtol * mean_scale, err_msg=f"running_mean {step}")
+            np.testing.assert_allclose(bn.running_var, ref.running_var, rtol=rtol,
+                                       atol=rtol * 2 * var_scale, err_msg=f"running_var {step}")
+            ref.running_mean, ref.running_var = bn.running_mean.copy(), bn.running_var.copy()
             assert bn.num_batches_tracked == ref.n
         else:
             assert bn.running_mean is None and bn.running_var is None
@@ -133,14 +155,23 @@ def test_cumulative_momentum_is_the_average_of_batch_statistics(rng):
     """momentum=None: running stats are the plain average over the batches seen
     (PyTorch's 1/num_batches_tracked rule), running_var of the unbiased batch variances."""
     bn = bnfast.BatchNorm(5, momentum=None, dtype=F64)
-    means, uvars = [], []
+    means, uvars, scales = [], [], []
     for n in (7, 12, 30, 9):
         x = make_float(rng, (n, 5), 1)
         bn(x)
         means.append(x.mean(axis=0))
         uvars.append(x.var(axis=0, ddof=1))
-    np.testing.assert_allclose(bn.running_mean, np.mean(means, axis=0), rtol=1e-12)
-    np.testing.assert_allclose(bn.running_var, np.mean(uvars, axis=0), rtol=1e-12)
+        scales.append(stat_scales(x, 1))
+    # each batch statistic within stat_rtol(n) of its scale (n <= 30; unbiasing doubles the
+    # variance's at most), then 4 averaging steps of a few roundings each on the layer's side
+    # and a sum of 4 on NumPy's
+    rtol = stat_rtol(30) + 2 * 4 * 4 * unit_roundoff()
+    mean_scale = max(m for m, _ in scales)
+    var_scale = 2 * max(v for _, v in scales)
+    np.testing.assert_allclose(bn.running_mean, np.mean(means, axis=0), rtol=rtol,
+                               atol=rtol * mean_scale)
+    np.testing.assert_allclose(bn.running_var, np.mean(uvars, axis=0), rtol=rtol,
+                               atol=rtol * var_scale)
     assert bn.num_batches_tracked == 4
 
 
@@ -158,6 +189,11 @@ def test_eval_backward_is_the_affine_gradient_finite_differences(rng):
     bn(x)
     dx = bn.backward(r)
     h = 1e-6
+    # y is affine in x, weight and bias: no truncation error, only the rounding of the loss
+    invstd = 1 / np.sqrt(bn.running_var + bn.eps)
+    value_error = bn_loss_error(r, elementwise_scale(x, 1, bn.running_mean, invstd, bn.weight,
+                                                     bn.bias), 0)
+    tol = central_difference_tol(h, value_error)
 
     def loss():
         return float(np.sum(bn(x) * r))
@@ -170,7 +206,7 @@ def test_eval_backward_is_the_affine_gradient_finite_differences(rng):
         x[idx] = old - h
         num_dx[idx] = (up - loss()) / (2 * h)
         x[idx] = old
-    _close(dx, num_dx, 1e-6, "dx")
+    np.testing.assert_allclose(dx, num_dx, rtol=output_rtol(F64), atol=tol, err_msg="dx")
     for name, grad in (("weight", bn.dgamma), ("bias", bn.dbeta)):
         p = getattr(bn, name)
         num = np.empty(3)
@@ -181,7 +217,7 @@ def test_eval_backward_is_the_affine_gradient_finite_differences(rng):
             p[c] = old - h
             num[c] = (up - loss()) / (2 * h)
             p[c] = old
-        _close(grad, num, 1e-6, name)
+        np.testing.assert_allclose(grad, num, rtol=output_rtol(F64, 20), atol=tol, err_msg=name)
 
 
 def test_training_backward_finite_differences(rng):
@@ -190,9 +226,15 @@ def test_training_backward_finite_differences(rng):
     bn.weight[:] = [1.5, -0.7]
     x = make_float(rng, (4, 3, 2), -1)
     r = rng.standard_normal(x.shape)
+    _, mean, invstd = bnfast.batch_norm_forward(x, bn.weight, bn.bias, axis=-1, eps=bn.eps)
     bn(x)
     dx = bn.backward(r)
-    h = 1e-6
+    # the central difference's rounding and truncation bounds (tests/_helpers.py)
+    n = values_per_channel(x, -1)
+    xhat_max = float(np.abs((x - mean) * invstd).max())
+    value_error = bn_loss_error(r, elementwise_scale(x, -1, mean, invstd, bn.weight, bn.bias), n)
+    tol = central_difference_tol(h := 1e-6, value_error,
+                                 bn_third_derivative(r, bn.weight, invstd, xhat_max, n))
     num = np.empty_like(x)
     for idx in np.ndindex(*x.shape):
         old = x[idx]
@@ -201,7 +243,7 @@ def test_training_backward_finite_differences(rng):
         x[idx] = old - h
         num[idx] = (up - float(np.sum(bn(x) * r))) / (2 * h)
         x[idx] = old
-    _close(dx, num, 1e-6, "dx")
+    np.testing.assert_allclose(dx, num, rtol=output_rtol(F64, n), atol=tol, err_msg="dx")
 
 
 def test_track_running_stats_false_uses_batch_statistics_in_eval(rng):
@@ -210,8 +252,9 @@ def test_track_running_stats_false_uses_batch_statistics_in_eval(rng):
     y_train = bn(x)
     y_eval = bn.eval()(x)
     np.testing.assert_array_equal(y_train, y_eval)
-    y_ref = reference.batch_norm_forward(x, axis=1)[0]
-    _close(y_eval, y_ref, 2e-6)
+    y_ref, mean, invstd, _, _ = reference.batch_norm_forward(x, axis=1)
+    np.testing.assert_allclose(y_eval, y_ref, rtol=0, atol=output_rtol(np.float32, 10)
+                               * elementwise_scale(x, 1, mean, invstd))
     assert bn.running_mean is None and bn.running_var is None
     assert bn.num_batches_tracked is None
     assert sorted(bn.state_dict()) == ["bias", "weight"]
@@ -241,8 +284,11 @@ def test_dtypes_and_modes(rng):
     bn(x32)
     dx = bn.backward(np.ones(x32.shape))
     assert dx.dtype == np.float64
+    # dx = dy * weight * invstd: the coefficient may be formed in the layer's float32 (+ eps,
+    # sqrt, divide: 3 roundings) and rounded once more; the reference's in float64 (4 u64)
+    coef_rtol = 4 * unit_roundoff(np.float32) + 4 * unit_roundoff()
     np.testing.assert_allclose(dx, np.broadcast_to(bn.weight / np.sqrt(
-        bn.running_var.astype(F64) + bn.eps), x32.shape), rtol=1e-7)
+        bn.running_var.astype(F64) + bn.eps), x32.shape), rtol=coef_rtol)
     # ... and with dy narrower than x (float32 dy, float64 x)
     x64 = make_float(rng, (8, 3), 1)
     bn(x64)
@@ -250,7 +296,7 @@ def test_dtypes_and_modes(rng):
     dx = bn.backward(dy32)
     assert dx.dtype == np.float64
     np.testing.assert_allclose(dx, dy32 * (bn.weight / np.sqrt(
-        bn.running_var.astype(F64) + bn.eps)), rtol=1e-7)
+        bn.running_var.astype(F64) + bn.eps)), rtol=coef_rtol + 2 * unit_roundoff())
     assert "BatchNorm(3" in repr(bn)
 
 
@@ -433,23 +479,55 @@ def test_matches_torch_training_loop(rng, shape, axis, module, memory_format, mo
         xt = _torch_view(torch, x, memory_format).requires_grad_(True)
         yt = tbn(xt)
         yt.backward(_torch_view(torch, dy, memory_format))
+        batch_stats = training or not track
+        if batch_stats:
+            _, mean, invstd, _, _ = reference.batch_norm_forward(x, axis=axis, eps=bn.eps)
+        else:
+            mean = bn.running_mean.astype(F64)
+            invstd = 1 / np.sqrt(bn.running_var.astype(F64) + bn.eps)
         y = bn(x)
         dx = bn.backward(dy)
-        _close(y, _numpy_view(yt, memory_format), 1e-5, f"y step {step}")
-        _close(dx, _numpy_view(xt.grad, memory_format), 1e-5, f"dx step {step}")
+        # One step's bounds (torch_rtol, tests/_helpers.py); torch is given bnfast's state
+        # after every step, so that rounding does not accumulate over the loop.
+        n = values_per_channel(x, axis) if batch_stats else 0
+        rtol = torch_rtol(np.float32, n)
+        y_scale = elementwise_scale(x, axis, mean, invstd, bn.weight, bn.bias)
+        np.testing.assert_allclose(y, _numpy_view(yt, memory_format), rtol=0,
+                                   atol=rtol * y_scale, err_msg=f"y step {step}")
+        scales = backward_scales(dy, x, mean, invstd, bn.weight, axis)
+        np.testing.assert_allclose(dx, _numpy_view(xt.grad, memory_format), rtol=0,
+                                   atol=rtol * scales[0], err_msg=f"dx step {step}")
+        sum_rtol = torch_rtol(np.float32, values_per_channel(x, axis))
         if affine:
-            _close(bn.dgamma, tbn.weight.grad.numpy(), 1e-5, f"dgamma step {step}")
-            _close(bn.dbeta, tbn.bias.grad.numpy(), 1e-5, f"dbeta step {step}")
+            for got, want, scale, name in ((bn.dgamma, tbn.weight.grad, scales[1], "dgamma"),
+                                           (bn.dbeta, tbn.bias.grad, scales[2], "dbeta")):
+                np.testing.assert_allclose(got, want.numpy(), rtol=sum_rtol,
+                                           atol=sum_rtol * scale, err_msg=f"{name} step {step}")
             with torch.no_grad():
                 tbn.weight -= lr * tbn.weight.grad
                 tbn.bias -= lr * tbn.bias.grad
             tbn.zero_grad()
             bn.weight -= lr * bn.dgamma
             bn.bias -= lr * bn.dbeta
-            _close(bn.weight, tbn.weight.detach().numpy(), 1e-5, f"weight step {step}")
+            # the gradients' difference times lr, and one float32 rounding each side
+            np.testing.assert_allclose(
+                bn.weight, tbn.weight.detach().numpy(), rtol=2 * unit_roundoff(np.float32),
+                atol=lr * sum_rtol * (scales[1] + np.abs(bn.dgamma).max()),
+                err_msg=f"weight step {step}")
+            with torch.no_grad():
+                tbn.weight.copy_(torch.from_numpy(bn.weight))
+                tbn.bias.copy_(torch.from_numpy(bn.bias))
         if track:
-            _close(bn.running_mean, tbn.running_mean.numpy(), 1e-5, f"running_mean {step}")
-            _close(bn.running_var, tbn.running_var.numpy(), 1e-5, f"running_var {step}")
+            # the batch statistics (both sides' bounds), 4 float32 roundings of the update
+            run_rtol = sum_rtol + 2 * 4 * unit_roundoff(np.float32)
+            mean_scale, var_scale = stat_scales(x, axis)
+            np.testing.assert_allclose(bn.running_mean, tbn.running_mean.numpy(), rtol=run_rtol,
+                                       atol=run_rtol * mean_scale, err_msg=f"rm step {step}")
+            np.testing.assert_allclose(bn.running_var, tbn.running_var.numpy(), rtol=run_rtol,
+                                       atol=run_rtol * 2 * var_scale, err_msg=f"rv step {step}")
+            with torch.no_grad():
+                tbn.running_mean.copy_(torch.from_numpy(bn.running_mean))
+                tbn.running_var.copy_(torch.from_numpy(bn.running_var))
             assert bn.num_batches_tracked == int(tbn.num_batches_tracked)
 
 
@@ -469,14 +547,14 @@ def test_state_dict_moves_both_ways_with_torch(rng):
     bn.load_state_dict(tbn.state_dict())  # torch tensors, weight/bias from Parameters
     assert bn.num_batches_tracked == 3
     x = make_float(rng, (2, C, 4, 4), 1).astype(np.float32)
-    _close(bn(x), tbn(torch.from_numpy(x)).detach().numpy(), 1e-5, "torch -> bnfast")
+    _close_eval(bn, x, tbn(torch.from_numpy(x)).detach().numpy(), "torch -> bnfast")
 
     back = torch.nn.BatchNorm2d(C, momentum=None).eval()
     trained = _trained(rng, C=C, momentum=None)
     back.load_state_dict({k: torch.from_numpy(v) for k, v in trained.state_dict().items()})
     assert int(back.num_batches_tracked) == trained.num_batches_tracked
     x4 = make_float(rng, (3, C, 2, 2), 1).astype(np.float32)
-    _close(trained.eval()(x4), back(torch.from_numpy(x4)).detach().numpy(), 1e-5,
-           "bnfast -> torch")
+    _close_eval(trained.eval(), x4, back(torch.from_numpy(x4)).detach().numpy(),
+                "bnfast -> torch")
     # the keys PyTorch produces are exactly ours, in the same order
     assert list(trained.state_dict()) == list(back.state_dict())

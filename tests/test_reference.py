@@ -7,7 +7,11 @@ import numpy as np
 import pytest
 
 from bnfast import reference as ref
-from _helpers import LAYOUT_IDS, LAYOUT_PARAMS, make_channel_params, make_float
+from _helpers import (
+    LAYOUT_IDS, LAYOUT_PARAMS, assert_forward_close, assert_inference_close,
+    assert_moments_close, bn_loss_error, bn_third_derivative, central_difference_tol,
+    channels_last_2d, elementwise_scale, make_channel_params, make_float, output_rtol,
+    stat_rtol, stat_scales, unit_roundoff, values_per_channel)
 
 
 def _other_axes(ndim, axis):
@@ -51,13 +55,19 @@ def test_reference_worked_example():
     y, mean, invstd, rm, rv = ref.batch_norm_forward(x)
     var = np.var(np.array(x, dtype=np.float64))
     assert mean.dtype == np.float64 and mean.shape == (1,)
-    assert mean[0] == pytest.approx(38 / 6, rel=1e-15, abs=0)
-    assert invstd[0] == pytest.approx(1 / np.sqrt(var + 1e-5), rel=1e-15)
-    assert abs(y.mean()) < 1e-12
-    assert y.var() == pytest.approx(var / (var + 1e-5), rel=1e-12)
+    # The sum 38 of small integers is exact, so the mean is 38 / 6 rounded once (u); var is
+    # within stat_rtol(6) (the mean is the same on both sides, only the sum orders differ).
+    u = unit_roundoff()
+    assert mean[0] == pytest.approx(38 / 6, rel=u, abs=0)
+    assert invstd[0] == pytest.approx(1 / np.sqrt(var + 1e-5), rel=stat_rtol(6))
+    # y has mean 0 and variance var / (var + eps) exactly, up to output_rtol(float64, 6) of
+    # |y| <= 2 per value.
+    tol = output_rtol(np.float64, 6)
+    assert abs(y.mean()) < 2 * tol
+    assert y.var() == pytest.approx(var / (var + 1e-5), rel=8 * tol)
     assert rm is None and rv is None
     m, v = ref.moments(x, axis=0)
-    assert m[0] == pytest.approx(38 / 6, rel=1e-15) and v[0] == pytest.approx(var, rel=1e-15)
+    assert m[0] == pytest.approx(38 / 6, rel=u) and v[0] == pytest.approx(var, rel=stat_rtol(6))
 
 
 @pytest.mark.parametrize("shape, axis", LAYOUT_PARAMS, ids=LAYOUT_IDS)
@@ -66,9 +76,8 @@ def test_reference_moments_match_numpy(rng, shape, axis):
     for ddof in (0, 1):
         mean, var = ref.moments(x, axis=axis, ddof=ddof)
         red = _other_axes(x.ndim, axis) if x.ndim > 1 else (0,)
-        np.testing.assert_allclose(mean, np.atleast_1d(x.mean(axis=red)), rtol=1e-13,
-                                   atol=1e-13 * np.abs(x).max())
-        np.testing.assert_allclose(var, np.atleast_1d(x.var(axis=red, ddof=ddof)), rtol=1e-13)
+        assert_moments_close(mean, var, np.atleast_1d(x.mean(axis=red)),
+                             np.atleast_1d(x.var(axis=red, ddof=ddof)), x, axis)
 
 
 @pytest.mark.parametrize("shape, axis", LAYOUT_PARAMS, ids=LAYOUT_IDS)
@@ -83,14 +92,16 @@ def test_reference_forward_and_inference_match_broadcasting(rng, shape, axis):
         x, gamma, beta, axis=axis, eps=1e-3, running_mean=rm_in, running_var=rv_in,
         momentum=0.25)
     y_b, mean_b, invstd_b = _broadcast_forward(x, gamma, beta, axis, 1e-3)
-    np.testing.assert_allclose(y, y_b, rtol=1e-12, atol=1e-12 * np.abs(y_b).max())
-    np.testing.assert_allclose(mean, mean_b, rtol=1e-13, atol=1e-13 * np.abs(x).max())
-    np.testing.assert_allclose(invstd, invstd_b, rtol=1e-13)
+    assert_forward_close((y, mean, invstd), (y_b, mean_b, invstd_b), x, axis, gamma, beta,
+                         eps=1e-3)
     m = x.size // channels
-    np.testing.assert_allclose(rm, 0.75 * rm0 + 0.25 * mean_b, rtol=1e-13,
-                               atol=1e-13 * np.abs(x).max())
+    # the batch statistics' error (var + eps recovered from invstd: 8 u more), plus 4
+    # roundings of the update on each side
+    rtol = stat_rtol(m) + 16 * unit_roundoff()
+    mean_scale, var_scale = stat_scales(x, axis)
+    np.testing.assert_allclose(rm, 0.75 * rm0 + 0.25 * mean_b, rtol=rtol, atol=rtol * mean_scale)
     np.testing.assert_allclose(rv, 0.75 * rv0 + 0.25 * (1 / invstd_b**2 - 1e-3) * m / (m - 1),
-                               rtol=1e-10)
+                               rtol=rtol, atol=rtol * 2 * var_scale)
     np.testing.assert_array_equal(rm_in, rm0)
     np.testing.assert_array_equal(rv_in, rv0)
 
@@ -100,7 +111,7 @@ def test_reference_forward_and_inference_match_broadcasting(rng, shape, axis):
     else:
         expect = ((x - _bcast(rm0, x.ndim, axis)) / np.sqrt(_bcast(rv0, x.ndim, axis) + 1e-3)
                   * _bcast(gamma, x.ndim, axis) + _bcast(beta, x.ndim, axis))
-    np.testing.assert_allclose(yi, expect, rtol=1e-12, atol=1e-12 * np.abs(expect).max())
+    assert_inference_close(yi, expect, x, axis, rm0, rv0, gamma, beta, eps=1e-3)
 
 
 @pytest.mark.parametrize("shape, axis", [((6, 3), 1), ((3, 2, 4), 1), ((4, 3, 2), -1), ((7,), 0)])
@@ -115,6 +126,11 @@ def test_reference_backward_matches_finite_differences(rng, shape, axis):
 
     _, mean, invstd, _, _ = ref.batch_norm_forward(x, gamma, beta, axis=axis)
     dx, dgamma, dbeta = ref.batch_norm_backward(w, x, mean, invstd, gamma, axis=axis)
+    # the central difference's rounding and truncation bounds (tests/_helpers.py)
+    n = values_per_channel(x, axis)
+    xhat_max = float(np.abs((channels_last_2d(x, axis) - mean) * invstd).max())
+    value_error = bn_loss_error(w, elementwise_scale(x, axis, mean, invstd, gamma, beta), n)
+    curvature = [bn_third_derivative(w, gamma, invstd, xhat_max, n), 0.0, 0.0]
     h = 1e-6
     for arr, grad, args in ((x, dx, 0), (gamma, dgamma, 1), (beta, dbeta, 2)):
         numeric = np.empty_like(arr)
@@ -124,7 +140,8 @@ def test_reference_backward_matches_finite_differences(rng, shape, axis):
             plus[args][i] += h
             minus[args][i] -= h
             numeric[i] = (loss(*plus) - loss(*minus)) / (2 * h)
-        np.testing.assert_allclose(grad, numeric, rtol=1e-6, atol=1e-7 * np.abs(numeric).max())
+        np.testing.assert_allclose(grad, numeric, rtol=output_rtol(np.float64, n),
+                                   atol=central_difference_tol(h, value_error, curvature[args]))
 
 
 def test_reference_rejects_single_value_per_channel():

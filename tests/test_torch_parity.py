@@ -4,13 +4,14 @@ import numpy as np
 import pytest
 
 import bnfast
-from _helpers import backward_scales, make_channel_params, make_float
+from _helpers import (
+    backward_scales, channels_last_2d, elementwise_scale, make_channel_params, make_float,
+    stat_scales, torch_rtol, unit_roundoff, values_per_channel)
 
 torch = pytest.importorskip("torch")
 F = torch.nn.functional
 
-# rtol of outputs vs PyTorch: PyTorch is not the oracle, so allow a few of its own ulps.
-RTOL = {"float64": 1e-10, "float32": 1e-5}
+# Tolerances: torch_rtol (tests/_helpers.py), PyTorch's bound at its worst plus bnfast's.
 
 # (numpy shape, numpy axis, permutation numpy -> torch NC... layout, memory format)
 LAYOUTS = [
@@ -41,12 +42,30 @@ def _from_torch(t, layout, shape):
     return a.reshape(shape)
 
 
-def _close(got, expected, dtype, what, scale=None):
-    rtol = RTOL[dtype]
-    expected = np.asarray(expected, dtype=np.float64)
-    scale = np.abs(expected).max() if scale is None else scale
-    np.testing.assert_allclose(np.asarray(got, dtype=np.float64), expected, rtol=rtol,
+def _close(got, expected, rtol, what, scale=0.0):
+    np.testing.assert_allclose(np.asarray(got, dtype=np.float64),
+                               np.asarray(expected, dtype=np.float64), rtol=rtol,
                                atol=rtol * scale, err_msg=what)
+
+
+def _invstd_rtol(rtol, x, axis, eps):
+    """invstd = (var + eps)^-1/2: half of var's relative error (atol of stat_scales included)
+    plus 3 roundings a side."""
+    var = channels_last_2d(x, axis).var(axis=0)
+    return 0.5 * rtol * float(np.max((var + stat_scales(x, axis)[1]) / (var + eps))) \
+        + 6 * unit_roundoff(x.dtype)
+
+
+def _backward_scales(dy, x, mean, invstd, gamma, axis):
+    """backward_scales, plus what the two sides' different statistics add: an error of the
+    mean is relative to max|x| and moves xhat by that times invstd."""
+    dx_scale, dgamma_scale, dbeta_scale = backward_scales(dy, x, mean, invstd, gamma, axis)
+    x2, dy2 = channels_last_2d(x, axis), channels_last_2d(dy, axis)
+    g = np.ones_like(invstd) if gamma is None else np.abs(np.asarray(gamma, np.float64))
+    shift = float(np.max(np.abs(x2).max(axis=0) * invstd))  # max |x| invstd
+    xhat = float(np.abs((x2 - mean) * invstd).max())
+    dx_scale += float(np.max(g * invstd)) * np.abs(dy2).max() * 2 * xhat * shift
+    return dx_scale, dgamma_scale + dbeta_scale * shift, dbeta_scale
 
 
 def _channels(shape, axis):
@@ -71,11 +90,17 @@ def test_forward_training_with_running_stats(rng, shape, axis, layout, dtype):
     y, mean, invstd = bnfast.batch_norm_forward(x, gamma, beta, axis=axis, eps=1e-4,
                                                 running_mean=rm, running_var=rv, momentum=0.2)
     assert y.dtype == np.dtype(dtype)
-    _close(y, _from_torch(t_y, layout, shape), dtype, "y")
-    _close(mean, t_mean.numpy(), dtype, "mean", scale=np.abs(x).max())
-    _close(invstd, t_invstd.numpy(), dtype, "invstd")
-    _close(rm, t_rm.numpy(), dtype, "running_mean", scale=np.abs(x).max())
-    _close(rv, t_rv.numpy(), dtype, "running_var")
+    n = values_per_channel(x, axis)
+    rtol = torch_rtol(dtype, n)
+    y_scale = elementwise_scale(x, axis, mean, invstd, gamma, beta)
+    _close(y, _from_torch(t_y, layout, shape), rtol, "y", scale=y_scale)
+    mean_scale, var_scale = stat_scales(x, axis)
+    _close(mean, t_mean.numpy(), rtol, "mean", scale=mean_scale)
+    _close(invstd, t_invstd.numpy(), _invstd_rtol(rtol, x, axis, 1e-4), "invstd")
+    # the update: 4 roundings a side in dtype
+    run_rtol = rtol + 8 * unit_roundoff(dtype)
+    _close(rm, t_rm.numpy(), run_rtol, "running_mean", scale=mean_scale)
+    _close(rv, t_rv.numpy(), run_rtol, "running_var", scale=2 * var_scale)
 
 
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
@@ -85,15 +110,20 @@ def test_running_stats_after_several_steps(rng, shape, axis, layout, dtype):
     rm, rv = np.zeros(channels, dtype=dtype), np.ones(channels, dtype=dtype)
     t_rm, t_rv = torch.zeros(channels, dtype=getattr(torch, dtype)), \
         torch.ones(channels, dtype=getattr(torch, dtype))
-    biggest = 0.0
+    mean_scale = var_scale = 0.0
     for step in range(6):
         x = make_float(rng, shape, axis).astype(dtype)
-        biggest = max(biggest, float(np.abs(x).max()))
+        m_scale, v_scale = stat_scales(x, axis)
+        mean_scale, var_scale = max(mean_scale, m_scale), max(var_scale, 2 * v_scale)
         F.batch_norm(_to_torch(x, layout), t_rm, t_rv, training=True, momentum=0.1, eps=1e-5)
         bnfast.batch_norm_forward(x, axis=axis, running_mean=rm, running_var=rv, momentum=0.1)
+        # Each step adds 0.1 * (a batch statistic's error) and 4 roundings a side; older errors
+        # shrink by 0.9 a step, so the batch statistics' share stays below one step's bound.
         # A running mean can pass near 0: its error scale is the data's magnitude.
-        _close(rm, t_rm.numpy(), dtype, f"running_mean step {step}", scale=biggest)
-        _close(rv, t_rv.numpy(), dtype, f"running_var step {step}")
+        rtol = torch_rtol(dtype, values_per_channel(x, axis)) \
+            + (step + 1) * 8 * unit_roundoff(dtype)
+        _close(rm, t_rm.numpy(), rtol, f"running_mean step {step}", scale=mean_scale)
+        _close(rv, t_rv.numpy(), rtol, f"running_var step {step}", scale=var_scale)
 
 
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
@@ -108,7 +138,9 @@ def test_inference(rng, shape, axis, layout, dtype):
                        torch.from_numpy(gamma), torch.from_numpy(beta), training=False, eps=1e-3)
     y = bnfast.batch_norm_inference(x, rm, rv, gamma, beta, axis=axis, eps=1e-3)
     assert y.dtype == np.dtype(dtype)
-    _close(y, _from_torch(t_y, layout, shape), dtype, "inference y")
+    scale = elementwise_scale(x, axis, rm, 1 / np.sqrt(rv.astype(np.float64) + 1e-3), gamma,
+                              beta)
+    _close(y, _from_torch(t_y, layout, shape), torch_rtol(dtype), "inference y", scale=scale)
 
 
 @pytest.mark.parametrize("with_gamma", [True, False])
@@ -129,11 +161,12 @@ def test_backward_autograd(rng, shape, axis, layout, dtype, with_gamma):
     _, mean, invstd = bnfast.batch_norm_forward(x, g, beta if with_gamma else None, axis=axis)
     dx, dgamma, dbeta = bnfast.batch_norm_backward(dy, x, mean, invstd, g, axis=axis)
     assert dx.dtype == np.dtype(dtype)
-    dx_scale, dgamma_scale, dbeta_scale = backward_scales(dy, x, mean, invstd, g, axis)
-    _close(dx, _from_torch(xt.grad, layout, shape), dtype, "dx", scale=dx_scale)
+    dx_scale, dgamma_scale, dbeta_scale = _backward_scales(dy, x, mean, invstd, g, axis)
+    rtol = torch_rtol(dtype, values_per_channel(x, axis))
+    _close(dx, _from_torch(xt.grad, layout, shape), rtol, "dx", scale=dx_scale)
     if with_gamma:
-        _close(dgamma, wt.grad.numpy(), dtype, "dgamma", scale=dgamma_scale)
-        _close(dbeta, bt.grad.numpy(), dtype, "dbeta", scale=dbeta_scale)
+        _close(dgamma, wt.grad.numpy(), rtol, "dgamma", scale=dgamma_scale)
+        _close(dbeta, bt.grad.numpy(), rtol, "dbeta", scale=dbeta_scale)
 
 
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
@@ -151,10 +184,11 @@ def test_backward_native_batch_norm_backward(rng, shape, axis, layout, dtype):
         [True, True, True])
     _, mean, invstd = bnfast.batch_norm_forward(x, gamma, axis=axis)
     dx, dgamma, dbeta = bnfast.batch_norm_backward(dy, x, mean, invstd, gamma, axis=axis)
-    dx_scale, dgamma_scale, dbeta_scale = backward_scales(dy, x, mean, invstd, gamma, axis)
-    _close(dx, _from_torch(t_dx, layout, shape), dtype, "dx", scale=dx_scale)
-    _close(dgamma, t_dgamma.numpy(), dtype, "dgamma", scale=dgamma_scale)
-    _close(dbeta, t_dbeta.numpy(), dtype, "dbeta", scale=dbeta_scale)
+    dx_scale, dgamma_scale, dbeta_scale = _backward_scales(dy, x, mean, invstd, gamma, axis)
+    rtol = torch_rtol(dtype, values_per_channel(x, axis))
+    _close(dx, _from_torch(t_dx, layout, shape), rtol, "dx", scale=dx_scale)
+    _close(dgamma, t_dgamma.numpy(), rtol, "dgamma", scale=dgamma_scale)
+    _close(dbeta, t_dbeta.numpy(), rtol, "dbeta", scale=dbeta_scale)
 
 
 @pytest.mark.parametrize("shape", [(1, 3), (1, 3, 1, 1)])
