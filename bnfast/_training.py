@@ -45,15 +45,16 @@ _F64 = np.dtype(np.float64)
 F64Array = npt.NDArray[np.float64]
 
 
-def check_training_size(m: float, C: int, shape: object) -> None:
+def check_training_size(m: float, C: int, shape: object, where: str = "") -> None:
     """ValueError (PyTorch's messages) when channels have at most one value each.
 
-    ``m``: values per channel; ``shape``: the input's, as the message shows it.
+    ``m``: values per channel; ``shape``: the input's, as the message shows it; ``where``
+    narrows the message (ghost batch norm: " in each virtual batch of k").
     """
     if C > 0 and m <= 1:
         if m == 0:
             raise ValueError(f"Expected a non-empty batch when training, got input size {shape}")
-        raise ValueError("Expected more than 1 value per channel when training, "
+        raise ValueError(f"Expected more than 1 value per channel{where} when training, "
                          f"got input size {shape}")
 
 

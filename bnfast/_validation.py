@@ -132,14 +132,19 @@ def running_stats(running_mean: Any, running_var: Any, C: int) -> tuple[np.ndarr
     return rm, rv
 
 
-def running_buffer(v: Any, C: int, name: str) -> tuple[np.ndarray | None, bool]:
+def running_buffer(v: Any, C: int, name: str,
+                   required: bool = False) -> tuple[np.ndarray | None, bool]:
     """Check a running statistic updated in place; return (kernel buffer, needs write-back).
 
     The kernel buffer is ``v`` itself (a base-class view of it for an ndarray subclass) when
     it is a C-contiguous aligned native float32/float64 vector, else a float64 copy to be
-    written back with ``v[...] = buffer`` after the kernel ran.
+    written back with ``v[...] = buffer`` after the kernel ran. ``None`` is allowed (no
+    update) unless ``required``.
     """
     if v is None:
+        if required:
+            raise ValueError(f"{name}: expected a writeable float ndarray of shape ({C},) "
+                             "(it is required and updated in place), got None")
         return None, False
     if not isinstance(v, np.ndarray):
         raise ValueError(f"{name}: expected a writeable float ndarray of shape ({C},) "
@@ -156,7 +161,7 @@ def running_buffer(v: Any, C: int, name: str) -> tuple[np.ndarray | None, bool]:
     return np.array(v, dtype=_F64, order="C"), True  # always a copy: aligned, native
 
 
-def _as_float(value: Any, name: str) -> float:
+def as_float(value: Any, name: str) -> float:
     """A real number as a float; ValueError (not OverflowError) when it is too big for one."""
     try:
         return float(value)
@@ -170,7 +175,7 @@ def check_eps(eps: Any) -> float:
         return eps
     if isinstance(eps, bool) or not isinstance(eps, numbers.Real):
         raise ValueError(f"eps: expected a real number >= 0, got {eps!r}")
-    eps = _as_float(eps, "eps")
+    eps = as_float(eps, "eps")
     if not (0.0 <= eps < math.inf):
         raise ValueError(f"eps: expected a finite real number >= 0, got {eps!r}")
     return eps
@@ -181,7 +186,7 @@ def check_momentum(momentum: Any) -> float:
         return momentum
     if isinstance(momentum, bool) or not isinstance(momentum, numbers.Real):
         raise ValueError(f"momentum: expected a real number in [0, 1], got {momentum!r}")
-    momentum = _as_float(momentum, "momentum")
+    momentum = as_float(momentum, "momentum")
     if not 0.0 <= momentum <= 1.0:
         raise ValueError(f"momentum: expected a real number in [0, 1], got {momentum!r}")
     return momentum

@@ -25,9 +25,10 @@ from ._functional import (
     batch_norm_inference,
     moments_state,
 )
+from ._training import check_training_size
 from ._validation import (
-    _as_float,
     as_array,
+    as_float,
     channel_shape,
     channel_vector,
     check_eps,
@@ -37,6 +38,7 @@ from ._validation import (
     check_out,
     direct_out,
     dtype_policy,
+    finish_output,
     kernel_result,
     plain,
     running_buffer,
@@ -68,46 +70,6 @@ def _update_running(running: np.ndarray | None, value: np.ndarray, momentum: flo
         running[...] = buf
 
 
-def _check_running(v: Any, C: int, name: str, required: bool) -> np.ndarray | None:
-    """A running statistic updated in place: a writeable float ndarray of shape (C,)."""
-    if v is None:
-        if required:
-            raise ValueError(f"{name}: expected a writeable float ndarray of shape ({C},) "
-                             "(it is required and updated in place), got None")
-        return None
-    if not isinstance(v, np.ndarray):
-        raise ValueError(f"{name}: expected a writeable float ndarray of shape ({C},) "
-                         f"(it is updated in place), got {type(v).__name__}")
-    if v.dtype.kind != "f" or v.dtype.itemsize > 8:
-        raise ValueError(f"{name}: expected a float ndarray of shape ({C},) (it is updated "
-                         f"in place), got dtype {v.dtype}")
-    if v.shape != (C,):
-        raise ValueError(f"{name}: expected shape ({C},), got shape {v.shape}")
-    if not v.flags.writeable:
-        raise ValueError(f"{name}: expected a writeable array (it is updated in place)")
-    return v
-
-
-def _check_training_size(m: int, C: int, shape: tuple[int, ...], what: str = "") -> None:
-    # The rule and wording of batch_norm_forward's check.
-    if C > 0 and m <= 1:
-        if m == 0:
-            raise ValueError(f"Expected a non-empty batch when training, got input size "
-                             f"{shape}")
-        raise ValueError(f"Expected more than 1 value per channel{what} when training, "
-                         f"got input size {shape}")
-
-
-def _write_back(y: np.ndarray, shape: tuple[int, ...], odt: np.dtype,
-                out: np.ndarray | None) -> np.ndarray:
-    """The user's result from a buffer of the working dtype: ``out`` itself when given."""
-    if out is not None:
-        if y is not out:
-            np.copyto(out, y.reshape(shape), casting="unsafe")
-        return out
-    return y if y.dtype == odt else y.astype(odt)
-
-
 # --- batch renormalization ----------------------------------------------------------------
 
 def check_renorm_limits(r_max: Any, d_max: Any) -> tuple[float, float]:
@@ -116,7 +78,7 @@ def check_renorm_limits(r_max: Any, d_max: Any) -> tuple[float, float]:
     for value, name, low in ((r_max, "r_max", 1.0), (d_max, "d_max", 0.0)):
         if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
             raise ValueError(f"{name}: expected a finite real number >= {low:g}, got {value!r}")
-        f = _as_float(value, name)
+        f = as_float(value, name)
         if not (low <= f < math.inf):
             raise ValueError(f"{name}: expected a finite real number >= {low:g}, got {value!r}")
         out.append(f)
@@ -208,9 +170,9 @@ def batch_renorm_forward(
     check_n_threads(n_threads)
     g = channel_vector(gamma, C, "gamma")
     b = channel_vector(beta, C, "beta")
-    rm_buf = _check_running(running_mean, C, "running_mean", True)
-    rv_buf = _check_running(running_var, C, "running_var", True)
-    assert rm_buf is not None and rv_buf is not None
+    running_buffer(running_mean, C, "running_mean", required=True)
+    running_buffer(running_var, C, "running_var", required=True)
+    rm_buf, rv_buf = running_mean, running_var
     rm = rm_buf.astype(np.float64)  # copies: the values before the update
     rv = rv_buf.astype(np.float64)
     if not np.all(rv + eps > 0):  # also rejects NaN
@@ -218,7 +180,7 @@ def batch_renorm_forward(
     if out is not None:
         check_out(out, a.shape, odt)
     m = outer * inner
-    _check_training_size(m, C, a.shape)
+    check_training_size(m, C, a.shape)
     # Everything is checked: from here on nothing raises for bad input.
     xw = np.ascontiguousarray(a, dtype=work)  # one conversion (if any), for both passes
     _, mean, m2 = moments_state(xw, axis, n_threads=n_threads)
@@ -239,7 +201,7 @@ def batch_renorm_forward(
     # float16: y in float32, then rounded once to float16 (as batch_norm_forward does).
     y = batch_norm_inference(xw, mean, np.ones(C), scale, shift, axis=axis, eps=0.0,
                              out=out if odt == work else None, n_threads=n_threads)
-    y = _write_back(y, a.shape, odt, out)
+    y = finish_output(y, a.shape, odt, out, y is out)
     _update_running(rm_buf, mean, momentum)
     # m > 1 unless there are no channels (C == 0: nothing to update).
     _update_running(rv_buf, m2, momentum, 1.0 / (m - 1.0) if m > 1 else 0.0)
@@ -303,13 +265,14 @@ def ghost_batch_norm_forward(x: Any, gamma: Any, beta: Any, virtual_batch_size: 
     check_n_threads(n_threads)
     g = channel_vector(gamma, C, "gamma")
     b = channel_vector(beta, C, "beta")
-    rm_buf = _check_running(running_mean, C, "running_mean", False)
-    rv_buf = _check_running(running_var, C, "running_var", False)
+    running_buffer(running_mean, C, "running_mean")
+    running_buffer(running_var, C, "running_var")
+    rm_buf, rv_buf = running_mean, running_var
     if out is not None:
         check_out(out, a.shape, odt)
     m_group = (outer * inner) // G if G else 0  # values per channel in one group
     # An empty batch is an error even without channels, as in batch_norm_forward.
-    _check_training_size(m_group, C if G else 1, a.shape, f" in each virtual batch of {k}")
+    check_training_size(m_group, C if G else 1, a.shape, f" in each virtual batch of {k}")
     # Everything is checked: from here on nothing raises for bad input.
     xw = np.ascontiguousarray(a, dtype=work)  # once; a group of it is then contiguous
     if out is not None and direct_out(out, (a,), work):
@@ -327,7 +290,7 @@ def ghost_batch_norm_forward(x: Any, gamma: Any, beta: Any, virtual_batch_size: 
         _, mean[i], invstd[i] = batch_norm_forward(
             xw[s], g, b, axis=axis, eps=eps, running_mean=group_mean[i],
             running_var=group_var[i], momentum=1.0, out=yw[s], n_threads=n_threads)
-    y = _write_back(yw, a.shape, odt, out)
+    y = finish_output(yw, a.shape, odt, out, yw is out)
     _update_running(rm_buf, group_mean.mean(axis=0), momentum)
     _update_running(rv_buf, group_var.mean(axis=0), momentum)
     return y, mean, invstd
@@ -378,7 +341,7 @@ def ghost_batch_norm_backward(dy: Any, x: Any, mean: Any, invstd: Any, gamma: An
         _, dgamma[i], dbeta[i] = batch_norm_backward(dyw[s], xw[s], mu[i], inv[i], g,
                                                      axis=axis, out=dxw[s],
                                                      n_threads=n_threads)
-    dx = _write_back(dxw, a.shape, odt, out)
+    dx = finish_output(dxw, a.shape, odt, out, dxw is out)
     return dx, dgamma.sum(axis=0), dbeta.sum(axis=0)
 
 
