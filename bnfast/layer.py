@@ -12,6 +12,7 @@ from ._validation import (
     as_array,
     channel_shape,
     channel_vector,
+    check_activation,
     check_bool,
     check_eps,
     check_float_dtype,
@@ -81,6 +82,9 @@ class BatchNorm:
         dtype (the functional API's policy).
     n_threads : int or None, default None
         Threads for the kernels; None is the OpenMP default. Results do not depend on it.
+    activation : None or "relu", default None
+        Fused into the forward pass: ``y = relu(bn(x) + residual)`` (``forward(x, residual)``),
+        and differentiated by ``backward`` from the mask ``y > 0``.
 
     Attributes
     ----------
@@ -92,6 +96,10 @@ class BatchNorm:
     dgamma, dbeta : ndarray of shape (C,) or None
         Gradients of the loss with respect to ``weight`` and ``bias``, written (not
         accumulated) by every ``backward``.
+    dresidual : ndarray or None
+        The gradient with respect to the ``residual`` of the last ``forward`` (``dy * (y >
+        0)`` with the ReLU, else ``dy``), set by ``backward`` when that forward had a
+        residual, else None.
     training : bool
         Training mode (batch statistics, running statistics updated) or eval mode.
 
@@ -99,7 +107,8 @@ class BatchNorm:
     -----
     ``forward`` keeps a reference to its input ``x`` (and the statistics it normalized with)
     until the next ``forward``, because ``backward`` needs them: don't modify ``x`` in place
-    between the two. ``backward`` differentiates whatever the last ``forward`` computed: the
+    between the two (nor, with ``activation``, the output ``y``, whose mask ``y > 0``
+    ``backward`` reads). ``backward`` differentiates whatever the last ``forward`` computed: the
     training-mode transform (batch statistics) or, in eval mode, the affine inference
     transform, whose gradients are ``dx = dy * weight / sqrt(running_var + eps)``,
     ``dgamma = sum(dy * xhat)``, ``dbeta = sum(dy)``.
@@ -121,7 +130,8 @@ class BatchNorm:
     """
 
     def __init__(self, num_features, *, axis=1, eps=1e-5, momentum=0.1, affine=True,
-                 track_running_stats=True, dtype=np.float32, n_threads=None):
+                 track_running_stats=True, dtype=np.float32, n_threads=None,
+                 activation=None):
         self.num_features = check_int(num_features, "num_features", minimum=1)
         self.axis = None if axis is None else check_int(axis, "axis")
         self.eps = check_eps(eps)
@@ -131,12 +141,14 @@ class BatchNorm:
         self.dtype = check_float_dtype(dtype)
         check_n_threads(n_threads)
         self.n_threads = n_threads
+        self.activation = check_activation(activation)
         self.training = True
         C = self.num_features
         self.weight = np.ones(C, self.dtype) if self.affine else None
         self.bias = np.zeros(C, self.dtype) if self.affine else None
         self.dgamma = None
         self.dbeta = None
+        self.dresidual = None
         if self.track_running_stats:
             self.running_mean = np.zeros(C, self.dtype)
             self.running_var = np.ones(C, self.dtype)
@@ -145,13 +157,15 @@ class BatchNorm:
             self.running_mean = None
             self.running_var = None
             self.num_batches_tracked = None
-        # (x, mean, invstd, var or None) of the last forward: var is set in eval mode only.
+        # (x, mean, invstd, var or None, y or None, had a residual) of the last forward: var
+        # is set in eval mode only, y with an activation only.
         self._saved = None
 
     def __repr__(self):
         return (f"BatchNorm({self.num_features}, axis={self.axis}, eps={self.eps}, "
                 f"momentum={self.momentum}, affine={self.affine}, "
-                f"track_running_stats={self.track_running_stats}, dtype={self.dtype})")
+                f"track_running_stats={self.track_running_stats}, dtype={self.dtype}"
+                + (f", activation={self.activation!r})" if self.activation else ")"))
 
     # -- mode -------------------------------------------------------------------------------
 
@@ -180,9 +194,11 @@ class BatchNorm:
 
     # -- computation ------------------------------------------------------------------------
 
-    def forward(self, x):
+    def forward(self, x, residual=None):
         """Normalize ``x``: batch statistics in training mode (running statistics updated),
-        running statistics in eval mode (unless ``track_running_stats=False``).
+        running statistics in eval mode (unless ``track_running_stats=False``); then add
+        ``residual`` (x's shape, optional) and apply the layer's ``activation``, in the same
+        pass (the functional API's rounding).
 
         Returns y, of ``x``'s dtype (float64 for integer input).
         """
@@ -203,7 +219,8 @@ class BatchNorm:
             try:
                 y, mean, invstd = batch_norm_forward(
                     a, self.weight, self.bias, axis=self.axis, eps=self.eps, running_mean=rm,
-                    running_var=rv, momentum=factor, n_threads=self.n_threads)
+                    running_var=rv, momentum=factor, n_threads=self.n_threads,
+                    activation=self.activation, residual=residual)
             except BaseException:
                 # KeyboardInterrupt is raised when the kernel returns, after it updated the
                 # running statistics: undo that, so the layer is updated whole or not at all.
@@ -213,37 +230,46 @@ class BatchNorm:
                 raise
             if update:  # only once the forward succeeded: a failed call changes nothing
                 self.num_batches_tracked = count
-            self._saved = (a, mean, invstd, None)
+            self._saved = (a, mean, invstd, None, y if self.activation else None,
+                           residual is not None)
             return y
         y = batch_norm_inference(a, self.running_mean, self.running_var, self.weight,
                                  self.bias, axis=self.axis, eps=self.eps,
-                                 n_threads=self.n_threads)
+                                 n_threads=self.n_threads, activation=self.activation,
+                                 residual=residual)
         # A snapshot: backward differentiates the transform this forward applied.
         mean = np.array(self.running_mean, dtype=np.float64)
         var = np.array(self.running_var, dtype=np.float64)
         with np.errstate(divide="ignore", invalid="ignore"):
             invstd = 1.0 / np.sqrt(var + self.eps)
-        self._saved = (a, mean, invstd, var)
+        self._saved = (a, mean, invstd, var, y if self.activation else None,
+                       residual is not None)
         return y
 
     __call__ = forward
 
     def backward(self, dy):
         """Gradient of the last ``forward``: returns dx and sets ``self.dgamma``,
-        ``self.dbeta`` (of the parameter dtype; None without ``affine``).
+        ``self.dbeta`` (of the parameter dtype; None without ``affine``) and
+        ``self.dresidual`` (when that forward had a residual, else None).
 
         dx has the dtype of ``x`` and ``dy`` combined (float64 for integers).
         """
         if self._saved is None:
             raise RuntimeError("backward: no forward to differentiate; call forward(x) first")
-        x, mean, invstd, var = self._saved
-        dx, dgamma, dbeta = batch_norm_backward(dy, x, mean, invstd, self.weight,
-                                                axis=self.axis, n_threads=self.n_threads)
+        x, mean, invstd, var, y, had_residual = self._saved
+        want_dres = had_residual or (var is not None and y is not None)
+        res = batch_norm_backward(dy, x, mean, invstd, self.weight, axis=self.axis,
+                                  n_threads=self.n_threads, activation=self.activation, y=y,
+                                  return_dresidual=want_dres)
+        dx, dgamma, dbeta = res[:3]
+        dres = res[3] if want_dres else None
         if var is not None:
             # Eval mode: y is affine in x, dx = dy * weight * invstd. The reductions above
             # (sum dy, sum dy * xhat) are the same as in training; only dx differs, and the
             # inference transform with mean 0 computes it in one pass over dy.
-            g = as_array(dy, "dy")
+            # With the ReLU, the masked dy (the residual's gradient) is what flows back.
+            g = as_array(dy, "dy") if dres is None else dres
             direct = dtype_policy(g.dtype)[1] == dx.dtype
             dx_eval = batch_norm_inference(g, np.zeros_like(var), var, self.weight, None,
                                            axis=self.axis, eps=self.eps,
@@ -253,6 +279,7 @@ class BatchNorm:
         if self.affine:
             self.dgamma = dgamma.astype(self.dtype)
             self.dbeta = dbeta.astype(self.dtype)
+        self.dresidual = dres if had_residual else None
         return dx
 
     # -- state ------------------------------------------------------------------------------
