@@ -21,6 +21,8 @@ def forward_train(
     momentum: object,
     out: object,
     n_threads: object,
+    activation: object = None,
+    residual: object = None,
 ) -> tuple[_F, _F64, _F64] | None: ...
 def forward_infer(
     x: object,
@@ -32,6 +34,8 @@ def forward_infer(
     eps: object,
     out: object,
     n_threads: object,
+    activation: object = None,
+    residual: object = None,
 ) -> _F | None: ...
 def backward(
     dy: object,
@@ -42,7 +46,10 @@ def backward(
     axis: object,
     out: object,
     n_threads: object,
-) -> tuple[_F, _F64, _F64] | None: ...
+    activation: object = None,
+    y: object = None,
+    return_dresidual: object = False,
+) -> tuple[_F, _F64, _F64] | tuple[_F, _F64, _F64, _F] | None: ...
 def backward_sums(
     dy: object, x: object, mean: object, invstd: object, axis: object, n_threads: object
 ) -> tuple[_F64, _F64] | None: ...
