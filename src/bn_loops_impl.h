@@ -346,12 +346,12 @@ BN_TARGET static void BN_FN(tile_grad_sums)(const BN_T *dy, const BN_T *x, npy_i
  * of the design note with the per-channel factors hoisted).  The coefficients come in float64.
  * float64 data is computed in float64.  float32 data is computed in float32, 8 AVX2 lanes
  * instead of 4, when the coefficients are in range (bn_f32_bad, bn_loops.h), else in float64
- * and rounded once at the end, like float64 data.  Tile rows wider than BN_F32_ROW_COLS stay in
- * float64: their coefficients arrive as float64 arrays on every call (a segment of 4 to 16
- * rows), and converting them costs about 7 cycles a column, more than those rows save (1 MiB
- * float32 in cache, 1 thread, forward: 1.26x the float64 loop's time at 1024 columns, 2.3x at
- * 4096).  Converted once per operation they would run at 0.60x and 0.80x: that conversion
- * belongs where the coefficients are made, in the Cython layer.
+ * and rounded once at the end, like float64 data.  Tile rows: the Cython layer converts the
+ * coefficients of a row to float32 once per operation (elementwise.pxi f32_coefficients) and
+ * calls row_normalize_f32c / row_grad_input_f32c for rows of every width, or the float64 row
+ * loop for the whole pass when one coefficient is out of range.  (Converted here on every
+ * call, for a segment of 4 to 16 rows, they cost about 7 cycles a column: more than wide rows
+ * save, so row_normalize_ep still takes the float32 loop only up to BN_F32_ROW_COLS columns.)
  *
  * Error of the float32 forward.  The mean is split into m_h = fl(mean) and m_l = fl(mean - m_h)
  * (mean - m_h is exact in float64), and
@@ -405,12 +405,9 @@ BN_TARGET static void BN_FN(tile_grad_sums)(const BN_T *dy, const BN_T *x, npy_i
  * the split of the work.  The vector body and the scalar tail round alike (IEEE float32 or
  * float64 operations, no reassociation, no FMA contraction: the build uses -ffp-contract=off),
  * and the float32/float64 choice is made per call, from the row width and the coefficients
- * (of the run's channel, or of the tile row's columns), which the shape fixes.  A channel's y
- * depends on its own coefficients only, except that one out-of-range coefficient sends a whole
- * tile row of at most BN_F32_ROW_COLS columns to the float64 loop (a more accurate result,
- * other bits), and except for the row width: the same channel in a row wider than
- * BN_F32_ROW_COLS (a wider array, as against one chunk of it along the channels) takes the
- * float64 loop.
+ * (of the run's channel, or of every channel of the tiles layout), which the shape fixes.  A
+ * channel's y depends on its own coefficients only, except that one out-of-range coefficient
+ * sends a whole tiles-layout pass to the float64 loop (a more accurate result, other bits).
  *
  * Epilogues.  The loops are inline bodies parameterized by what a fused pass adds: forward
  * res (a residual of x's shape) and act (1: max(v, 0), NaN kept), and backward relu_y (the
