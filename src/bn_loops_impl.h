@@ -431,8 +431,8 @@ BN_TARGET static void BN_FN(tile_grad_sums)(const BN_T *dy, const BN_T *x, npy_i
 
 #define BN_BACKWARD_PROLOGUE(g, relu_y, dres, i)                                             \
     do {                                                                                     \
-        if ((relu_y) && !((relu_y)[i] > 0))                                                  \
-            (g) = 0;                                                                         \
+        if (relu_y)                                                                          \
+            (g) = BN_RELU_MASK((g), (relu_y)[i]);                                            \
         if (dres)                                                                            \
             (dres)[i] = (BN_T)(g);                                                           \
     } while (0)
@@ -878,9 +878,15 @@ BN_TARGET static void BN_FN(run_grad_sums_masked)(const BN_T *dy, const BN_T *x,
     bn_vd a0 = BN_VZERO, a1 = BN_VZERO, a2 = BN_VZERO, a3 = BN_VZERO;
     bn_vd b0 = BN_VZERO, b1 = BN_VZERO, b2 = BN_VZERO, b3 = BN_VZERO;
     bn_vd g0, g1, g2, g3, v0, v1, v2, v3;
-#define BN_M1(g, y, j) ((y)[j] > 0 ? (double)(g)[j] : 0.0)
-#define BN_VLOAD_MASKED(dst, g, y) \
-    ((dst) = (bn_vd){BN_M1(g, y, 0), BN_M1(g, y, 1), BN_M1(g, y, 2), BN_M1(g, y, 3)})
+    BN_T gm[BN_LANES];
+    /* The masked gradient of 16 values, as a select of values loaded unconditionally (a
+     * conditional load would keep the loop scalar and branchy). */
+#define BN_VLOAD_MASKED_ALL(g, y)                                                            \
+    do {                                                                                     \
+        for (int j = 0; j < BN_LANES; j++) {                                                 \
+            gm[j] = BN_RELU_MASK((g)[j], (y)[j]);                                            \
+        }                                                                                    \
+    } while (0)
 #else
     double a[BN_LANES] = {0}, b[BN_LANES] = {0};
 #endif
@@ -889,12 +895,13 @@ BN_TARGET static void BN_FN(run_grad_sums_masked)(const BN_T *dy, const BN_T *x,
         npy_intp i = 0;
         for (; i + BN_LANES <= len; i += BN_LANES) {
 #ifdef BN_VECTOR_TYPES
-            /* A select in the lanes' initializer: masking the converted vector with a
+            /* Selected in BN_T before the conversion: masking the converted vector with a
              * comparison's bits makes GCC 12 fail (internal error) in the AVX2 clone. */
-            BN_VLOAD_MASKED(g0, g + i, yy + i);
-            BN_VLOAD_MASKED(g1, g + i + 4, yy + i + 4);
-            BN_VLOAD_MASKED(g2, g + i + 8, yy + i + 8);
-            BN_VLOAD_MASKED(g3, g + i + 12, yy + i + 12);
+            BN_VLOAD_MASKED_ALL(g + i, yy + i);
+            BN_VLOAD(g0, gm);
+            BN_VLOAD(g1, gm + 4);
+            BN_VLOAD(g2, gm + 8);
+            BN_VLOAD(g3, gm + 12);
             BN_VLOAD(v0, v + i);
             BN_VLOAD(v1, v + i + 4);
             BN_VLOAD(v2, v + i + 8);
@@ -909,14 +916,14 @@ BN_TARGET static void BN_FN(run_grad_sums_masked)(const BN_T *dy, const BN_T *x,
             b3 += g3 * (v3 - m);
 #else
             for (int j = 0; j < BN_LANES; j++) {
-                const double gj = yy[i + j] > 0 ? (double)g[i + j] : 0.0;
+                const double gj = (double)BN_RELU_MASK(g[i + j], yy[i + j]);
                 a[j] += gj;
                 b[j] += gj * ((double)v[i + j] - mean);
             }
 #endif
         }
         for (; i < len; i++) {
-            const double gi = yy[i] > 0 ? (double)g[i] : 0.0;
+            const double gi = (double)BN_RELU_MASK(g[i], yy[i]);
             tail_a += gi;
             tail_b += gi * ((double)v[i] - mean);
         }
@@ -924,8 +931,7 @@ BN_TARGET static void BN_FN(run_grad_sums_masked)(const BN_T *dy, const BN_T *x,
 #ifdef BN_VECTOR_TYPES
     *sum_dy = BN_VTOTAL((a0 + a1) + (a2 + a3)) + tail_a;
     *sum_dy_xmu = BN_VTOTAL((b0 + b1) + (b2 + b3)) + tail_b;
-#undef BN_M1
-#undef BN_VLOAD_MASKED
+#undef BN_VLOAD_MASKED_ALL
 #else
     double av[4], bv[4];
     for (int j = 0; j < 4; j++) {
@@ -956,8 +962,10 @@ BN_TARGET static void BN_FN(tile_grad_sums_masked)(const BN_T *dy, const BN_T *x
                    *y3 = y2 + stride;
         for (npy_intp c = 0; c < ncols; c++) {
             const double m = mean[c];
-            const double a = y0[c] > 0 ? (double)g0[c] : 0.0, b = y1[c] > 0 ? (double)g1[c] : 0.0;
-            const double e = y2[c] > 0 ? (double)g2[c] : 0.0, f = y3[c] > 0 ? (double)g3[c] : 0.0;
+            const double a = (double)BN_RELU_MASK(g0[c], y0[c]);
+            const double b = (double)BN_RELU_MASK(g1[c], y1[c]);
+            const double e = (double)BN_RELU_MASK(g2[c], y2[c]);
+            const double f = (double)BN_RELU_MASK(g3[c], y3[c]);
             sum_dy[c] += (a + b) + (e + f);
             sum_dy_xmu[c] += (a * ((double)v0[c] - m) + b * ((double)v1[c] - m))
                              + (e * ((double)v2[c] - m) + f * ((double)v3[c] - m));
@@ -966,7 +974,7 @@ BN_TARGET static void BN_FN(tile_grad_sums_masked)(const BN_T *dy, const BN_T *x
     for (; r < nrows; r++) {
         const BN_T *g = dy + r * stride, *v = x + r * stride, *yy = relu_y + r * stride;
         for (npy_intp c = 0; c < ncols; c++) {
-            const double gc = yy[c] > 0 ? (double)g[c] : 0.0;
+            const double gc = (double)BN_RELU_MASK(g[c], yy[c]);
             sum_dy[c] += gc;
             sum_dy_xmu[c] += gc * ((double)v[c] - mean[c]);
         }
