@@ -32,6 +32,11 @@ The plain case
   (running_mean, running_var).
 - out: None (a new array is returned) or a plain writeable array of x's dtype and shape
   that is exactly one of the inputs (in place) or shares no memory with them.
+- The fused activation and residual (forward_train, forward_infer): activation None or
+  exactly the str "relu"; residual None or a plain array of x's dtype and shape that is y's
+  buffer itself (out=residual) or shares no memory with it. backward: activation likewise, y
+  (the forward output, for the mask y > 0) given exactly when activation is "relu", plain, of
+  x's dtype and shape, the same buffer as dx or disjoint from it; return_dresidual a bool.
 - The three building blocks of the statistics and of the running-statistics rule state
   their own plain case in their docstrings, in the same style: moments_masked takes a plain
   2-D (samples, channels) matrix; merge_states and update_running take float64 state
