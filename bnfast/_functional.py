@@ -15,7 +15,7 @@ import numpy as np
 import numpy.typing as npt
 
 from . import _kernels
-from ._training import backward_arguments, check_training_size
+from ._training import backward_arguments, check_training_size, relu_arguments
 from ._validation import (
     as_array,
     channel_shape,
@@ -484,15 +484,10 @@ def _backward_validated(dy: Any, x: Any, mean: Any, invstd: Any, gamma: Any, axi
     b = backward_arguments(dy, x, mean, invstd, axis, n_threads)
     C = b.shape3[1]
     g = channel_vector(gamma, C, "gamma")
-    act = check_activation(activation)
     want_dres = check_bool(return_dresidual, "return_dresidual")
-    if act is not None and y is None:
-        raise ValueError(f"y: the forward output is required with activation={act!r}")
-    if act is None and y is not None:
-        raise ValueError("y: only taken with activation='relu' (the mask y > 0)")
     if out is not None:
         check_out(out, b.x.shape, b.odt)
-    y3 = None if y is None else same_shape_input(y, b.x.shape, b.work, b.shape3, "y", out)
+    act, y3 = relu_arguments(activation, y, b, out)
     if b.empty:
         dx = out if out is not None else np.empty(b.x.shape, b.odt)
         if want_dres:

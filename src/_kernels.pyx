@@ -266,11 +266,13 @@ def backward(object dy, object x, object mean, object invstd, object gamma, obje
 
 
 def backward_sums(object dy, object x, object mean, object invstd, object axis,
-                  object n_threads):
+                  object n_threads, object activation=None, object y=None):
     """The local half of the backward: (dgamma, dbeta) = (sum(dy * xhat), sum(dy)) per
-    channel, with the bits batch_norm_backward computes them with; or None."""
+    channel, with the bits batch_norm_backward computes them with (dy masked by y > 0 with
+    activation "relu"); or None."""
     cdef intp outer, C, inner
-    cdef int nt
+    cdef int nt, act
+    cdef void *pry = NULL
     cdef int typenum = plain_backward(dy, x, axis, n_threads, mean, invstd, &outer, &C, &inner,
                                       &nt)
     cdef double *buf
@@ -281,8 +283,13 @@ def backward_sums(object dy, object x, object mean, object invstd, object axis,
     cdef Plan p
     cdef void *pdy
     cdef void *px
-    if typenum < 0:
+    if typenum < 0 or not plain_activation(activation, &act):
         return None
+    if ((y is None) if act else (y is not None)) or not (y is None
+                                                         or plain_like(y, <cnp.ndarray>x)):
+        return None
+    if y is not None:
+        pry = cnp.PyArray_DATA(<cnp.ndarray>y)
     dgamma = new_vector(C)
     dbeta = new_vector(C)
     p = make_plan(outer, C, inner, cnp.PyArray_ITEMSIZE(<cnp.ndarray>x), False, GRAD_TILE_C)
@@ -296,10 +303,10 @@ def backward_sums(object dy, object x, object mean, object invstd, object axis,
         with nogil:
             if typenum == cnp.NPY_FLOAT32:
                 backward_sums_impl(<const float *>pdy, <const float *>px, &p, vec[0], vec[1],
-                                   pdg, pdb, nt)
+                                   pdg, pdb, nt, <const float *>pry)
             else:
                 backward_sums_impl(<const double *>pdy, <const double *>px, &p, vec[0], vec[1],
-                                   pdg, pdb, nt)
+                                   pdg, pdb, nt, <const double *>pry)
     finally:
         free(buf)
     return dgamma, dbeta
@@ -307,11 +314,16 @@ def backward_sums(object dy, object x, object mean, object invstd, object axis,
 
 def backward_input(object dy, object x, object mean, object invstd, object gamma,
                    object dgamma, object dbeta, object count, object axis, object out,
-                   object n_threads):
+                   object n_threads, object activation=None, object y=None,
+                   object return_dresidual=False):
     """The elementwise half of the backward: dx from per-channel sums over count elements
-    (possibly gathered from several processes); or None."""
+    (possibly gathered from several processes), dy masked by y > 0 with activation "relu",
+    and (dx, dresidual) with return_dresidual; or None."""
     cdef intp outer, C, inner
-    cdef int nt
+    cdef int nt, act
+    cdef object dres = None
+    cdef void *pry = NULL
+    cdef void *pdr = NULL
     cdef int typenum = plain_backward(dy, x, axis, n_threads, mean, invstd, &outer, &C, &inner,
                                       &nt)
     cdef double n
@@ -325,11 +337,21 @@ def backward_input(object dy, object x, object mean, object invstd, object gamma
     if typenum < 0 or not plain_float(count, 0.0, INFINITY, True, &n):
         return None
     if not (plain_optional(gamma, C, False) and plain_vector(dgamma, C, False)
-            and plain_vector(dbeta, C, False)):
+            and plain_vector(dbeta, C, False) and plain_activation(activation, &act)
+            and type(return_dresidual) is bool):
+        return None
+    if ((y is None) if act else (y is not None)) or not (y is None
+                                                         or plain_like(y, <cnp.ndarray>x)):
         return None
     dx = plain_out(out, <cnp.ndarray>x, dy)
-    if dx is None:
+    if dx is None or not same_or_apart(dx, y):
         return None
+    if y is not None:
+        pry = cnp.PyArray_DATA(<cnp.ndarray>y)
+    if return_dresidual:
+        dres = cnp.PyArray_EMPTY(cnp.PyArray_NDIM(<cnp.ndarray>x), (<cnp.ndarray>x).shape,
+                                 cnp.PyArray_TYPE(<cnp.ndarray>x), 0)
+        pdr = cnp.PyArray_DATA(<cnp.ndarray>dres)
     p = make_plan(outer, C, inner, cnp.PyArray_ITEMSIZE(<cnp.ndarray>x), False, GRAD_TILE_C)
     buf = alloc_doubles(8 * C)  # five vectors as doubles; 3 * C of scratch
     vec[0] = as_doubles(mean, buf, C)
@@ -344,12 +366,16 @@ def backward_input(object dy, object x, object mean, object invstd, object gamma
         with nogil:
             if typenum == cnp.NPY_FLOAT32:
                 grad_input(<const float *>pdy, <const float *>px, <float *>pdx, &p, vec[0],
-                           vec[1], vec[2], vec[3], vec[4], n, buf + 5 * C, nt)
+                           vec[1], vec[2], vec[3], vec[4], n, buf + 5 * C, nt,
+                           <const float *>pry, <float *>pdr)
             else:
                 grad_input(<const double *>pdy, <const double *>px, <double *>pdx, &p, vec[0],
-                           vec[1], vec[2], vec[3], vec[4], n, buf + 5 * C, nt)
+                           vec[1], vec[2], vec[3], vec[4], n, buf + 5 * C, nt,
+                           <const double *>pry, <double *>pdr)
     finally:
         free(buf)
+    if return_dresidual:
+        return dx, dres
     return dx
 
 

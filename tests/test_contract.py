@@ -379,12 +379,13 @@ def test_backward_contract(case):
 
 
 def build_backward_sums(case):
-    _, x, dy, _, _, mean, invstd = _backward_inputs(case)
-    return (dy, x, mean, invstd, case["axis"], case["n_threads"])
+    rng, x, dy, _, _, mean, invstd = _backward_inputs(case)
+    return (dy, x, mean, invstd, case["axis"], case["n_threads"], case["activation"],
+            _forward_output(case, rng, x, None))
 
 
 @SETTINGS
-@given(cases(required=("mean", "invstd"), two_inputs=True))
+@given(cases(required=("mean", "invstd"), two_inputs=True, scalars=("activation", "y")))
 def test_backward_sums_contract(case):
     event(check_contract(_kernels.backward_sums, _training._backward_sums_validated,
                          build_backward_sums, case))
@@ -398,12 +399,13 @@ def build_backward_input(case):
     if out is None:
         out = _out(case["out"], case["shape"], dy, x)
     return (dy, x, mean, invstd, gamma, dgamma, dbeta, case["count"], case["axis"], out,
-            case["n_threads"])
+            case["n_threads"], case["activation"], _forward_output(case, rng, x, out),
+            case["return_dresidual"])
 
 
 @SETTINGS
 @given(cases(vectors=("gamma",), required=("mean", "invstd", "dgamma", "dbeta"),
-             two_inputs=True, scalars=("count",)))
+             two_inputs=True, scalars=("count", "activation", "y", "return_dresidual")))
 def test_backward_input_contract(case):
     event(check_contract(_kernels.backward_input, _training._backward_input_validated,
                          build_backward_input, case))

@@ -8,6 +8,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import bnfast
+from bnfast import _training
 from bnfast import reference as ref
 from _helpers import (OUTPUT_RTOL, STAT_RTOL, assert_bits_equal, backward_scales,
                       make_float, n_channels)
@@ -327,6 +328,35 @@ def test_layer(rng):
     np.testing.assert_array_equal(bn.dresidual, g.astype(np.float32))
     with pytest.raises(ValueError, match="activation"):
         bnfast.BatchNorm(4, activation="gelu")
+
+
+@pytest.mark.parametrize("shape, axis, dtype", [((2, 16, 2048), 1, np.float32),
+                                                ((300, 40), 1, np.float64),
+                                                ((6, 5, 7, 7), 1, np.float32),
+                                                ((9, 6, 6, 600), -1, np.float32)])
+def test_backward_halves_with_relu(rng, shape, axis, dtype):
+    """backward_sums and backward_input with the ReLU mask give batch_norm_backward's bits
+    (both planner paths, runs and tiles), and the residual's gradient."""
+    x = make_float(rng, shape, axis).astype(dtype)
+    dy = rng.standard_normal(shape).astype(dtype)
+    C = n_channels(shape, axis)
+    gamma = rng.uniform(0.5, 2.0, C)
+    y, mean, invstd = bnfast.batch_norm_forward(x, gamma, axis=axis, activation="relu",
+                                                residual=rng.standard_normal(shape))
+    dx, dgamma, dbeta, dres = bnfast.batch_norm_backward(
+        dy, x, mean, invstd, gamma, axis=axis, activation="relu", y=y, return_dresidual=True)
+    sums = _training.backward_sums(dy, x, mean, invstd, axis=axis, activation="relu", y=y)
+    assert_bits_equal(sums[0], dgamma, "dgamma")
+    assert_bits_equal(sums[1], dbeta, "dbeta")
+    m = float(x.size // C)
+    got, got_dres = _training.backward_input(dy, x, mean, invstd, gamma, *sums, m, axis=axis,
+                                             activation="relu", y=y, return_dresidual=True)
+    assert_bits_equal(got, dx, "dx")
+    assert_bits_equal(got_dres, dres, "dresidual")
+    with pytest.raises(ValueError, match="y: the forward output is required"):
+        _training.backward_sums(dy, x, mean, invstd, axis=axis, activation="relu")
+    with pytest.raises(ValueError, match="y: only taken"):
+        _training.backward_input(dy, x, mean, invstd, gamma, *sums, m, axis=axis, y=y)
 
 
 # -- float32 tile rows wider than 256 columns (issue 14) -----------------------------------
