@@ -15,11 +15,12 @@ import numpy as np
 import numpy.typing as npt
 
 from . import _kernels
-from ._training import backward_arguments, check_training_size
+from ._training import backward_arguments, check_training_size, relu_arguments
 from ._validation import (
     as_array,
     channel_shape,
     channel_vector,
+    check_activation,
     check_bool,
     check_ddof,
     check_eps,
@@ -35,6 +36,7 @@ from ._validation import (
     plain,
     running_buffer,
     running_stats,
+    same_shape_input,
 )
 
 __all__ = ["moments", "moments_state", "merge_moments", "batch_norm_forward",
@@ -220,17 +222,29 @@ def merge_moments(
     return merged
 
 
+def _plain_variant(function: str, **fused: Any) -> None:
+    """ValueError when the fused activation / residual arguments come with a variant
+    (virtual_batch_size=, renorm=), which computes plain batch norm only."""
+    given = [name for name, value in fused.items() if value is not None and value is not False]
+    if given:
+        raise ValueError(f"{function}: {', '.join(given)} cannot be combined with "
+                         "virtual_batch_size= or renorm= (the variants compute plain batch "
+                         "norm; apply the activation and residual separately)")
+
+
 def batch_norm_forward(
     x: npt.ArrayLike, gamma: npt.ArrayLike | None = None, beta: npt.ArrayLike | None = None, *,
     axis: int | None = 1, eps: float = 1e-5, running_mean: np.ndarray | None = None,
     running_var: np.ndarray | None = None, momentum: float = 0.1,
     out: np.ndarray | None = None, n_threads: int | None = None,
+    activation: str | None = None, residual: npt.ArrayLike | None = None,
     virtual_batch_size: int | None = None,
 ) -> tuple[np.ndarray, F64Array, F64Array]:
     """Batch normalization in training mode: normalize with the batch's own statistics.
 
     ``y = (x - mean) / sqrt(var + eps) * gamma + beta`` per channel, where ``mean`` and the
-    biased ``var`` are taken over every axis but ``axis``.
+    biased ``var`` are taken over every axis but ``axis``; then, fused into the same pass,
+    ``y = relu(y + residual)`` with ``activation`` and ``residual``.
 
     Parameters
     ----------
@@ -250,9 +264,17 @@ def batch_norm_forward(
         (the unbiased variance), m being the number of elements per channel.
     momentum : float in [0, 1], default 0.1
     out : ndarray, optional
-        Where to write y: the shape of ``x`` and the output dtype; ``out=x`` is in place.
+        Where to write y: the shape of ``x`` and the output dtype; ``out=x`` is in place,
+        and so is ``out=residual`` (a ResNet's ``y = relu(bn(x) + identity)`` into the
+        identity's buffer).
     n_threads : int or None, default None
         Threads to use; None is the OpenMP default. Results do not depend on it.
+    activation : None or "relu", default None
+        ``"relu"``: ``y = max(y, 0)`` (NaN stays NaN), after the residual.
+    residual : array_like, optional
+        Added to the normalized output, before the activation: exactly x's shape (no
+        broadcasting), any real dtype, cast to the dtype y is computed in (float32 for
+        float32 and float16 x, float64 otherwise). It may be ``x`` or ``out`` itself.
     virtual_batch_size : int, optional
         Ghost batch norm (Keras's ``virtual_batch_size``): statistics per consecutive group
         of k samples along axis 0 (k must divide ``x.shape[0]``; the channel axis must not
@@ -265,6 +287,14 @@ def batch_norm_forward(
         Of x's dtype (float64 for integer input); ``out`` when given.
     mean, invstd : ndarray of float64, shape (C,)
         The batch mean and ``1 / sqrt(var + eps)``, as ``batch_norm_backward`` takes them.
+
+    Notes
+    -----
+    Rounding of the fused output, in the dtype ``w`` y is computed in: ``bn(x)`` is rounded
+    to ``w`` (the bits of the plain call), the residual (cast to ``w``) is added and the sum
+    rounded to ``w``, then the ReLU. So ``y`` has exactly the bits of the unfused sequence
+    ``y = batch_norm_forward(x, ...)[0]; y += residual; np.maximum(y, 0, out=y)`` (up to the
+    sign of a zero), in one pass instead of three.
 
     Raises
     ------
@@ -283,20 +313,22 @@ def batch_norm_forward(
     """
     if virtual_batch_size is not None:  # ghost batch norm (bnfast/_variants.py)
         from ._variants import ghost_batch_norm_forward
+        _plain_variant("batch_norm_forward", activation=activation, residual=residual)
         return ghost_batch_norm_forward(x, gamma, beta, virtual_batch_size, axis=axis, eps=eps,
                                         running_mean=running_mean, running_var=running_var,
                                         momentum=momentum, out=out, n_threads=n_threads)
     fast = _kernels.forward_train(x, gamma, beta, axis, eps, running_mean, running_var,
-                                  momentum, out, n_threads)
+                                  momentum, out, n_threads, activation, residual)
     if fast is not None:  # the plain case, recognized and computed without Python between
         return fast
     return _forward_train_validated(x, gamma, beta, axis, eps, running_mean, running_var,
-                                    momentum, out, n_threads)
+                                    momentum, out, n_threads, activation, residual)
 
 
 def _forward_train_validated(x: Any, gamma: Any, beta: Any, axis: Any, eps: Any,
                              running_mean: Any, running_var: Any, momentum: Any, out: Any,
-                             n_threads: Any) -> tuple[np.ndarray, F64Array, F64Array]:
+                             n_threads: Any, activation: Any = None,
+                             residual: Any = None) -> tuple[np.ndarray, F64Array, F64Array]:
     """batch_norm_forward on checked, normalized arguments (every error is raised here)."""
     a = as_array(x)
     outer, C, inner = channel_shape(a, axis)
@@ -304,12 +336,15 @@ def _forward_train_validated(x: Any, gamma: Any, beta: Any, axis: Any, eps: Any,
     eps = check_eps(eps)
     momentum = check_momentum(momentum)
     nt = kernel_threads(n_threads)
+    act = check_activation(activation)
     g = channel_vector(gamma, C, "gamma")
     b = channel_vector(beta, C, "beta")
     rm, rm_back = running_buffer(running_mean, C, "running_mean")
     rv, rv_back = running_buffer(running_var, C, "running_var")
     if out is not None:
         check_out(out, a.shape, odt)
+    r3 = None if residual is None else same_shape_input(
+        residual, a.shape, work, (outer, C, inner), "residual", out)
     check_training_size(outer * inner, C, a.shape)
     if C == 0:
         if outer * inner < 2:  # what the kernels have always answered here
@@ -317,7 +352,7 @@ def _forward_train_validated(x: Any, gamma: Any, beta: Any, axis: Any, eps: Any,
         return (out if out is not None else np.empty(a.shape, odt)), np.empty(0), np.empty(0)
     x3, y3, direct = output_buffers(a, (outer, C, inner), work, out, (a,))
     try:
-        res = _kernels.forward_train(x3, g, b, 1, eps, rm, rv, momentum, y3, nt)
+        res = _kernels.forward_train(x3, g, b, 1, eps, rm, rv, momentum, y3, nt, act, r3)
     finally:
         # Also when KeyboardInterrupt is raised as the kernel returns: running statistics
         # kept in a float64 copy are then updated whole, like those the kernel writes itself.
@@ -333,11 +368,14 @@ def batch_norm_inference(
     x: npt.ArrayLike, running_mean: npt.ArrayLike, running_var: npt.ArrayLike,
     gamma: npt.ArrayLike | None = None, beta: npt.ArrayLike | None = None, *,
     axis: int | None = 1, eps: float = 1e-5, out: np.ndarray | None = None,
-    n_threads: int | None = None,
+    n_threads: int | None = None, activation: str | None = None,
+    residual: npt.ArrayLike | None = None,
 ) -> np.ndarray:
     """Batch normalization in inference mode: normalize with given (running) statistics.
 
-    ``y = (x - running_mean) / sqrt(running_var + eps) * gamma + beta`` per channel.
+    ``y = (x - running_mean) / sqrt(running_var + eps) * gamma + beta`` per channel; then,
+    in the same pass, ``y = relu(y + residual)`` with ``activation`` and ``residual`` (as in
+    ``batch_norm_forward``, with the same rounding).
 
     Parameters
     ----------
@@ -349,8 +387,11 @@ def batch_norm_inference(
     axis : int or None, default 1
     eps : float, default 1e-5
     out : ndarray, optional
-        Where to write y; ``out=x`` is in place.
+        Where to write y; ``out=x`` and ``out=residual`` are in place.
     n_threads : int or None, default None
+    activation : None or "relu", default None
+    residual : array_like of x's shape, optional
+        As in ``batch_norm_forward``.
 
     Returns
     -------
@@ -364,31 +405,35 @@ def batch_norm_inference(
     [[-1.0, -1.0], [1.0, 1.0]]
     """
     fast = _kernels.forward_infer(x, running_mean, running_var, gamma, beta, axis, eps, out,
-                                  n_threads)
+                                  n_threads, activation, residual)
     if fast is not None:  # the plain case, recognized and computed without Python between
         return fast
     return _forward_infer_validated(x, running_mean, running_var, gamma, beta, axis, eps, out,
-                                    n_threads)
+                                    n_threads, activation, residual)
 
 
 def _forward_infer_validated(x: Any, running_mean: Any, running_var: Any, gamma: Any,
-                             beta: Any, axis: Any, eps: Any, out: Any,
-                             n_threads: Any) -> np.ndarray:
+                             beta: Any, axis: Any, eps: Any, out: Any, n_threads: Any,
+                             activation: Any = None, residual: Any = None) -> np.ndarray:
     """batch_norm_inference on checked, normalized arguments (every error is raised here)."""
     a = as_array(x)
     outer, C, inner = channel_shape(a, axis)
     work, odt = dtype_policy(a.dtype)
     eps = check_eps(eps)
     nt = kernel_threads(n_threads)
+    act = check_activation(activation)
     rm, rv = running_stats(running_mean, running_var, C)
     g = channel_vector(gamma, C, "gamma")
     b = channel_vector(beta, C, "beta")
     if out is not None:
         check_out(out, a.shape, odt)
+    r3 = None if residual is None else same_shape_input(
+        residual, a.shape, work, (outer, C, inner), "residual", out)
     if C == 0 or outer * inner == 0:
         return out if out is not None else np.empty(a.shape, odt)
     x3, y3, direct = output_buffers(a, (outer, C, inner), work, out, (a,))
-    kernel_result(_kernels.forward_infer(x3, rm, rv, g, b, 1, eps, y3, nt), "forward_infer")
+    kernel_result(_kernels.forward_infer(x3, rm, rv, g, b, 1, eps, y3, nt, act, r3),
+                  "forward_infer")
     return finish_output(y3, a.shape, odt, out, direct)
 
 
@@ -396,9 +441,10 @@ def batch_norm_backward(
     dy: npt.ArrayLike, x: npt.ArrayLike, mean: npt.ArrayLike, invstd: npt.ArrayLike,
     gamma: npt.ArrayLike | None = None, *, axis: int | None = 1,
     out: np.ndarray | None = None, n_threads: int | None = None,
-    virtual_batch_size: int | None = None,
+    activation: str | None = None, y: npt.ArrayLike | None = None,
+    return_dresidual: bool = False, virtual_batch_size: int | None = None,
     renorm: tuple[npt.ArrayLike, npt.ArrayLike] | None = None,
-) -> tuple[np.ndarray, F64Array, F64Array]:
+) -> tuple[np.ndarray, ...]:
     """Gradients of training-mode batch normalization.
 
     With ``xhat = (x - mean) * invstd``: ``dbeta = sum(dy)``, ``dgamma = sum(dy * xhat)`` and
@@ -417,8 +463,18 @@ def batch_norm_backward(
         The forward scale (default 1).
     axis : int or None, default 1
     out : ndarray, optional
-        Where to write dx; ``out=dy`` and ``out=x`` work in place.
+        Where to write dx; ``out=dy``, ``out=x`` and ``out=y`` work in place.
     n_threads : int or None, default None
+    activation : None or "relu", default None
+        The forward's activation. With ``"relu"``, ``dy`` is first masked by the forward
+        output, ``g = dy * (y > 0)`` (0 where y is 0 or NaN), inside the same passes, and
+        dx, dgamma and dbeta are the above with g for dy.
+    y : array_like of x's shape
+        The forward output (``relu(bn(x) + residual)``): required with
+        ``activation="relu"``, and only then.
+    return_dresidual : bool, default False
+        Also return the residual's gradient, g (dy itself without activation), written in
+        the pass that computes dx.
     virtual_batch_size : int, optional
         Ghost batch norm, as in ``batch_norm_forward``: ``mean``, ``invstd`` of shape (G, C);
         dx per group, dgamma and dbeta summed over the groups.
@@ -431,6 +487,8 @@ def batch_norm_backward(
     dx : ndarray
         Of the inputs' dtype (float64 for integers); ``out`` when given.
     dgamma, dbeta : ndarray of float64, shape (C,)
+    dresidual : ndarray
+        Only with ``return_dresidual``: of dx's dtype, a new array.
 
     Examples
     --------
@@ -442,27 +500,40 @@ def batch_norm_backward(
     """
     if virtual_batch_size is not None or renorm is not None:  # bnfast/_variants.py
         from ._variants import variant_backward
+        _plain_variant("batch_norm_backward", activation=activation, y=y,
+                       return_dresidual=return_dresidual)
         return variant_backward(dy, x, mean, invstd, gamma, axis=axis, out=out,
                                 n_threads=n_threads, virtual_batch_size=virtual_batch_size,
                                 renorm=renorm)
-    fast = _kernels.backward(dy, x, mean, invstd, gamma, axis, out, n_threads)
+    fast = _kernels.backward(dy, x, mean, invstd, gamma, axis, out, n_threads, activation, y,
+                             return_dresidual)
     if fast is not None:  # the plain case, recognized and computed without Python between
         return fast
-    return _backward_validated(dy, x, mean, invstd, gamma, axis, out, n_threads)
+    return _backward_validated(dy, x, mean, invstd, gamma, axis, out, n_threads, activation,
+                               y, return_dresidual)
 
 
 def _backward_validated(dy: Any, x: Any, mean: Any, invstd: Any, gamma: Any, axis: Any,
-                        out: Any, n_threads: Any) -> tuple[np.ndarray, F64Array, F64Array]:
+                        out: Any, n_threads: Any, activation: Any = None, y: Any = None,
+                        return_dresidual: Any = False) -> tuple[np.ndarray, ...]:
     """batch_norm_backward on checked, normalized arguments (every error is raised here)."""
     b = backward_arguments(dy, x, mean, invstd, axis, n_threads)
     C = b.shape3[1]
     g = channel_vector(gamma, C, "gamma")
+    want_dres = check_bool(return_dresidual, "return_dresidual")
     if out is not None:
         check_out(out, b.x.shape, b.odt)
+    act, y3 = relu_arguments(activation, y, b, out)
     if b.empty:
-        return (out if out is not None else np.empty(b.x.shape, b.odt)), np.zeros(C), np.zeros(C)
+        dx = out if out is not None else np.empty(b.x.shape, b.odt)
+        if want_dres:
+            return dx, np.zeros(C), np.zeros(C), np.empty(b.x.shape, b.odt)
+        return dx, np.zeros(C), np.zeros(C)
     x3 = contiguous(b.x, b.work, b.shape3)
     dy3, dx3, direct = output_buffers(b.dy, b.shape3, b.work, out, (b.x, b.dy))
-    _, dgamma, dbeta = kernel_result(
-        _kernels.backward(dy3, x3, b.mean, b.invstd, g, 1, dx3, b.n_threads), "backward")
-    return finish_output(dx3, b.x.shape, b.odt, out, direct), dgamma, dbeta
+    res = kernel_result(_kernels.backward(dy3, x3, b.mean, b.invstd, g, 1, dx3, b.n_threads,
+                                          act, y3, want_dres), "backward")
+    dx = finish_output(dx3, b.x.shape, b.odt, out, direct)
+    if want_dres:
+        return dx, res[1], res[2], res[3].reshape(b.x.shape).astype(b.odt, copy=False)
+    return dx, res[1], res[2]

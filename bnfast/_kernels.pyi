@@ -21,6 +21,8 @@ def forward_train(
     momentum: object,
     out: object,
     n_threads: object,
+    activation: object = None,
+    residual: object = None,
 ) -> tuple[_F, _F64, _F64] | None: ...
 def forward_infer(
     x: object,
@@ -32,6 +34,8 @@ def forward_infer(
     eps: object,
     out: object,
     n_threads: object,
+    activation: object = None,
+    residual: object = None,
 ) -> _F | None: ...
 def backward(
     dy: object,
@@ -42,9 +46,19 @@ def backward(
     axis: object,
     out: object,
     n_threads: object,
-) -> tuple[_F, _F64, _F64] | None: ...
+    activation: object = None,
+    y: object = None,
+    return_dresidual: object = False,
+) -> tuple[_F, _F64, _F64] | tuple[_F, _F64, _F64, _F] | None: ...
 def backward_sums(
-    dy: object, x: object, mean: object, invstd: object, axis: object, n_threads: object
+    dy: object,
+    x: object,
+    mean: object,
+    invstd: object,
+    axis: object,
+    n_threads: object,
+    activation: object = None,
+    y: object = None,
 ) -> tuple[_F64, _F64] | None: ...
 def backward_input(
     dy: object,
@@ -58,7 +72,10 @@ def backward_input(
     axis: object,
     out: object,
     n_threads: object,
-) -> _F | None: ...
+    activation: object = None,
+    y: object = None,
+    return_dresidual: object = False,
+) -> _F | tuple[_F, _F] | None: ...
 def moments(x: object, axis: object, n_threads: object) -> tuple[_F64, _F64] | None: ...
 def moments_masked(
     x: object, weights: object, n_threads: object

@@ -25,6 +25,8 @@ from ._validation import (
     as_array,
     channel_shape,
     channel_vector,
+    check_activation,
+    check_bool,
     check_eps,
     check_momentum,
     check_out,
@@ -36,6 +38,7 @@ from ._validation import (
     output_buffers,
     plain,
     running_buffer,
+    same_shape_input,
 )
 
 __all__ = ["check_training_size", "training_stats_from_state", "backward_arguments",
@@ -136,34 +139,54 @@ def backward_arguments(dy: npt.ArrayLike, x: npt.ArrayLike, mean: npt.ArrayLike 
     return BackwardArguments(a, g_in, shape3, work, odt, nt, mu, inv)
 
 
+def relu_arguments(activation: Any, y: Any, b: BackwardArguments,
+                   out: Any = None) -> tuple[str | None, np.ndarray | None]:
+    """Check the fused ReLU's arguments of a backward: (activation, y as the kernels take it).
+
+    ``y`` (the forward output) is required with ``activation="relu"`` and only then; it is
+    copied when it may share memory with ``out``.
+    """
+    act = check_activation(activation)
+    if act is not None and y is None:
+        raise ValueError(f"y: the forward output is required with activation={act!r}")
+    if act is None and y is not None:
+        raise ValueError("y: only taken with activation='relu' (the mask y > 0)")
+    y3 = None if y is None else same_shape_input(y, b.x.shape, b.work, b.shape3, "y", out)
+    return act, y3
+
+
 def backward_sums(dy: npt.ArrayLike, x: npt.ArrayLike, mean: npt.ArrayLike,
                   invstd: npt.ArrayLike, *, axis: int | None = 1,
-                  n_threads: int | None = None) -> tuple[F64Array, F64Array]:
+                  n_threads: int | None = None, activation: str | None = None,
+                  y: npt.ArrayLike | None = None) -> tuple[F64Array, F64Array]:
     """This process's per-channel backward sums ``(dgamma, dbeta)``.
 
     ``dgamma = sum(dy * xhat)`` and ``dbeta = sum(dy)`` with ``xhat = (x - mean) * invstd``,
     over every axis but ``axis``: the first half of ``batch_norm_backward``, with its bits.
-    Arguments and errors as in ``batch_norm_backward``; an empty batch gives zeros.
+    Arguments and errors as in ``batch_norm_backward``; an empty batch gives zeros. With
+    ``activation="relu"`` and the forward output ``y``, dy is masked by ``y > 0`` first.
 
     Returns
     -------
     dgamma, dbeta : ndarray of float64, shape (C,)
     """
-    fast = _kernels.backward_sums(dy, x, mean, invstd, axis, n_threads)
+    fast = _kernels.backward_sums(dy, x, mean, invstd, axis, n_threads, activation, y)
     if fast is not None:
         return fast
-    return _backward_sums_validated(dy, x, mean, invstd, axis, n_threads)
+    return _backward_sums_validated(dy, x, mean, invstd, axis, n_threads, activation, y)
 
 
 def _backward_sums_validated(dy: Any, x: Any, mean: Any, invstd: Any, axis: Any,
-                             n_threads: Any) -> tuple[F64Array, F64Array]:
+                             n_threads: Any, activation: Any = None,
+                             y: Any = None) -> tuple[F64Array, F64Array]:
     b = backward_arguments(dy, x, mean, invstd, axis, n_threads)
+    act, y3 = relu_arguments(activation, y, b)
     if b.empty:
         return np.zeros(b.shape3[1]), np.zeros(b.shape3[1])
     x3 = contiguous(b.x, b.work, b.shape3)
     dy3 = contiguous(b.dy, b.work, b.shape3)
-    return kernel_result(_kernels.backward_sums(dy3, x3, b.mean, b.invstd, 1, b.n_threads),
-                         "backward_sums")
+    return kernel_result(_kernels.backward_sums(dy3, x3, b.mean, b.invstd, 1, b.n_threads, act,
+                                                y3), "backward_sums")
 
 
 def _check_count(count: Any) -> float:
@@ -184,7 +207,9 @@ def backward_input(dy: npt.ArrayLike, x: npt.ArrayLike, mean: npt.ArrayLike,
                    invstd: npt.ArrayLike, gamma: npt.ArrayLike | None,
                    dgamma: npt.ArrayLike, dbeta: npt.ArrayLike, count: float, *,
                    axis: int | None = 1, out: np.ndarray | None = None,
-                   n_threads: int | None = None) -> np.ndarray:
+                   n_threads: int | None = None, activation: str | None = None,
+                   y: npt.ArrayLike | None = None,
+                   return_dresidual: bool = False) -> Any:
     """The input gradient from per-channel sums that may cover more than this ``x``.
 
     ``dx = gamma * invstd / count * (count * dy - dbeta - xhat * dgamma)`` per channel, with
@@ -202,23 +227,28 @@ def backward_input(dy: npt.ArrayLike, x: npt.ArrayLike, mean: npt.ArrayLike,
         ``sum(dy * xhat)`` and ``sum(dy)`` per channel.
     count : float
         Elements per channel behind the sums (> 0).
+    activation, y, return_dresidual
+        As in ``batch_norm_backward``: dy masked by ``y > 0``, and the masked dy returned too.
 
     Returns
     -------
     dx : ndarray
         Of the inputs' dtype (float64 for integers); ``out`` when given.
+    dresidual : ndarray
+        Only with ``return_dresidual`` (then the result is the pair ``(dx, dresidual)``).
     """
     fast = _kernels.backward_input(dy, x, mean, invstd, gamma, dgamma, dbeta, count, axis, out,
-                                   n_threads)
+                                   n_threads, activation, y, return_dresidual)
     if fast is not None:
         return fast
     return _backward_input_validated(dy, x, mean, invstd, gamma, dgamma, dbeta, count, axis,
-                                     out, n_threads)
+                                     out, n_threads, activation, y, return_dresidual)
 
 
 def _backward_input_validated(dy: Any, x: Any, mean: Any, invstd: Any, gamma: Any,
                               dgamma: Any, dbeta: Any, count: Any, axis: Any, out: Any,
-                              n_threads: Any) -> np.ndarray:
+                              n_threads: Any, activation: Any = None, y: Any = None,
+                              return_dresidual: Any = False) -> Any:
     b = backward_arguments(dy, x, mean, invstd, axis, n_threads)
     C = b.shape3[1]
     g = channel_vector(gamma, C, "gamma")
@@ -227,12 +257,20 @@ def _backward_input_validated(dy: Any, x: Any, mean: Any, invstd: Any, gamma: An
     dg = channel_vector(dgamma, C, "dgamma")
     db = channel_vector(dbeta, C, "dbeta")
     n = _check_count(count)
+    want_dres = check_bool(return_dresidual, "return_dresidual")
     if out is not None:
         check_out(out, b.x.shape, b.odt)
+    act, y3 = relu_arguments(activation, y, b, out)
     if b.empty:
-        return out if out is not None else np.empty(b.x.shape, b.odt)
+        dx = out if out is not None else np.empty(b.x.shape, b.odt)
+        return (dx, np.empty(b.x.shape, b.odt)) if want_dres else dx
     x3 = contiguous(b.x, b.work, b.shape3)
     dy3, dx3, direct = output_buffers(b.dy, b.shape3, b.work, out, (b.x, b.dy))
-    kernel_result(_kernels.backward_input(dy3, x3, b.mean, b.invstd, g, dg, db, n, 1, dx3,
-                                          b.n_threads), "backward_input")
-    return finish_output(dx3, b.x.shape, b.odt, out, direct)
+    res = kernel_result(_kernels.backward_input(dy3, x3, b.mean, b.invstd, g, dg, db, n, 1, dx3,
+                                                b.n_threads, act, y3, want_dres),
+                        "backward_input")
+    dx = finish_output(dx3, b.x.shape, b.odt, out, direct)
+    if want_dres:
+        assert isinstance(res, tuple)
+        return dx, res[1].reshape(b.x.shape).astype(b.odt, copy=False)
+    return dx

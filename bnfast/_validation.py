@@ -359,3 +359,28 @@ def is_dask_array(x: Any) -> bool:
     """True when ``x`` is a dask array; never imports dask (unimported, no array can be one)."""
     da = sys.modules.get("dask.array")
     return da is not None and isinstance(x, da.Array)
+
+
+
+def check_activation(activation: Any) -> str | None:
+    """The fused activation: None or ``"relu"``."""
+    if activation is None:
+        return None
+    if isinstance(activation, str) and activation == "relu":
+        return "relu"  # exactly the str (a str subclass becomes one)
+    raise ValueError(f"activation: expected None or 'relu', got {activation!r}")
+
+
+def same_shape_input(v: Any, shape: tuple[int, ...], work: np.dtype[Any],
+                     shape3: tuple[int, int, int], name: str,
+                     avoid: np.ndarray | None = None) -> np.ndarray:
+    """An array argument of x's shape (a residual, the forward output y) as the kernels take
+    it: plain, of the working dtype, viewed as shape3. A copy whenever it may share memory
+    with ``avoid`` (the user's ``out``, which may be written before the kernel reads it)."""
+    a = as_array(v, name)
+    if a.shape != shape:
+        raise ValueError(f"{name}: expected the shape of x {shape}, got shape {a.shape} "
+                         "(no broadcasting)")
+    if avoid is not None and np.may_share_memory(a, avoid):
+        return np.array(a, dtype=work, order="C").reshape(shape3)
+    return contiguous(a, work, shape3)

@@ -17,6 +17,7 @@ from ._validation import (
     as_array,
     channel_shape,
     channel_vector,
+    check_activation,
     check_bool,
     check_eps,
     check_float_dtype,
@@ -99,6 +100,10 @@ class BatchNorm:
         torchrl's BatchRenorm1d; Keras clips nothing by default (pass large values for that).
         Plain attributes: the schedule (from 1 and 0 upwards) is up to the user, who may
         change them between steps.
+    activation : None or "relu", default None
+        Fused into the forward pass: ``y = relu(bn(x) + residual)`` (``forward(x, residual)``),
+        and differentiated by ``backward`` from the mask ``y > 0``. Not together with
+        ``virtual_batch_size`` or ``renorm``.
 
     Attributes
     ----------
@@ -110,6 +115,10 @@ class BatchNorm:
     dgamma, dbeta : ndarray of shape (C,) or None
         Gradients of the loss with respect to ``weight`` and ``bias``, written (not
         accumulated) by every ``backward``.
+    dresidual : ndarray or None
+        The gradient with respect to the ``residual`` of the last ``forward`` (``dy * (y >
+        0)`` with the ReLU, else ``dy``), set by ``backward`` when that forward had a
+        residual, else None.
     training : bool
         Training mode (batch statistics, running statistics updated) or eval mode.
 
@@ -117,7 +126,8 @@ class BatchNorm:
     -----
     ``forward`` keeps a reference to its input ``x`` (and the statistics it normalized with)
     until the next ``forward``, because ``backward`` needs them: don't modify ``x`` in place
-    between the two. ``backward`` differentiates whatever the last ``forward`` computed: the
+    between the two (nor, with ``activation``, the output ``y``, whose mask ``y > 0``
+    ``backward`` reads). ``backward`` differentiates whatever the last ``forward`` computed: the
     training-mode transform (batch statistics) or, in eval mode, the affine inference
     transform, whose gradients are ``dx = dy * weight / sqrt(running_var + eps)``,
     ``dgamma = sum(dy * xhat)``, ``dbeta = sum(dy)``.
@@ -142,7 +152,8 @@ class BatchNorm:
                  momentum: float | None = 0.1, affine: bool = True,
                  track_running_stats: bool = True, dtype: npt.DTypeLike = np.float32,
                  n_threads: int | None = None, virtual_batch_size: int | None = None,
-                 renorm: bool = False, r_max: float = 3.0, d_max: float = 5.0) -> None:
+                 renorm: bool = False, r_max: float = 3.0, d_max: float = 5.0,
+                 activation: str | None = None) -> None:
         self.num_features = check_int(num_features, "num_features", minimum=1)
         self.axis = None if axis is None else check_int(axis, "axis")
         self.eps = check_eps(eps)
@@ -164,12 +175,17 @@ class BatchNorm:
             raise ValueError("renorm and virtual_batch_size: expected at most one of them "
                              "(batch renormalization of virtual batches is not supported)")
         self._saved_kw: dict[str, Any] = {}  # the variant's keywords for batch_norm_backward
+        self.activation = check_activation(activation)
+        if self.activation is not None and (self.renorm or self.virtual_batch_size is not None):
+            raise ValueError("activation: the fused activation cannot be combined with renorm "
+                             "or virtual_batch_size (apply it after the layer instead)")
         self.training = True
         C = self.num_features
         self.weight = np.ones(C, self.dtype) if self.affine else None
         self.bias = np.zeros(C, self.dtype) if self.affine else None
-        self.dgamma = None
-        self.dbeta = None
+        self.dgamma: np.ndarray | None = None
+        self.dbeta: np.ndarray | None = None
+        self.dresidual: np.ndarray | None = None
         self.running_mean: np.ndarray | None
         self.running_var: np.ndarray | None
         self.num_batches_tracked: int | None
@@ -181,8 +197,9 @@ class BatchNorm:
             self.running_mean = None
             self.running_var = None
             self.num_batches_tracked = None
-        # (x, mean, invstd, var or None) of the last forward: var is set in eval mode only.
-        self._saved = None
+        # (x, mean, invstd, var or None, y or None, had a residual) of the last forward: var
+        # is set in eval mode only, y with an activation only.
+        self._saved: tuple[Any, ...] | None = None
 
     def __repr__(self):
         variant = ""
@@ -193,7 +210,8 @@ class BatchNorm:
         return (f"BatchNorm({self.num_features}, axis={self.axis}, eps={self.eps}, "
                 f"momentum={self.momentum}, affine={self.affine}, "
                 f"track_running_stats={self.track_running_stats}, dtype={self.dtype}"
-                f"{variant})")
+                f"{variant}"
+                + (f", activation={self.activation!r})" if self.activation else ")"))
 
     # -- mode -------------------------------------------------------------------------------
 
@@ -222,9 +240,11 @@ class BatchNorm:
 
     # -- computation ------------------------------------------------------------------------
 
-    def forward(self, x):
+    def forward(self, x: npt.ArrayLike, residual: npt.ArrayLike | None = None) -> np.ndarray:
         """Normalize ``x``: batch statistics in training mode (running statistics updated),
-        running statistics in eval mode (unless ``track_running_stats=False``).
+        running statistics in eval mode (unless ``track_running_stats=False``); then add
+        ``residual`` (x's shape, optional) and apply the layer's ``activation``, in the same
+        pass (the functional API's rounding).
 
         Returns y, of ``x``'s dtype (float64 for integer input).
         """
@@ -239,11 +259,12 @@ class BatchNorm:
             update = self.training and self.track_running_stats
             if update:
                 rm, rv = self.running_mean, self.running_var
+                assert self.num_batches_tracked is not None  # tracked: set in __init__
                 count = self.num_batches_tracked + 1
                 factor = 1.0 / count if self.momentum is None else self.momentum
                 before = (np.array(rm, copy=True), np.array(rv, copy=True))
             try:
-                y, mean, invstd, kw = self._batch_forward(a, rm, rv, factor)
+                y, mean, invstd, kw = self._batch_forward(a, rm, rv, factor, residual)
             except BaseException:
                 # KeyboardInterrupt is raised when the kernel returns, after it updated the
                 # running statistics: undo that, so the layer is updated whole or not at all.
@@ -253,27 +274,38 @@ class BatchNorm:
                 raise
             if update:  # only once the forward succeeded: a failed call changes nothing
                 self.num_batches_tracked = count
-            self._saved = (a, mean, invstd, None)
+            self._saved = (a, mean, invstd, None, y if self.activation else None,
+                           residual is not None)
             self._saved_kw = kw
             return y
+        assert self.running_mean is not None and self.running_var is not None  # eval, tracked
         y = batch_norm_inference(a, self.running_mean, self.running_var, self.weight,
                                  self.bias, axis=self.axis, eps=self.eps,
-                                 n_threads=self.n_threads)
+                                 n_threads=self.n_threads, activation=self.activation,
+                                 residual=residual)
         # A snapshot: backward differentiates the transform this forward applied.
         mean = np.array(self.running_mean, dtype=np.float64)
         var = np.array(self.running_var, dtype=np.float64)
         with np.errstate(divide="ignore", invalid="ignore"):
             invstd = 1.0 / np.sqrt(var + self.eps)
-        self._saved = (a, mean, invstd, var)
+        self._saved = (a, mean, invstd, var, y if self.activation else None,
+                       residual is not None)
         self._saved_kw = {}
         return y
 
     __call__ = forward
 
-    def _batch_forward(self, a, rm, rv, factor):
+    def _batch_forward(self, a: np.ndarray, rm: np.ndarray | None, rv: np.ndarray | None,
+                       factor: float, residual: npt.ArrayLike | None
+                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
         """The forward with batch statistics: (y, mean, invstd, keywords for the backward)."""
-        kw = dict(axis=self.axis, eps=self.eps, n_threads=self.n_threads)
+        kw: dict[str, Any] = dict(axis=self.axis, eps=self.eps, n_threads=self.n_threads)
+        variant = self.training and (self.renorm or self.virtual_batch_size is not None)
+        if variant and residual is not None:
+            raise ValueError("residual: not with renorm or virtual_batch_size (those compute "
+                             "plain batch norm; add the residual after the layer)")
         if self.training and self.renorm:
+            assert rm is not None and rv is not None  # renorm needs track_running_stats
             y, mean, invstd, r, d = batch_renorm_forward(
                 a, rm, rv, self.weight, self.bias, r_max=self.r_max, d_max=self.d_max,
                 momentum=factor, **kw)
@@ -285,26 +317,39 @@ class BatchNorm:
                                                  virtual_batch_size=k, **kw)
             return y, mean, invstd, {"virtual_batch_size": k}
         y, mean, invstd = batch_norm_forward(a, self.weight, self.bias, running_mean=rm,
-                                             running_var=rv, momentum=factor, **kw)
+                                             running_var=rv, momentum=factor,
+                                             activation=self.activation, residual=residual,
+                                             **kw)
         return y, mean, invstd, {}
 
-    def backward(self, dy):
+    def backward(self, dy: npt.ArrayLike) -> np.ndarray:
         """Gradient of the last ``forward``: returns dx and sets ``self.dgamma``,
-        ``self.dbeta`` (of the parameter dtype; None without ``affine``).
+        ``self.dbeta`` (of the parameter dtype; None without ``affine``) and
+        ``self.dresidual`` (when that forward had a residual, else None).
 
         dx has the dtype of ``x`` and ``dy`` combined (float64 for integers).
         """
         if self._saved is None:
             raise RuntimeError("backward: no forward to differentiate; call forward(x) first")
-        x, mean, invstd, var = self._saved
-        dx, dgamma, dbeta = batch_norm_backward(dy, x, mean, invstd, self.weight,
-                                                axis=self.axis, n_threads=self.n_threads,
-                                                **self._saved_kw)
+        x, mean, invstd, var, y, had_residual = self._saved
+        if self._saved_kw:  # a variant's backward (no activation, no residual)
+            dx, dgamma, dbeta = batch_norm_backward(dy, x, mean, invstd, self.weight,
+                                                    axis=self.axis, n_threads=self.n_threads,
+                                                    **self._saved_kw)
+            dres = None
+        else:
+            want_dres = had_residual or (var is not None and y is not None)
+            res = batch_norm_backward(dy, x, mean, invstd, self.weight, axis=self.axis,
+                                      n_threads=self.n_threads, activation=self.activation,
+                                      y=y, return_dresidual=want_dres)
+            dx, dgamma, dbeta = res[:3]
+            dres = res[3] if want_dres else None
         if var is not None:
             # Eval mode: y is affine in x, dx = dy * weight * invstd. The reductions above
             # (sum dy, sum dy * xhat) are the same as in training; only dx differs, and the
             # inference transform with mean 0 computes it in one pass over dy.
-            g = as_array(dy, "dy")
+            # With the ReLU, the masked dy (the residual's gradient) is what flows back.
+            g = as_array(dy, "dy") if dres is None else dres
             direct = dtype_policy(g.dtype)[1] == dx.dtype
             dx_eval = batch_norm_inference(g, np.zeros_like(var), var, self.weight, None,
                                            axis=self.axis, eps=self.eps,
@@ -314,6 +359,7 @@ class BatchNorm:
         if self.affine:
             self.dgamma = dgamma.astype(self.dtype)
             self.dbeta = dbeta.astype(self.dtype)
+        self.dresidual = dres if had_residual else None
         return dx
 
     # -- state ------------------------------------------------------------------------------

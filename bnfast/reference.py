@@ -21,6 +21,8 @@ __all__ = [
     "batch_renorm_backward",
     "ghost_batch_norm_forward",
     "ghost_batch_norm_backward",
+    "relu_residual",
+    "batch_norm_backward_relu",
 ]
 
 _ACCEPTED_KINDS = "biuf"
@@ -423,3 +425,55 @@ def ghost_batch_norm_backward(dy, x, mean, invstd, gamma=None, virtual_batch_siz
         dgamma = dgamma + _column_sums(dy2 * xhat)
         dbeta = dbeta + _column_sums(dy2)
     return dx, dgamma, dbeta
+
+
+def relu_residual(y, residual=None, activation=None):
+    """The fused epilogue of the forward: ``relu(y + residual)`` in float64.
+
+    Parameters
+    ----------
+    y : array_like
+        A batch-norm output (of ``batch_norm_forward`` or ``batch_norm_inference``).
+    residual : array_like of y's shape, optional
+        Added to y (no broadcasting); None adds nothing.
+    activation : None or "relu"
+        ``"relu"`` takes ``max(v, 0)`` (NaN stays NaN).
+
+    Returns
+    -------
+    ndarray
+        float64, y's shape.
+    """
+    v = _to_float64(y, "y")
+    if residual is not None:
+        r = _to_float64(residual, "residual")
+        if r.shape != v.shape:
+            raise ValueError(f"residual must have the shape of y {v.shape}, got {r.shape}")
+        v = v + r
+    if activation == "relu":
+        v = np.where(v < 0, 0.0, v)
+    elif activation is not None:
+        raise ValueError(f"activation must be None or 'relu', got {activation!r}")
+    return v
+
+
+def batch_norm_backward_relu(dy, x, mean, invstd, y, gamma=None, axis=1):
+    """Gradients of ``relu(bn(x) + residual)`` given its output ``y``.
+
+    The upstream gradient is masked first, ``g = dy * (y > 0)``; then ``dx``, ``dgamma`` and
+    ``dbeta`` are ``batch_norm_backward``'s of g, and the residual's gradient is g.
+
+    Returns
+    -------
+    dx : ndarray
+        float64, x's shape.
+    dgamma, dbeta : ndarray
+        float64 ``(C,)``.
+    dresidual : ndarray
+        float64 g, x's shape.
+    """
+    if np.shape(y) != np.shape(x):
+        raise ValueError(f"y must have the shape of x {np.shape(x)}, got {np.shape(y)}")
+    g = np.where(_to_float64(y, "y") > 0, _to_float64(dy, "dy"), 0.0)
+    dx, dgamma, dbeta = batch_norm_backward(g, x, mean, invstd, gamma, axis)
+    return dx, dgamma, dbeta, g

@@ -32,6 +32,11 @@ The plain case
   (running_mean, running_var).
 - out: None (a new array is returned) or a plain writeable array of x's dtype and shape
   that is exactly one of the inputs (in place) or shares no memory with them.
+- The fused activation and residual (forward_train, forward_infer): activation None or
+  exactly the str "relu"; residual None or a plain array of x's dtype and shape that is y's
+  buffer itself (out=residual) or shares no memory with it. backward: activation likewise, y
+  (the forward output, for the mask y > 0) given exactly when activation is "relu", plain, of
+  x's dtype and shape, the same buffer as dx or disjoint from it; return_dresidual a bool.
 - The three building blocks of the statistics and of the running-statistics rule state
   their own plain case in their docstrings, in the same style: moments_masked takes a plain
   2-D (samples, channels) matrix; merge_states and update_running take float64 state
@@ -79,11 +84,12 @@ bn_num_procs()
 
 def forward_train(object x, object gamma, object beta, object axis, object eps,
                   object running_mean, object running_var, object momentum, object out,
-                  object n_threads):
+                  object n_threads, object activation=None, object residual=None):
     """batch_norm_forward's plain case: (y, mean, invstd), running statistics updated; or
-    None."""
+    None. y = relu(bn(x) + residual) with activation "relu" and a residual (module
+    docstring)."""
     cdef intp outer, C, inner
-    cdef int nt
+    cdef int nt, act
     cdef int typenum = plain_call(x, axis, n_threads, &outer, &C, &inner, &nt)
     cdef double e, mom
     cdef double *buf
@@ -97,15 +103,18 @@ def forward_train(object x, object gamma, object beta, object axis, object eps,
     cdef Plan p
     cdef void *px
     cdef void *py
+    cdef const void *pres
     if (typenum < 0 or outer * inner < 2 or not plain_float(eps, 0.0, INFINITY, False, &e)
             or not plain_float(momentum, 0.0, 1.0, False, &mom)):
         return None
     if not (plain_optional(gamma, C, False) and plain_optional(beta, C, False)
-            and plain_optional(running_mean, C, True) and plain_optional(running_var, C, True)):
+            and plain_optional(running_mean, C, True) and plain_optional(running_var, C, True)
+            and plain_activation(activation, &act)):
         return None
     y = plain_out(out, <cnp.ndarray>x, x)
-    if y is None:
+    if y is None or not plain_residual(residual, <cnp.ndarray>x, y):
         return None
+    pres = NULL if residual is None else cnp.PyArray_DATA(<cnp.ndarray>residual)
     mean = new_vector(C)
     invstd = new_vector(C)
     p = make_plan(outer, C, inner, cnp.PyArray_ITEMSIZE(<cnp.ndarray>x))
@@ -120,10 +129,10 @@ def forward_train(object x, object gamma, object beta, object axis, object eps,
         with nogil:
             if typenum == cnp.NPY_FLOAT32:
                 train_impl(<const float *>px, <float *>py, &p, g, b, e, pmean, m2, pinv,
-                           buf + 3 * C, nt)
+                           buf + 3 * C, <const float *>pres, act, nt)
             else:
                 train_impl(<const double *>px, <double *>py, &p, g, b, e, pmean, m2, pinv,
-                           buf + 3 * C, nt)
+                           buf + 3 * C, <const double *>pres, act, nt)
         # Unbiased variance m2 / (m - 1) goes into running_var (PyTorch's convention).
         update_buffer(running_mean, pmean, C, mom, 1.0)
         update_buffer(running_var, m2, C, mom, 1.0 / (<double>(outer * inner) - 1.0))
@@ -133,10 +142,13 @@ def forward_train(object x, object gamma, object beta, object axis, object eps,
 
 
 def forward_infer(object x, object running_mean, object running_var, object gamma,
-                  object beta, object axis, object eps, object out, object n_threads):
-    """batch_norm_inference's plain case: y; or None."""
+                  object beta, object axis, object eps, object out, object n_threads,
+                  object activation=None, object residual=None):
+    """batch_norm_inference's plain case: y (with the activation and residual of
+    forward_train); or None."""
     cdef intp outer, C, inner
-    cdef int nt
+    cdef int nt, act
+    cdef const void *pres
     cdef int typenum = plain_call(x, axis, n_threads, &outer, &C, &inner, &nt)
     cdef double e
     cdef double *buf
@@ -148,11 +160,13 @@ def forward_infer(object x, object running_mean, object running_var, object gamm
     if typenum < 0 or not plain_float(eps, 0.0, INFINITY, False, &e):
         return None
     if not (plain_vector(running_mean, C, False) and plain_vector(running_var, C, False)
-            and plain_optional(gamma, C, False) and plain_optional(beta, C, False)):
+            and plain_optional(gamma, C, False) and plain_optional(beta, C, False)
+            and plain_activation(activation, &act)):
         return None
     y = plain_out(out, <cnp.ndarray>x, x)
-    if y is None:
+    if y is None or not plain_residual(residual, <cnp.ndarray>x, y):
         return None
+    pres = NULL if residual is None else cnp.PyArray_DATA(<cnp.ndarray>residual)
     p = make_plan(outer, C, inner, cnp.PyArray_ITEMSIZE(<cnp.ndarray>x))
     buf = alloc_doubles(6 * C)  # four vectors as doubles; 2 * C of scratch
     vec[0] = as_doubles(running_mean, buf, C)
@@ -165,10 +179,10 @@ def forward_infer(object x, object running_mean, object running_var, object gamm
         with nogil:
             if typenum == cnp.NPY_FLOAT32:
                 infer_impl(<const float *>px, <float *>py, &p, vec[0], vec[1], vec[2], vec[3], e,
-                           buf + 4 * C, nt)
+                           buf + 4 * C, <const float *>pres, act, nt)
             else:
                 infer_impl(<const double *>px, <double *>py, &p, vec[0], vec[1], vec[2], vec[3],
-                           e, buf + 4 * C, nt)
+                           e, buf + 4 * C, <const double *>pres, act, nt)
     finally:
         free(buf)
     return y
@@ -186,10 +200,15 @@ cdef int plain_backward(object dy, object x, object axis, object n_threads, obje
 
 
 def backward(object dy, object x, object mean, object invstd, object gamma, object axis,
-             object out, object n_threads):
-    """batch_norm_backward's plain case: (dx, dgamma, dbeta); or None."""
+             object out, object n_threads, object activation=None, object y=None,
+             object return_dresidual=False):
+    """batch_norm_backward's plain case: (dx, dgamma, dbeta), and dresidual with
+    return_dresidual; or None. With activation "relu", dy counts where y > 0 only."""
     cdef intp outer, C, inner
-    cdef int nt
+    cdef int nt, act
+    cdef object dres = None
+    cdef void *pry = NULL
+    cdef void *pdr = NULL
     cdef int typenum = plain_backward(dy, x, axis, n_threads, mean, invstd, &outer, &C, &inner,
                                       &nt)
     cdef double *buf
@@ -202,11 +221,22 @@ def backward(object dy, object x, object mean, object invstd, object gamma, obje
     cdef void *pdy
     cdef void *px
     cdef void *pdx
-    if typenum < 0 or not plain_optional(gamma, C, False):
+    if (typenum < 0 or not plain_optional(gamma, C, False)
+            or not plain_activation(activation, &act) or type(return_dresidual) is not bool):
+        return None
+    if (y is None) if act else (y is not None):
+        return None
+    if y is not None and not plain_like(y, <cnp.ndarray>x):
         return None
     dx = plain_out(out, <cnp.ndarray>x, dy)
-    if dx is None:
+    if dx is None or not same_or_apart(dx, y):
         return None
+    if y is not None:
+        pry = cnp.PyArray_DATA(<cnp.ndarray>y)
+    if return_dresidual:
+        dres = cnp.PyArray_EMPTY(cnp.PyArray_NDIM(<cnp.ndarray>x), (<cnp.ndarray>x).shape,
+                                 cnp.PyArray_TYPE(<cnp.ndarray>x), 0)
+        pdr = cnp.PyArray_DATA(<cnp.ndarray>dres)
     dgamma = new_vector(C)
     dbeta = new_vector(C)
     p = make_plan(outer, C, inner, cnp.PyArray_ITEMSIZE(<cnp.ndarray>x), False, GRAD_TILE_C)
@@ -222,21 +252,27 @@ def backward(object dy, object x, object mean, object invstd, object gamma, obje
         with nogil:
             if typenum == cnp.NPY_FLOAT32:
                 backward_impl(<const float *>pdy, <const float *>px, <float *>pdx, &p, vec[0],
-                              vec[1], vec[2], pdg, pdb, buf + 3 * C, nt)
+                              vec[1], vec[2], pdg, pdb, buf + 3 * C, nt, <const float *>pry,
+                              <float *>pdr)
             else:
                 backward_impl(<const double *>pdy, <const double *>px, <double *>pdx, &p, vec[0],
-                              vec[1], vec[2], pdg, pdb, buf + 3 * C, nt)
+                              vec[1], vec[2], pdg, pdb, buf + 3 * C, nt, <const double *>pry,
+                              <double *>pdr)
     finally:
         free(buf)
+    if return_dresidual:
+        return dx, dgamma, dbeta, dres
     return dx, dgamma, dbeta
 
 
 def backward_sums(object dy, object x, object mean, object invstd, object axis,
-                  object n_threads):
+                  object n_threads, object activation=None, object y=None):
     """The local half of the backward: (dgamma, dbeta) = (sum(dy * xhat), sum(dy)) per
-    channel, with the bits batch_norm_backward computes them with; or None."""
+    channel, with the bits batch_norm_backward computes them with (dy masked by y > 0 with
+    activation "relu"); or None."""
     cdef intp outer, C, inner
-    cdef int nt
+    cdef int nt, act
+    cdef void *pry = NULL
     cdef int typenum = plain_backward(dy, x, axis, n_threads, mean, invstd, &outer, &C, &inner,
                                       &nt)
     cdef double *buf
@@ -247,8 +283,13 @@ def backward_sums(object dy, object x, object mean, object invstd, object axis,
     cdef Plan p
     cdef void *pdy
     cdef void *px
-    if typenum < 0:
+    if typenum < 0 or not plain_activation(activation, &act):
         return None
+    if ((y is None) if act else (y is not None)) or not (y is None
+                                                         or plain_like(y, <cnp.ndarray>x)):
+        return None
+    if y is not None:
+        pry = cnp.PyArray_DATA(<cnp.ndarray>y)
     dgamma = new_vector(C)
     dbeta = new_vector(C)
     p = make_plan(outer, C, inner, cnp.PyArray_ITEMSIZE(<cnp.ndarray>x), False, GRAD_TILE_C)
@@ -262,10 +303,10 @@ def backward_sums(object dy, object x, object mean, object invstd, object axis,
         with nogil:
             if typenum == cnp.NPY_FLOAT32:
                 backward_sums_impl(<const float *>pdy, <const float *>px, &p, vec[0], vec[1],
-                                   pdg, pdb, nt)
+                                   pdg, pdb, nt, <const float *>pry)
             else:
                 backward_sums_impl(<const double *>pdy, <const double *>px, &p, vec[0], vec[1],
-                                   pdg, pdb, nt)
+                                   pdg, pdb, nt, <const double *>pry)
     finally:
         free(buf)
     return dgamma, dbeta
@@ -273,11 +314,16 @@ def backward_sums(object dy, object x, object mean, object invstd, object axis,
 
 def backward_input(object dy, object x, object mean, object invstd, object gamma,
                    object dgamma, object dbeta, object count, object axis, object out,
-                   object n_threads):
+                   object n_threads, object activation=None, object y=None,
+                   object return_dresidual=False):
     """The elementwise half of the backward: dx from per-channel sums over count elements
-    (possibly gathered from several processes); or None."""
+    (possibly gathered from several processes), dy masked by y > 0 with activation "relu",
+    and (dx, dresidual) with return_dresidual; or None."""
     cdef intp outer, C, inner
-    cdef int nt
+    cdef int nt, act
+    cdef object dres = None
+    cdef void *pry = NULL
+    cdef void *pdr = NULL
     cdef int typenum = plain_backward(dy, x, axis, n_threads, mean, invstd, &outer, &C, &inner,
                                       &nt)
     cdef double n
@@ -291,11 +337,21 @@ def backward_input(object dy, object x, object mean, object invstd, object gamma
     if typenum < 0 or not plain_float(count, 0.0, INFINITY, True, &n):
         return None
     if not (plain_optional(gamma, C, False) and plain_vector(dgamma, C, False)
-            and plain_vector(dbeta, C, False)):
+            and plain_vector(dbeta, C, False) and plain_activation(activation, &act)
+            and type(return_dresidual) is bool):
+        return None
+    if ((y is None) if act else (y is not None)) or not (y is None
+                                                         or plain_like(y, <cnp.ndarray>x)):
         return None
     dx = plain_out(out, <cnp.ndarray>x, dy)
-    if dx is None:
+    if dx is None or not same_or_apart(dx, y):
         return None
+    if y is not None:
+        pry = cnp.PyArray_DATA(<cnp.ndarray>y)
+    if return_dresidual:
+        dres = cnp.PyArray_EMPTY(cnp.PyArray_NDIM(<cnp.ndarray>x), (<cnp.ndarray>x).shape,
+                                 cnp.PyArray_TYPE(<cnp.ndarray>x), 0)
+        pdr = cnp.PyArray_DATA(<cnp.ndarray>dres)
     p = make_plan(outer, C, inner, cnp.PyArray_ITEMSIZE(<cnp.ndarray>x), False, GRAD_TILE_C)
     buf = alloc_doubles(8 * C)  # five vectors as doubles; 3 * C of scratch
     vec[0] = as_doubles(mean, buf, C)
@@ -310,12 +366,16 @@ def backward_input(object dy, object x, object mean, object invstd, object gamma
         with nogil:
             if typenum == cnp.NPY_FLOAT32:
                 grad_input(<const float *>pdy, <const float *>px, <float *>pdx, &p, vec[0],
-                           vec[1], vec[2], vec[3], vec[4], n, buf + 5 * C, nt)
+                           vec[1], vec[2], vec[3], vec[4], n, buf + 5 * C, nt,
+                           <const float *>pry, <float *>pdr)
             else:
                 grad_input(<const double *>pdy, <const double *>px, <double *>pdx, &p, vec[0],
-                           vec[1], vec[2], vec[3], vec[4], n, buf + 5 * C, nt)
+                           vec[1], vec[2], vec[3], vec[4], n, buf + 5 * C, nt,
+                           <const double *>pry, <double *>pdr)
     finally:
         free(buf)
+    if return_dresidual:
+        return dx, dres
     return dx
 
 

@@ -239,6 +239,27 @@ BN_INLINE int bn_f32_grad_coefs(const double *mean, const double *a, const doubl
     return !bad;
 }
 
+/* The ReLU's gradient mask, g where y > 0 else +0 (also for y NaN), as an and of the bits:
+ * no branch and no conditional load, so the loops that use it stay vectorized. */
+#include <stdint.h>
+static inline float bn_relu_mask_f(float g, float y)
+{
+    uint32_t b;
+    memcpy(&b, &g, sizeof b);
+    b &= (uint32_t)0 - (uint32_t)(y > 0);
+    memcpy(&g, &b, sizeof g);
+    return g;
+}
+static inline double bn_relu_mask_d(double g, double y)
+{
+    uint64_t b;
+    memcpy(&b, &g, sizeof b);
+    b &= (uint64_t)0 - (uint64_t)(y > 0);
+    memcpy(&g, &b, sizeof g);
+    return g;
+}
+#define BN_RELU_MASK(g, y) _Generic((g), float: bn_relu_mask_f, double: bn_relu_mask_d)((g), (y))
+
 #define BN_T float
 #define BN_F32 1
 #define BN_FN(name) name##_f32

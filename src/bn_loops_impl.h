@@ -392,12 +392,12 @@ BN_TARGET static void BN_FN(tile_grad_sums)(const BN_T *dy, const BN_T *x, npy_i
  * of the design note with the per-channel factors hoisted).  The coefficients come in float64.
  * float64 data is computed in float64.  float32 data is computed in float32, 8 AVX2 lanes
  * instead of 4, when the coefficients are in range (bn_f32_bad, bn_loops.h), else in float64
- * and rounded once at the end, like float64 data.  Tile rows wider than BN_F32_ROW_COLS stay in
- * float64: their coefficients arrive as float64 arrays on every call (a segment of 4 to 16
- * rows), and converting them costs about 7 cycles a column, more than those rows save (1 MiB
- * float32 in cache, 1 thread, forward: 1.26x the float64 loop's time at 1024 columns, 2.3x at
- * 4096).  Converted once per operation they would run at 0.60x and 0.80x: that conversion
- * belongs where the coefficients are made, in the Cython layer.
+ * and rounded once at the end, like float64 data.  Tile rows: the Cython layer converts the
+ * coefficients of a row to float32 once per operation (elementwise.pxi f32_coefficients) and
+ * calls row_normalize_f32c / row_grad_input_f32c for rows of every width, or the float64 row
+ * loop for the whole pass when one coefficient is out of range.  (Converted here on every
+ * call, for a segment of 4 to 16 rows, they cost about 7 cycles a column: more than wide rows
+ * save, so row_normalize_ep still takes the float32 loop only up to BN_F32_ROW_COLS columns.)
  *
  * Error of the float32 forward.  The mean is split into m_h = fl(mean) and m_l = fl(mean - m_h)
  * (mean - m_h is exact in float64), and
@@ -451,33 +451,34 @@ BN_TARGET static void BN_FN(tile_grad_sums)(const BN_T *dy, const BN_T *x, npy_i
  * the split of the work.  The vector body and the scalar tail round alike (IEEE float32 or
  * float64 operations, no reassociation, no FMA contraction: the build uses -ffp-contract=off),
  * and the float32/float64 choice is made per call, from the row width and the coefficients
- * (of the run's channel, or of the tile row's columns), which the shape fixes.  A channel's y
- * depends on its own coefficients only, except that one out-of-range coefficient sends a whole
- * tile row of at most BN_F32_ROW_COLS columns to the float64 loop (a more accurate result,
- * other bits), and except for the row width: the same channel in a row wider than
- * BN_F32_ROW_COLS (a wider array, as against one chunk of it along the channels) takes the
- * float64 loop.
+ * (of the run's channel, or of every channel of the tiles layout), which the shape fixes.  A
+ * channel's y depends on its own coefficients only, except that one out-of-range coefficient
+ * sends a whole tiles-layout pass to the float64 loop (a more accurate result, other bits).
  *
  * Epilogues.  The loops are inline bodies parameterized by what a fused pass adds: forward
- * res (a residual of x's shape, added after the shift) and act (1: max(v, 0), NaN kept), and
- * backward relu_y (the forward output: dy counts where relu_y > 0, else 0) and dres (where that
- * masked dy is written: the residual's gradient).  The exported functions pass NULL and 0 as
- * constants, which the inlined bodies fold away; the fused variants (issue 13) will be more
- * instances of the same bodies, with these arguments.
+ * res (a residual of x's shape) and act (1: max(v, 0), NaN kept), and backward relu_y (the
+ * forward output: dy counts where relu_y > 0, else 0) and dres (where that masked dy is
+ * written: the residual's gradient).  The residual is added to v rounded to BN_T (the plain
+ * pass's output, bit for bit) and the sum is rounded to BN_T, in the float32 and the float64
+ * loop alike: a sum of two floats made in float64 and rounded to float32 is the correctly
+ * rounded float32 sum (53 >= 2 * 24 + 2).  So y = relu(fl(bn(x) + res)) with bn(x) the plain
+ * output: the bits of the unfused sequence, whichever loop runs.  The plain functions pass
+ * NULL and 0 as constants, which the inlined bodies fold away; the fused variants below
+ * instantiate the bodies once per combination, so no test is left in the inner loops.
  */
 
 #define BN_FORWARD_EPILOGUE(v, res, act, i)                                                  \
     do {                                                                                     \
         if (res)                                                                             \
-            (v) += (res)[i];                                                                 \
+            (v) = (BN_T)(v) + (res)[i];                                                      \
         if ((act) && (v) < 0)                                                                \
             (v) = 0;                                                                         \
     } while (0)
 
 #define BN_BACKWARD_PROLOGUE(g, relu_y, dres, i)                                             \
     do {                                                                                     \
-        if ((relu_y) && !((relu_y)[i] > 0))                                                  \
-            (g) = 0;                                                                         \
+        if (relu_y)                                                                          \
+            (g) = BN_RELU_MASK((g), (relu_y)[i]);                                            \
         if (dres)                                                                            \
             (dres)[i] = (BN_T)(g);                                                           \
     } while (0)
@@ -759,6 +760,275 @@ BN_TARGET static void BN_FN(row_grad_input)(const BN_T *dy, const BN_T *x, BN_T 
     BN_FN(row_grad_input_ep)(dy, x, dx, nrows, ncols, mean, a, b, k, NULL, NULL, stream);
 }
 
+/* ---- Fused variants (activation, residual; docs/design.md §1) -------------------------------
+ * Each dispatches once on (res, act) / (relu_y, dres) to an instance of the inline body with
+ * those as constants: the plain combination is the plain pass, bit for bit. */
+#define BN_FWD_DISPATCH(call_res_act)                                                        \
+    do {                                                                                     \
+        if (res && act) {                                                                    \
+            call_res_act(res, 1);                                                            \
+        } else if (res) {                                                                    \
+            call_res_act(res, 0);                                                            \
+        } else if (act) {                                                                    \
+            call_res_act((const BN_T *)NULL, 1);                                             \
+        } else {                                                                             \
+            call_res_act((const BN_T *)NULL, 0);                                             \
+        }                                                                                    \
+    } while (0)
+
+#define BN_BWD_DISPATCH(call_ry_dr)                                                          \
+    do {                                                                                     \
+        if (relu_y && dres) {                                                                \
+            call_ry_dr(relu_y, dres);                                                        \
+        } else if (relu_y) {                                                                 \
+            call_ry_dr(relu_y, (BN_T *)NULL);                                                \
+        } else if (dres) {                                                                   \
+            call_ry_dr((const BN_T *)NULL, dres);                                            \
+        } else {                                                                             \
+            call_ry_dr((const BN_T *)NULL, (BN_T *)NULL);                                    \
+        }                                                                                    \
+    } while (0)
+
+BN_TARGET static void BN_FN(run_normalize_fused)(const BN_T *x, BN_T *y, npy_intp len,
+                                                 double mean, double scale, double shift,
+                                                 const BN_T *res, int act, int stream)
+{
+#define BN_CALL(R, A) BN_FN(run_normalize_ep)(x, y, len, mean, scale, shift, R, A, stream)
+    BN_FWD_DISPATCH(BN_CALL);
+#undef BN_CALL
+}
+
+BN_TARGET static void BN_FN(row_normalize_fused)(const BN_T *x, BN_T *y, npy_intp nrows,
+                                                 npy_intp ncols, const double *mean,
+                                                 const double *scale, const double *shift,
+                                                 const BN_T *res, int act, int stream)
+{
+#define BN_CALL(R, A) \
+    BN_FN(row_normalize_ep)(x, y, nrows, ncols, mean, scale, shift, R, A, stream)
+    BN_FWD_DISPATCH(BN_CALL);
+#undef BN_CALL
+}
+
+BN_TARGET static void BN_FN(run_grad_input_fused)(const BN_T *dy, const BN_T *x, BN_T *dx,
+                                                  npy_intp len, double mean, double a,
+                                                  double b, double k, const BN_T *relu_y,
+                                                  BN_T *dres, int stream)
+{
+#define BN_CALL(R, D) BN_FN(run_grad_input_ep)(dy, x, dx, len, mean, a, b, k, R, D, stream)
+    BN_BWD_DISPATCH(BN_CALL);
+#undef BN_CALL
+}
+
+BN_TARGET static void BN_FN(row_grad_input_fused)(const BN_T *dy, const BN_T *x, BN_T *dx,
+                                                  npy_intp nrows, npy_intp ncols,
+                                                  const double *mean, const double *a,
+                                                  const double *b, const double *k,
+                                                  const BN_T *relu_y, BN_T *dres, int stream)
+{
+#define BN_CALL(R, D) \
+    BN_FN(row_grad_input_ep)(dy, x, dx, nrows, ncols, mean, a, b, k, R, D, stream)
+    BN_BWD_DISPATCH(BN_CALL);
+#undef BN_CALL
+}
+
+#if BN_F32
+/* Tile rows of any width with coefficients already in float32 (bn_f32_norm_coefs /
+ * bn_f32_grad_coefs, called once per operation by the Cython layer, which runs the float64
+ * row loop instead when they report a coefficient out of range). */
+BN_INLINE void bn_row_normalize_f32c_ep(const float *x, float *y, npy_intp nrows,
+                                        npy_intp ncols, const float *mh, const float *ml,
+                                        const float *s, const float *b, const float *res,
+                                        int act, int stream)
+{
+    float buf[BN_STREAM_BUF];
+    for (npy_intp r = 0; r < nrows; r++) {
+        const npy_intp o = r * ncols;
+        if (!stream) {
+            bn_normalize_row_span_f32(x + o, y + o, ncols, mh, ml, s, b, res ? res + o : NULL,
+                                      act);
+            continue;
+        }
+        for (npy_intp i = 0; i < ncols; i += BN_STREAM_BUF) {
+            const npy_intp n = ncols - i < BN_STREAM_BUF ? ncols - i : BN_STREAM_BUF;
+            bn_normalize_row_span_f32(x + o + i, buf, n, mh + i, ml + i, s + i, b + i,
+                                      res ? res + o + i : NULL, act);
+            bn_stream_store_f32(y + o + i, buf, n);
+        }
+    }
+    if (stream)
+        bn_stream_fence();
+}
+
+BN_TARGET static void row_normalize_f32c(const float *x, float *y, npy_intp nrows,
+                                         npy_intp ncols, const float *mh, const float *ml,
+                                         const float *s, const float *b, const float *res,
+                                         int act, int stream)
+{
+#define BN_CALL(R, A) bn_row_normalize_f32c_ep(x, y, nrows, ncols, mh, ml, s, b, R, A, stream)
+    BN_FWD_DISPATCH(BN_CALL);
+#undef BN_CALL
+}
+
+BN_INLINE void bn_row_grad_input_f32c_ep(const float *dy, const float *x, float *dx,
+                                         npy_intp nrows, npy_intp ncols, const float *ah,
+                                         const float *al, const float *kf, const float *mh,
+                                         const float *ml, const float *w, const float *relu_y,
+                                         float *dres, int stream)
+{
+    float buf[BN_STREAM_BUF];
+    for (npy_intp r = 0; r < nrows; r++) {
+        const npy_intp o = r * ncols;
+        if (!stream) {
+            bn_grad_input_row_span_f32(dy + o, x + o, dx + o, ncols, ah, al, kf, mh, ml, w,
+                                       relu_y ? relu_y + o : NULL, dres ? dres + o : NULL);
+            continue;
+        }
+        for (npy_intp i = 0; i < ncols; i += BN_STREAM_BUF) {
+            const npy_intp n = ncols - i < BN_STREAM_BUF ? ncols - i : BN_STREAM_BUF;
+            bn_grad_input_row_span_f32(dy + o + i, x + o + i, buf, n, ah + i, al + i, kf + i,
+                                       mh + i, ml + i, w + i,
+                                       relu_y ? relu_y + o + i : NULL,
+                                       dres ? dres + o + i : NULL);
+            bn_stream_store_f32(dx + o + i, buf, n);
+        }
+    }
+    if (stream)
+        bn_stream_fence();
+}
+
+BN_TARGET static void row_grad_input_f32c(const float *dy, const float *x, float *dx,
+                                          npy_intp nrows, npy_intp ncols, const float *ah,
+                                          const float *al, const float *kf, const float *mh,
+                                          const float *ml, const float *w,
+                                          const float *relu_y, float *dres, int stream)
+{
+#define BN_CALL(R, D) \
+    bn_row_grad_input_f32c_ep(dy, x, dx, nrows, ncols, ah, al, kf, mh, ml, w, R, D, stream)
+    BN_BWD_DISPATCH(BN_CALL);
+#undef BN_CALL
+}
+#endif
+
+/* Backward sums of the fused ReLU: run_grad_sums and tile_grad_sums with dy replaced by
+ * g = (relu_y > 0 ? dy : +0), in the same lanes and the same order, so they give the bits of
+ * the plain sums of np.where(relu_y > 0, dy, 0).  (Twins of the plain sums, kept apart from
+ * them; a change to the arithmetic of one belongs in the other.) */
+BN_TARGET static void BN_FN(run_grad_sums_masked)(const BN_T *dy, const BN_T *x,
+                                                  const BN_T *relu_y, npy_intp nrows,
+                                                  npy_intp len, npy_intp stride, double mean,
+                                                  double *sum_dy, double *sum_dy_xmu)
+{
+    double tail_a = 0.0, tail_b = 0.0;
+#ifdef BN_VECTOR_TYPES
+    const bn_vd m = BN_VSPLAT(mean);
+    bn_vd a0 = BN_VZERO, a1 = BN_VZERO, a2 = BN_VZERO, a3 = BN_VZERO;
+    bn_vd b0 = BN_VZERO, b1 = BN_VZERO, b2 = BN_VZERO, b3 = BN_VZERO;
+    bn_vd g0, g1, g2, g3, v0, v1, v2, v3;
+    BN_T gm[BN_LANES];
+    /* The masked gradient of 16 values, as a select of values loaded unconditionally (a
+     * conditional load would keep the loop scalar and branchy). */
+#define BN_VLOAD_MASKED_ALL(g, y)                                                            \
+    do {                                                                                     \
+        for (int j = 0; j < BN_LANES; j++) {                                                 \
+            gm[j] = BN_RELU_MASK((g)[j], (y)[j]);                                            \
+        }                                                                                    \
+    } while (0)
+#else
+    double a[BN_LANES] = {0}, b[BN_LANES] = {0};
+#endif
+    for (npy_intp r = 0; r < nrows; r++) {
+        const BN_T *g = dy + r * stride, *v = x + r * stride, *yy = relu_y + r * stride;
+        npy_intp i = 0;
+        for (; i + BN_LANES <= len; i += BN_LANES) {
+#ifdef BN_VECTOR_TYPES
+            /* Selected in BN_T before the conversion: masking the converted vector with a
+             * comparison's bits makes GCC 12 fail (internal error) in the AVX2 clone. */
+            BN_VLOAD_MASKED_ALL(g + i, yy + i);
+            BN_VLOAD(g0, gm);
+            BN_VLOAD(g1, gm + 4);
+            BN_VLOAD(g2, gm + 8);
+            BN_VLOAD(g3, gm + 12);
+            BN_VLOAD(v0, v + i);
+            BN_VLOAD(v1, v + i + 4);
+            BN_VLOAD(v2, v + i + 8);
+            BN_VLOAD(v3, v + i + 12);
+            a0 += g0;
+            a1 += g1;
+            a2 += g2;
+            a3 += g3;
+            b0 += g0 * (v0 - m);
+            b1 += g1 * (v1 - m);
+            b2 += g2 * (v2 - m);
+            b3 += g3 * (v3 - m);
+#else
+            for (int j = 0; j < BN_LANES; j++) {
+                const double gj = (double)BN_RELU_MASK(g[i + j], yy[i + j]);
+                a[j] += gj;
+                b[j] += gj * ((double)v[i + j] - mean);
+            }
+#endif
+        }
+        for (; i < len; i++) {
+            const double gi = (double)BN_RELU_MASK(g[i], yy[i]);
+            tail_a += gi;
+            tail_b += gi * ((double)v[i] - mean);
+        }
+    }
+#ifdef BN_VECTOR_TYPES
+    *sum_dy = BN_VTOTAL((a0 + a1) + (a2 + a3)) + tail_a;
+    *sum_dy_xmu = BN_VTOTAL((b0 + b1) + (b2 + b3)) + tail_b;
+#undef BN_VLOAD_MASKED_ALL
+#else
+    double av[4], bv[4];
+    for (int j = 0; j < 4; j++) {
+        av[j] = (a[j] + a[j + 4]) + (a[j + 8] + a[j + 12]);
+        bv[j] = (b[j] + b[j + 4]) + (b[j + 8] + b[j + 12]);
+    }
+    *sum_dy = ((av[0] + av[1]) + (av[2] + av[3])) + tail_a;
+    *sum_dy_xmu = ((bv[0] + bv[1]) + (bv[2] + bv[3])) + tail_b;
+#endif
+}
+
+BN_TARGET static void BN_FN(tile_grad_sums_masked)(const BN_T *dy, const BN_T *x,
+                                                   const BN_T *relu_y, npy_intp nrows,
+                                                   npy_intp ncols, npy_intp stride,
+                                                   const double *mean, double *sum_dy,
+                                                   double *sum_dy_xmu)
+{
+    npy_intp r = 0;
+    for (npy_intp c = 0; c < ncols; c++) {
+        sum_dy[c] = 0.0;
+        sum_dy_xmu[c] = 0.0;
+    }
+    const int by4 = BN_FN(tile_by4)(ncols, stride);
+    for (; by4 && r + 4 <= nrows; r += 4) {
+        const BN_T *g0 = dy + r * stride, *g1 = g0 + stride, *g2 = g1 + stride, *g3 = g2 + stride;
+        const BN_T *v0 = x + r * stride, *v1 = v0 + stride, *v2 = v1 + stride, *v3 = v2 + stride;
+        const BN_T *y0 = relu_y + r * stride, *y1 = y0 + stride, *y2 = y1 + stride,
+                   *y3 = y2 + stride;
+        for (npy_intp c = 0; c < ncols; c++) {
+            const double m = mean[c];
+            const double a = (double)BN_RELU_MASK(g0[c], y0[c]);
+            const double b = (double)BN_RELU_MASK(g1[c], y1[c]);
+            const double e = (double)BN_RELU_MASK(g2[c], y2[c]);
+            const double f = (double)BN_RELU_MASK(g3[c], y3[c]);
+            sum_dy[c] += (a + b) + (e + f);
+            sum_dy_xmu[c] += (a * ((double)v0[c] - m) + b * ((double)v1[c] - m))
+                             + (e * ((double)v2[c] - m) + f * ((double)v3[c] - m));
+        }
+    }
+    for (; r < nrows; r++) {
+        const BN_T *g = dy + r * stride, *v = x + r * stride, *yy = relu_y + r * stride;
+        for (npy_intp c = 0; c < ncols; c++) {
+            const double gc = (double)BN_RELU_MASK(g[c], yy[c]);
+            sum_dy[c] += gc;
+            sum_dy_xmu[c] += gc * ((double)v[c] - mean[c]);
+        }
+    }
+}
+
+#undef BN_FWD_DISPATCH
+#undef BN_BWD_DISPATCH
 #undef BN_FORWARD_EPILOGUE
 #undef BN_BACKWARD_PROLOGUE
 

@@ -23,7 +23,14 @@ cdef struct Elementwise:
     void *y                 # the output (may be x or dy: in place)
     const double *coef[4]   # per channel: mean, scale, shift / mean, a, b, k (grad_input)
     double *rep[4]          # tiled layout: coef repeated r.span times side by side
+    float *frep[6]          # float32 tiled layout: rep in float32 (bn_f32_norm_coefs /
+                            # bn_f32_grad_coefs), converted once per operation
+    bint f32                # frep is set: every coefficient in the float32 loops' range
     bint stream
+    const void *res         # forward: residual added after the shift, or NULL
+    int act                 # forward: 1 for the ReLU
+    const void *relu_y      # grad_input: the forward's ReLU output (dy masked where <= 0)
+    void *dres              # grad_input: where the masked dy goes (the residual's gradient)
 
 
 cdef int replicate(const double **coef, double **rep, int n_coef, intp C, intp span) except -1 nogil:
@@ -59,13 +66,43 @@ cdef int elementwise(void (*task)(const floating *, void *, intp) noexcept nogil
     """
     cdef const Plan *p = j.p
     cdef intp n
+    j.f32 = False
     if p.tiled:
         j.r = row_plan(p)
         replicate(j.coef, j.rep, n_coef, p.C, j.r.span)
+        if floating is float:
+            f32_coefficients(j, n_coef)
     n = elementwise_tasks(p, &j.r)
     run_tasks(task, x, j, n, n_threads_for(n_threads, work, n), GUIDED)
     if p.tiled and j.r.span > 1:
         free(j.rep[0])
+    if j.f32:
+        free(j.frep[0])
+    return 0
+
+
+cdef int f32_coefficients(Elementwise *j, int n_coef) except -1 nogil:
+    """The tiled layout's coefficient rows in float32, once per operation, for the float32
+    row loops of every width: j.f32 is set when each is in range (bn_loops.h), else the
+    float64 row loop runs. The choice depends on the shape and the coefficients only."""
+    cdef intp w = j.r.width, i
+    cdef int n_f = 4 if n_coef == 3 else 6
+    cdef bint ok
+    j.frep[0] = <float *>malloc(n_f * w * sizeof(float))
+    if j.frep[0] == NULL:
+        with gil:
+            raise MemoryError()
+    for i in range(1, n_f):
+        j.frep[i] = j.frep[0] + i * w
+    if n_coef == 3:
+        ok = bn_f32_norm_coefs(j.rep[0], j.rep[1], j.rep[2], w, j.frep[0], j.frep[1],
+                               j.frep[2], j.frep[3])
+    else:
+        ok = bn_f32_grad_coefs(j.rep[0], j.rep[1], j.rep[2], j.rep[3], w, j.frep[0],
+                               j.frep[1], j.frep[2], j.frep[3], j.frep[4], j.frep[5])
+    if not ok:
+        free(j.frep[0])
+    j.f32 = ok
     return 0
 
 
@@ -74,35 +111,53 @@ cdef void normalize_body(const floating *x, void *job, intp seg) noexcept nogil:
     cdef Elementwise *j = <Elementwise *>job
     cdef const Plan *p = j.p
     cdef floating *y = <floating *>j.y
+    cdef const floating *res = <const floating *>j.res
     cdef intp row, c, off, length, nrows, ncols
     if p.tiled:
         row_segment(&j.r, seg, &off, &nrows, &ncols)
+        if res != NULL:
+            res = res + off
         if floating is float:
-            row_normalize_f32(x + off, y + off, nrows, ncols, j.rep[0], j.rep[1], j.rep[2],
-                              j.stream)
+            if j.f32:
+                row_normalize_f32c(x + off, y + off, nrows, ncols, j.frep[0], j.frep[1],
+                                   j.frep[2], j.frep[3], res,
+                                   j.act, j.stream)
+            else:
+                row_normalize_fused_f32(x + off, y + off, nrows, ncols, j.rep[0], j.rep[1],
+                                        j.rep[2], res, j.act,
+                                        j.stream)
         else:
-            row_normalize_f64(x + off, y + off, nrows, ncols, j.rep[0], j.rep[1], j.rep[2],
-                              j.stream)
+            row_normalize_fused_f64(x + off, y + off, nrows, ncols, j.rep[0], j.rep[1],
+                                    j.rep[2], res, j.act,
+                                    j.stream)
         return
     row = seg // p.pieces
     c = row % p.C
     off = (seg % p.pieces) * p.piece_len
     length = min(p.piece_len, p.inner - off)
     off += row * p.inner
+    if res != NULL:
+        res = res + off
     if floating is float:
-        run_normalize_f32(x + off, y + off, length, j.coef[0][c], j.coef[1][c], j.coef[2][c],
-                          j.stream)
+        run_normalize_fused_f32(x + off, y + off, length, j.coef[0][c], j.coef[1][c],
+                                j.coef[2][c], res, j.act,
+                                j.stream)
     else:
-        run_normalize_f64(x + off, y + off, length, j.coef[0][c], j.coef[1][c], j.coef[2][c],
-                          j.stream)
+        run_normalize_fused_f64(x + off, y + off, length, j.coef[0][c], j.coef[1][c],
+                                j.coef[2][c], res, j.act,
+                                j.stream)
 
 
 cdef int normalize(const floating *x, floating *y, const Plan *p, const double *mean,
-                   const double *scale, const double *shift, int n_threads) except -1 nogil:
-    """y = (x - mean) * scale + shift per channel (y may be x)."""
+                   const double *scale, const double *shift, const floating *res, int act,
+                   int n_threads) except -1 nogil:
+    """y = (x - mean) * scale + shift per channel (y may be x), then + res (NULL: none) and the
+    ReLU with act (y may be res)."""
     cdef Elementwise j
     j.p = p
     j.y = y
+    j.res = res
+    j.act = act
     j.coef[0], j.coef[1], j.coef[2] = mean, scale, shift
     j.stream = streams(y, x, x, p.outer * p.C * p.inner * sizeof(floating))
     return elementwise(normalize_body[floating], x, &j, 3, p.outer * p.C * p.inner, n_threads)
@@ -127,6 +182,8 @@ cdef struct FusedForward:
     double *mean            # per channel results
     double *m2
     double *invstd
+    const void *res         # or NULL
+    int act
     bint stream
 
 
@@ -135,6 +192,7 @@ cdef void forward_channel(const floating *x, void *job, intp c) noexcept nogil:
     cdef FusedForward *j = <FusedForward *>job
     cdef const Plan *p = j.p
     cdef floating *y = <floating *>j.y
+    cdef const floating *res = <const floating *>j.res
     cdef intp o, off
     cdef double scale, shift
     moments_task(x, p, 0, c, j.st_n, j.mean, j.m2)
@@ -143,14 +201,17 @@ cdef void forward_channel(const floating *x, void *job, intp c) noexcept nogil:
     for o in range(p.outer):
         off = (o * p.C + c) * p.inner
         if floating is float:
-            run_normalize_f32(x + off, y + off, p.inner, j.mean[c], scale, shift, j.stream)
+            run_normalize_fused_f32(x + off, y + off, p.inner, j.mean[c], scale, shift,
+                                    res + off if res != NULL else res, j.act, j.stream)
         else:
-            run_normalize_f64(x + off, y + off, p.inner, j.mean[c], scale, shift, j.stream)
+            run_normalize_fused_f64(x + off, y + off, p.inner, j.mean[c], scale, shift,
+                                    res + off if res != NULL else res, j.act, j.stream)
 
 
 cdef int train_impl(const floating *x, floating *y, const Plan *p, const double *gamma,
                     const double *beta, double eps, double *mean, double *m2, double *invstd,
-                    double *scratch, int n_threads) except -1 nogil:
+                    double *scratch, const floating *res, int act,
+                    int n_threads) except -1 nogil:
     """Training forward (outer * inner >= 2, C >= 1): batch mean, m2 and invstd, and y.
 
     Fused plans go one channel at a time (statistics, then y from cache); the others make
@@ -164,6 +225,7 @@ cdef int train_impl(const floating *x, floating *y, const Plan *p, const double 
         j.y = y
         j.gamma, j.beta, j.eps = gamma, beta, eps
         j.st_n, j.mean, j.m2, j.invstd = scratch, mean, m2, invstd
+        j.res, j.act = res, act
         j.stream = streams(y, x, x, p.outer * p.C * p.inner * sizeof(floating))
         run_tasks(forward_channel[floating], x, &j, p.C,
                   n_threads_for(n_threads, p.outer * p.C * p.inner, p.C), DYNAMIC)
@@ -172,17 +234,19 @@ cdef int train_impl(const floating *x, floating *y, const Plan *p, const double 
     for c in range(p.C):
         invstd[c] = 1.0 / sqrt(m2[c] / m + eps)
         scale_shift(invstd[c], gamma, beta, c, &scratch[c], &scratch[p.C + c])
-    return normalize(x, y, p, mean, scratch, scratch + p.C, n_threads)
+    return normalize(x, y, p, mean, scratch, scratch + p.C, res, act, n_threads)
 
 
 cdef int infer_impl(const floating *x, floating *y, const Plan *p, const double *rm,
                     const double *rv, const double *gamma, const double *beta, double eps,
-                    double *scratch, int n_threads) except -1 nogil:
-    """Inference forward (outer * inner >= 1, C >= 1). scratch: room for 2 * C doubles."""
+                    double *scratch, const floating *res, int act,
+                    int n_threads) except -1 nogil:
+    """Inference forward (outer * inner >= 1, C >= 1), then + res and the ReLU with act.
+    scratch: room for 2 * C doubles."""
     cdef intp c
     for c in range(p.C):
         scale_shift(1.0 / sqrt(rv[c] + eps), gamma, beta, c, &scratch[c], &scratch[p.C + c])
-    return normalize(x, y, p, rm, scratch, scratch + p.C, n_threads)
+    return normalize(x, y, p, rm, scratch, scratch + p.C, res, act, n_threads)
 
 
 cdef void update_running_impl(floating *running, const double *batch, intp C,

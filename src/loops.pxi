@@ -53,3 +53,54 @@ cdef extern from "bn_loops.h" nogil:
     void row_grad_input_f64(const double *dy, const double *x, double *dx, intp nrows,
                             intp ncols, const double *mean, const double *a, const double *b,
                             const double *k, int stream)
+    # The fused variants (activation, residual; bn_loops_impl.h "Fused variants"): res / relu_y
+    # / dres NULL and act 0 give the plain passes' bits.
+    void run_normalize_fused_f32(const float *x, float *y, intp len, double mean, double scale,
+                                 double shift, const float *res, int act, int stream)
+    void run_normalize_fused_f64(const double *x, double *y, intp len, double mean,
+                                 double scale, double shift, const double *res, int act,
+                                 int stream)
+    void row_normalize_fused_f32(const float *x, float *y, intp nrows, intp ncols,
+                                 const double *mean, const double *scale, const double *shift,
+                                 const float *res, int act, int stream)
+    void row_normalize_fused_f64(const double *x, double *y, intp nrows, intp ncols,
+                                 const double *mean, const double *scale, const double *shift,
+                                 const double *res, int act, int stream)
+    void run_grad_input_fused_f32(const float *dy, const float *x, float *dx, intp len,
+                                  double mean, double a, double b, double k,
+                                  const float *relu_y, float *dres, int stream)
+    void run_grad_input_fused_f64(const double *dy, const double *x, double *dx, intp len,
+                                  double mean, double a, double b, double k,
+                                  const double *relu_y, double *dres, int stream)
+    void row_grad_input_fused_f32(const float *dy, const float *x, float *dx, intp nrows,
+                                  intp ncols, const double *mean, const double *a,
+                                  const double *b, const double *k, const float *relu_y,
+                                  float *dres, int stream)
+    void row_grad_input_fused_f64(const double *dy, const double *x, double *dx, intp nrows,
+                                  intp ncols, const double *mean, const double *a,
+                                  const double *b, const double *k, const double *relu_y,
+                                  double *dres, int stream)
+    void row_normalize_f32c(const float *x, float *y, intp nrows, intp ncols, const float *mh,
+                            const float *ml, const float *s, const float *b, const float *res,
+                            int act, int stream)
+    void row_grad_input_f32c(const float *dy, const float *x, float *dx, intp nrows,
+                             intp ncols, const float *ah, const float *al, const float *kf,
+                             const float *mh, const float *ml, const float *w,
+                             const float *relu_y, float *dres, int stream)
+    void run_grad_sums_masked_f32(const float *dy, const float *x, const float *relu_y,
+                                  intp nrows, intp len, intp stride, double mean,
+                                  double *sum_dy, double *sum_dy_xmu)
+    void run_grad_sums_masked_f64(const double *dy, const double *x, const double *relu_y,
+                                  intp nrows, intp len, intp stride, double mean,
+                                  double *sum_dy, double *sum_dy_xmu)
+    void tile_grad_sums_masked_f32(const float *dy, const float *x, const float *relu_y,
+                                   intp nrows, intp ncols, intp stride, const double *mean,
+                                   double *sum_dy, double *sum_dy_xmu)
+    void tile_grad_sums_masked_f64(const double *dy, const double *x, const double *relu_y,
+                                   intp nrows, intp ncols, intp stride, const double *mean,
+                                   double *sum_dy, double *sum_dy_xmu)
+    int bn_f32_norm_coefs(const double *mean, const double *scale, const double *shift,
+                          intp n, float *mh, float *ml, float *s, float *b)
+    int bn_f32_grad_coefs(const double *mean, const double *a, const double *b,
+                          const double *k, intp n, float *ah, float *al, float *kf,
+                          float *mh, float *ml, float *w)

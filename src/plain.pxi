@@ -153,3 +153,36 @@ cdef void update_buffer(object running, const double *batch, intp C, double mome
     else:
         update_running_impl(<double *>cnp.PyArray_DATA(<cnp.ndarray>running), batch, C,
                             momentum, factor)
+
+
+cdef bint plain_activation(object activation, int *act) noexcept:
+    """activation is None (act 0) or exactly the str "relu" (act 1)."""
+    if activation is None:
+        act[0] = 0
+        return True
+    if type(activation) is str and activation == "relu":
+        act[0] = 1
+        return True
+    return False
+
+
+cdef bint same_or_apart(object a, object b) noexcept:
+    """Two plain arrays of one size are the same buffer or share no memory (a None is
+    apart from anything)."""
+    cdef intp nbytes
+    cdef char *pa
+    cdef char *pb
+    if a is None or b is None:
+        return True
+    nbytes = cnp.PyArray_NBYTES(<cnp.ndarray>a)
+    pa = <char *>cnp.PyArray_DATA(<cnp.ndarray>a)
+    pb = <char *>cnp.PyArray_DATA(<cnp.ndarray>b)
+    return pa == pb or not (pa < pb + nbytes and pb < pa + nbytes)
+
+
+cdef bint plain_residual(object residual, cnp.ndarray x, object y) noexcept:
+    """residual is None, or a plain array of x's dtype and shape that is y itself (out=residual)
+    or shares no memory with y (it may share memory with x, which is only read)."""
+    if residual is None:
+        return True
+    return plain_like(residual, x) and same_or_apart(residual, y)

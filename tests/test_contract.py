@@ -48,6 +48,13 @@ MOMENTUM = [0.1, 0.0, 1.0, np.float64(0.1), 1, 1.5, -0.1, float("nan"), None]
 N_THREADS = [None, 1, 2, 3, np.int64(2), 0, -1, True, 2.0, 70000]
 COUNTS = [12.0, 1.0, 12, np.float64(12.0), 0.0, -3.0, float("inf"), float("nan"), True, "12",
           None, 10**400]
+# The fused activation and residual (forward), the forward output y and return_dresidual
+# (backward).
+ACTIVATIONS = [None, "relu", np.str_("relu"), "tanh", "RELU", 1]
+RESIDUALS = [None, "same", "out", "x", "f64", "f32", "f16", "int", "list", "strided",
+             "wrong_shape", "overlap_out"]
+YS = ["fwd", "out", "missing", "extra", "wrong_shape", "list", "f16", "strided", "f64"]
+RETURN_DRES = [False, True, np.bool_(True), 1, None]
 
 
 def _unaligned(a):
@@ -140,11 +147,14 @@ def _out(kind, shape, x, other):
 PLAIN = dict(x=["f32", "f64"], dy=["f32", "f64"], vector=[None, "f64", "f32"],
              required=["f64", "f32"],
              out=[None, "fresh", "inplace", "inplace_other"], n_threads=[None, 1, 2],
-             eps=[1e-5, 0.0, 0.5], momentum=[0.1, 0.0, 1.0], count=[12.0, 1.0, 0.25])
+             eps=[1e-5, 0.0, 0.5], momentum=[0.1, 0.0, 1.0], count=[12.0, 1.0, 0.25],
+             activation=[None, "relu"], residual=[None, "same", "out", "x"], y=["fwd", "out"],
+             return_dresidual=[False, True])
 ANY = dict(x=ARRAY_KINDS, dy=ARRAY_KINDS + ["wrong_shape"], vector=VECTOR_KINDS,
            required=VECTOR_KINDS,
            running=RUNNING_KINDS, out=OUT_KINDS, n_threads=N_THREADS, eps=EPS,
-           momentum=MOMENTUM, count=COUNTS)
+           momentum=MOMENTUM, count=COUNTS, activation=ACTIVATIONS, residual=RESIDUALS, y=YS,
+           return_dresidual=RETURN_DRES)
 
 
 @st.composite
@@ -246,6 +256,56 @@ def check_contract(kernel, validated, build, case):
 
 # -- the operations -----------------------------------------------------------------------
 
+def _plain_of(x, shape, values):
+    """values (of the given shape) as a plain array of x's dtype (float64 when x is not a
+    float ndarray)."""
+    return values.reshape(shape).astype(_out_dtype(x))
+
+
+def _residual(case, rng, x, out):
+    """The forward's residual of one of RESIDUALS (drawn after every other argument)."""
+    kind = case.get("residual")
+    shape = case["shape"]
+    r = rng.standard_normal(shape)
+    if kind is None:
+        return None
+    if kind == "same":
+        return _plain_of(x, shape, r)
+    if kind == "out":  # out=residual, the in-place ResNet case
+        return out if isinstance(out, np.ndarray) else _plain_of(x, shape, r)
+    if kind == "x":
+        return x
+    if kind == "wrong_shape":
+        return r.reshape(shape + (1,))
+    if kind == "overlap_out":  # out's memory in another order: the validated path copies
+        if isinstance(out, np.ndarray) and out.size > 1 and out.flags.c_contiguous:
+            out[...] = r.astype(out.dtype) if out.dtype.kind == "f" else out
+            return out.reshape(-1)[::-1].reshape(shape)
+        return _plain_of(x, shape, r)
+    return _as_kind(r, kind)
+
+
+def _forward_output(case, rng, x, out):
+    """The backward's y of one of YS, with activation relu-like or not."""
+    kind = case.get("y")
+    shape = case["shape"]
+    y = np.maximum(rng.standard_normal(shape), 0)
+    relu = case.get("activation") is not None
+    if kind in ("fwd", "out"):
+        if not relu:
+            return None
+        if kind == "out" and isinstance(out, np.ndarray):
+            out[...] = y
+            return out
+        return _plain_of(x, shape, y)
+    if kind == "missing":
+        return None
+    if kind == "extra":
+        return _plain_of(x, shape, y)
+    if kind == "wrong_shape":
+        return y.reshape(shape + (1,))
+    return _as_kind(y, kind)
+
 def build_forward_train(case):
     rng = np.random.default_rng(case["seed"])
     x, _, out = _inputs(case, rng)
@@ -257,12 +317,12 @@ def build_forward_train(case):
     if out is None:
         out = _out(case["out"], case["shape"], x, x)
     return (x, gamma, beta, case["axis"], case["eps"], rm, rv, case["momentum"], out,
-            case["n_threads"])
+            case["n_threads"], case["activation"], _residual(case, rng, x, out))
 
 
 @SETTINGS
 @given(cases(vectors=("gamma", "beta"), running=("running_mean", "running_var"),
-             scalars=("eps", "momentum")))
+             scalars=("eps", "momentum", "activation", "residual")))
 def test_forward_train_contract(case):
     event(check_contract(_kernels.forward_train, _functional._forward_train_validated,
                          build_forward_train, case))
@@ -278,12 +338,13 @@ def build_forward_infer(case):
     beta = _vector(rng, case["beta"], C)
     if out is None:
         out = _out(case["out"], case["shape"], x, x)
-    return (x, rm, rv, gamma, beta, case["axis"], case["eps"], out, case["n_threads"])
+    return (x, rm, rv, gamma, beta, case["axis"], case["eps"], out, case["n_threads"],
+            case["activation"], _residual(case, rng, x, out))
 
 
 @SETTINGS
 @given(cases(vectors=("gamma", "beta"), required=("running_mean", "running_var"),
-             scalars=("eps",)))
+             scalars=("eps", "activation", "residual")))
 def test_forward_infer_contract(case):
     event(check_contract(_kernels.forward_infer, _functional._forward_infer_validated,
                          build_forward_infer, case))
@@ -305,23 +366,26 @@ def build_backward(case):
     gamma = _vector(rng, case["gamma"], C, positive=True)
     if out is None:
         out = _out(case["out"], case["shape"], dy, x)
-    return (dy, x, mean, invstd, gamma, case["axis"], out, case["n_threads"])
+    return (dy, x, mean, invstd, gamma, case["axis"], out, case["n_threads"],
+            case["activation"], _forward_output(case, rng, x, out), case["return_dresidual"])
 
 
 @SETTINGS
-@given(cases(vectors=("gamma",), required=("mean", "invstd"), two_inputs=True))
+@given(cases(vectors=("gamma",), required=("mean", "invstd"), two_inputs=True,
+             scalars=("activation", "y", "return_dresidual")))
 def test_backward_contract(case):
     event(check_contract(_kernels.backward, _functional._backward_validated, build_backward,
                          case))
 
 
 def build_backward_sums(case):
-    _, x, dy, _, _, mean, invstd = _backward_inputs(case)
-    return (dy, x, mean, invstd, case["axis"], case["n_threads"])
+    rng, x, dy, _, _, mean, invstd = _backward_inputs(case)
+    return (dy, x, mean, invstd, case["axis"], case["n_threads"], case["activation"],
+            _forward_output(case, rng, x, None))
 
 
 @SETTINGS
-@given(cases(required=("mean", "invstd"), two_inputs=True))
+@given(cases(required=("mean", "invstd"), two_inputs=True, scalars=("activation", "y")))
 def test_backward_sums_contract(case):
     event(check_contract(_kernels.backward_sums, _training._backward_sums_validated,
                          build_backward_sums, case))
@@ -335,12 +399,13 @@ def build_backward_input(case):
     if out is None:
         out = _out(case["out"], case["shape"], dy, x)
     return (dy, x, mean, invstd, gamma, dgamma, dbeta, case["count"], case["axis"], out,
-            case["n_threads"])
+            case["n_threads"], case["activation"], _forward_output(case, rng, x, out),
+            case["return_dresidual"])
 
 
 @SETTINGS
 @given(cases(vectors=("gamma",), required=("mean", "invstd", "dgamma", "dbeta"),
-             two_inputs=True, scalars=("count",)))
+             two_inputs=True, scalars=("count", "activation", "y", "return_dresidual")))
 def test_backward_input_contract(case):
     event(check_contract(_kernels.backward_input, _training._backward_input_validated,
                          build_backward_input, case))
@@ -350,7 +415,8 @@ def test_contract_cases_reach_every_outcome():
     """check_contract is not vacuous: each outcome happens, for a forward and a backward."""
     plain = dict(seed=1, shape=(30, 4), axis=1, x="f32", out=None, n_threads=None, dy="f32",
                  gamma="f32", beta=None, running_mean="f32", running_var="f64", eps=1e-5,
-                 momentum=0.1, mean="f64", invstd="f64")
+                 momentum=0.1, mean="f64", invstd="f64", activation="relu", residual="same",
+                 y="fwd", return_dresidual=True)
     for kernel, validated, build in [
             (_kernels.forward_train, _functional._forward_train_validated, build_forward_train),
             (_kernels.backward, _functional._backward_validated, build_backward)]:
