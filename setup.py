@@ -120,7 +120,8 @@ directives = {
 # _kernels.pyx includes the .pxi files; the .h files are its C side.
 KERNEL_SOURCES = [
     "src/loops.pxi", "src/plan.pxi", "src/stats.pxi", "src/elementwise.pxi", "src/backward.pxi",
-    "src/plain.pxi", "src/bn_loops.h", "src/bn_loops_impl.h", "src/bn_openmp.h",
+    "src/plain.pxi", "src/bn_loops.h", "src/bn_elementwise_impl.h", "src/bn_stats_impl.h",
+    "src/bn_openmp.h",
 ]
 
 extensions = [

@@ -253,7 +253,7 @@ cdef int backward_impl(const floating *dy, const floating *x, floating *dx, cons
 
 
 # --- The fused ReLU's masked sums -----------------------------------------------------------
-# Twins of grad_sums_task and grad_sums with the masked loops (bn_loops_impl.h
+# Twins of grad_sums_task and grad_sums with the masked loops (bn_stats_impl.h
 # run/tile_grad_sums_masked): the same blocks, chunks and merge order, so the masked sums are
 # the plain sums of np.where(relu_y > 0, dy, 0), bit for bit. Kept apart from the plain ones,
 # which stay as they are; a change of the blocking there belongs here too.

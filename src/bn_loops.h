@@ -96,7 +96,7 @@ static inline void bn_stream_store_f64(double *dst, const double *src, npy_intp 
 static inline void bn_stream_fence(void) {}
 #endif
 
-/* The float32 elementwise passes (bn_loops_impl.h, "Elementwise passes") take a channel's
+/* The float32 elementwise passes (bn_elementwise_impl.h, "Elementwise passes") take a channel's
  * coefficients in float32 when each one is zero, NaN, or of a magnitude in [lo, 2^100]: lo is
  * 2^-60 for a mean that is split in two, 2^-100 for the others.  Out of that range (a float32
  * conversion would overflow, or lose bits to gradual underflow) the float64 loop runs instead.
@@ -106,7 +106,7 @@ static inline void bn_stream_fence(void) {}
 #define BN_F32_COEF_MIN (1.0 / BN_F32_COEF_MAX)
 #define BN_F32_SPLIT_MIN (1.0 / 1152921504606846976.0)   /* 2^-60 */
 
-/* Tile rows of at most this many columns take the float32 loops (see bn_loops_impl.h,
+/* Tile rows of at most this many columns take the float32 loops (see bn_elementwise_impl.h,
  * "Elementwise passes"): their coefficients are converted once per call, on the stack. */
 #define BN_F32_ROW_COLS 256
 
@@ -264,7 +264,8 @@ static inline double bn_relu_mask_d(double g, double y)
 #define BN_F32 1
 #define BN_FN(name) name##_f32
 #define BN_VLOAD BN_VLOAD_f32
-#include "bn_loops_impl.h"
+#include "bn_elementwise_impl.h"
+#include "bn_stats_impl.h"
 #undef BN_T
 #undef BN_F32
 #undef BN_FN
@@ -274,7 +275,8 @@ static inline double bn_relu_mask_d(double g, double y)
 #define BN_F32 0
 #define BN_FN(name) name##_f64
 #define BN_VLOAD BN_VLOAD_f64
-#include "bn_loops_impl.h"
+#include "bn_elementwise_impl.h"
+#include "bn_stats_impl.h"
 #undef BN_T
 #undef BN_F32
 #undef BN_FN

@@ -53,7 +53,7 @@ cdef extern from "bn_loops.h" nogil:
     void row_grad_input_f64(const double *dy, const double *x, double *dx, intp nrows,
                             intp ncols, const double *mean, const double *a, const double *b,
                             const double *k, int stream)
-    # The fused variants (activation, residual; bn_loops_impl.h "Fused variants"): res / relu_y
+    # The fused variants (activation, residual; bn_elementwise_impl.h "Fused variants"): res / relu_y
     # / dres NULL and act 0 give the plain passes' bits.
     void run_normalize_fused_f32(const float *x, float *y, intp len, double mean, double scale,
                                  double shift, const float *res, int act, int stream)

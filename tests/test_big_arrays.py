@@ -175,7 +175,7 @@ def test_more_than_2_31_elements_in_place(buffer, name, shape, axis, C, K):
     # Every element of y (a wrong offset past 2**31 would read or write the wrong element).
     t0 = time.perf_counter()
     # The float32 elementwise pass is within 5 u32 |y| of y = (x - mean) * invstd (the
-    # analysis above the loops in src/bn_loops_impl.h, with shift 0); a wrong offset past
+    # analysis above the loops in src/bn_elementwise_impl.h, with shift 0); a wrong offset past
     # 2**31 would put an element of another block there, off by O(1).
     worst = -np.inf
     for c, b, view in blocks(buffer, shape, K, C):
@@ -218,7 +218,7 @@ def test_more_than_2_31_elements_in_place(buffer, name, shape, axis, C, K):
     g_term = z_sample - dbeta[ch] / m
     h_term = z_sample * dgamma[ch] / m
     want_dx = g_term - h_term
-    # The float32 backward pass is within 5 u32 (|G k| + |H|) with k = 1 (bn_loops_impl.h).
+    # The float32 backward pass is within 5 u32 (|G k| + |H|) with k = 1 (bn_elementwise_impl.h).
     assert np.all(np.abs(buffer[idx] - want_dx) <= 5 * U32 * (np.abs(g_term) + np.abs(h_term))
                   + 1e-12)
 

@@ -327,7 +327,7 @@ def test_layer(rng):
     g = np.where(ye > 0, dy, 0).astype(np.float64)
     want_dx = g * (bn.weight / np.sqrt(rv + bn.eps))[None, :, None, None]
     # float32 dx of the inference transform: 5 half-ulps of |dx*| + |shift| (shift 0 here,
-    # bn_loops_impl.h "Error of the float32 forward"), within output_rtol's 8 + 1 roundings.
+    # bn_elementwise_impl.h "Error of the float32 forward"), within output_rtol's 8 + 1 roundings.
     np.testing.assert_allclose(dxe, want_dx, rtol=0,
                                atol=output_rtol(np.float32) * np.abs(want_dx).max())
     np.testing.assert_array_equal(bn.dresidual, g.astype(np.float32))

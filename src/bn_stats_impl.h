@@ -1,0 +1,505 @@
+/* Reductions of bn_loops.h, a template body: included once with BN_T = float, once with
+ * BN_T = double (after the elementwise passes of bn_elementwise_impl.h).
+ *
+ * Vocabulary: a "run" is `len` contiguous elements of one channel (the inner > 1 layout);
+ * a block of runs is `nrows` such runs, `stride` elements apart.  A "tile row" is `ncols`
+ * contiguous channels of one sample (the inner == 1 layout); a block of tile rows is `nrows`
+ * of them, `stride` elements apart.  Sums are float64 lanes in a fixed order (bn_loops.h).
+ */
+
+#if defined(__clang__)
+#define BN_IVDEP _Pragma("clang loop vectorize(assume_safety)")
+#elif defined(__GNUC__)
+#define BN_IVDEP _Pragma("GCC ivdep")
+#else
+#define BN_IVDEP
+#endif
+
+/* Sums of d = x - shift and of d^2 over a block of runs, in 16 float64 lanes (four vectors of
+ * four, enough independent chains to hide the latency of the adds) added up in a fixed order. */
+BN_TARGET static void BN_FN(run_shifted_sums)(const BN_T *x, npy_intp nrows, npy_intp len,
+                                              npy_intp stride, double shift, double *dsum,
+                                              double *sqsum)
+{
+    double tail_d = 0.0, tail_q = 0.0;
+#ifdef BN_VECTOR_TYPES
+    const bn_vd k = BN_VSPLAT(shift);
+    bn_vd d0 = BN_VZERO, d1 = BN_VZERO, d2 = BN_VZERO, d3 = BN_VZERO;
+    bn_vd q0 = BN_VZERO, q1 = BN_VZERO, q2 = BN_VZERO, q3 = BN_VZERO;
+    bn_vd v0, v1, v2, v3;
+#else
+    double d[BN_LANES] = {0}, q[BN_LANES] = {0};
+#endif
+    for (npy_intp r = 0; r < nrows; r++) {
+        const BN_T *row = x + r * stride;
+        npy_intp i = 0;
+        for (; i + BN_LANES <= len; i += BN_LANES) {
+#ifdef BN_VECTOR_TYPES
+            BN_VLOAD(v0, row + i);
+            BN_VLOAD(v1, row + i + 4);
+            BN_VLOAD(v2, row + i + 8);
+            BN_VLOAD(v3, row + i + 12);
+            v0 -= k;
+            v1 -= k;
+            v2 -= k;
+            v3 -= k;
+            d0 += v0;
+            d1 += v1;
+            d2 += v2;
+            d3 += v3;
+            q0 += v0 * v0;
+            q1 += v1 * v1;
+            q2 += v2 * v2;
+            q3 += v3 * v3;
+#else
+            for (int j = 0; j < BN_LANES; j++) {
+                const double dev = (double)row[i + j] - shift;
+                d[j] += dev;
+                q[j] += dev * dev;
+            }
+#endif
+        }
+        for (; i < len; i++) {
+            const double dev = (double)row[i] - shift;
+            tail_d += dev;
+            tail_q += dev * dev;
+        }
+    }
+#ifdef BN_VECTOR_TYPES
+    *dsum = BN_VTOTAL((d0 + d1) + (d2 + d3)) + tail_d;
+    *sqsum = BN_VTOTAL((q0 + q1) + (q2 + q3)) + tail_q;
+#else
+    double dv[4], qv[4];
+    for (int j = 0; j < 4; j++) {
+        dv[j] = (d[j] + d[j + 4]) + (d[j + 8] + d[j + 12]);
+        qv[j] = (q[j] + q[j + 4]) + (q[j + 8] + q[j + 12]);
+    }
+    *dsum = ((dv[0] + dv[1]) + (dv[2] + dv[3])) + tail_d;
+    *sqsum = ((qv[0] + qv[1]) + (qv[2] + qv[3])) + tail_q;
+#endif
+}
+
+/* Mean and M2 (sum of squared deviations) of a block of runs, in one pass of sums shifted by
+ * `shift` (a guess of the mean: the chunk's mean so far, or the block's first value).  When the
+ * guess is too far off, one more pass around the first pass's mean: the corrected two-pass
+ * algorithm, with the block still in cache. */
+static void BN_FN(run_moments)(const BN_T *x, npy_intp nrows, npy_intp len, npy_intp stride,
+                               double shift, double *mean, double *m2)
+{
+    const double n = (double)(nrows * len);
+    double s, q;
+    BN_FN(run_shifted_sums)(x, nrows, len, stride, shift, &s, &q);
+    if (!bn_well_shifted(s, q, n)) {
+        shift += s / n;
+        BN_FN(run_shifted_sums)(x, nrows, len, stride, shift, &s, &q);
+    }
+    *mean = shift + s / n;
+    *m2 = q - s * s / n;
+}
+
+/* How the tile loops walk their rows: four at a time (pairwise adds, a quarter of the loads
+ * and stores of the per-channel accumulators), except for a tile that is a whole row of 512
+ * bytes or more, which streams faster one row at a time: 0.70-0.74x the time for float32
+ * C = 128 and 256, 0.5x for float64 C = 64, the same for float32 C = 512 (moments, 1 thread,
+ * 2-core EPYC, same run); four rows at a time stays 1.5x faster for a part of a wider row. */
+static inline int BN_FN(tile_by4)(npy_intp ncols, npy_intp stride)
+{
+    return ncols * (npy_intp)sizeof(BN_T) < 512 || ncols != stride;
+}
+
+/* Per-channel shifted sums over a block of tile rows; s and q are set, not accumulated.
+ * With by4, four rows at a time (pairwise adds, and a quarter of the loads and stores of s
+ * and q), else one row at a time: a channel's arithmetic depends on by4 and nothing else. */
+BN_TARGET static void BN_FN(tile_shifted_sums)(const BN_T *x, npy_intp nrows, npy_intp ncols,
+                                               npy_intp stride, const double *shift,
+                                               double *s, double *q, int by4)
+{
+    npy_intp r = 0;
+    for (npy_intp c = 0; c < ncols; c++) {
+        s[c] = 0.0;
+        q[c] = 0.0;
+    }
+    for (; by4 && r + 4 <= nrows; r += 4) {
+        const BN_T *x0 = x + r * stride, *x1 = x0 + stride, *x2 = x1 + stride, *x3 = x2 + stride;
+        npy_intp c = 0;
+#ifdef BN_VECTOR_TYPES
+        /* Four channels at a time in vector types: each value converted straight from
+         * memory (GCC otherwise loads eight and splits them); the same arithmetic per
+         * channel as the scalar loop below. */
+        for (; c + 4 <= ncols; c += 4) {
+            bn_vd k, a, b, e, f, sv, qv;
+            memcpy(&k, shift + c, sizeof k);
+            BN_VLOAD(a, x0 + c);
+            BN_VLOAD(b, x1 + c);
+            BN_VLOAD(e, x2 + c);
+            BN_VLOAD(f, x3 + c);
+            a -= k;
+            b -= k;
+            e -= k;
+            f -= k;
+            memcpy(&sv, s + c, sizeof sv);
+            memcpy(&qv, q + c, sizeof qv);
+            sv += (a + b) + (e + f);
+            qv += (a * a + b * b) + (e * e + f * f);
+            memcpy(s + c, &sv, sizeof sv);
+            memcpy(q + c, &qv, sizeof qv);
+        }
+#endif
+        for (; c < ncols; c++) {
+            const double k = shift[c];
+            const double a = (double)x0[c] - k, b = (double)x1[c] - k;
+            const double e = (double)x2[c] - k, f = (double)x3[c] - k;
+            s[c] += (a + b) + (e + f);
+            q[c] += (a * a + b * b) + (e * e + f * f);
+        }
+    }
+    for (; r < nrows; r++) {
+        const BN_T *row = x + r * stride;
+        for (npy_intp c = 0; c < ncols; c++) {
+            const double d = (double)row[c] - shift[c];
+            s[c] += d;
+            q[c] += d * d;
+        }
+    }
+}
+
+/* Per-channel mean and M2 of a block of tile rows, like run_moments: one shifted pass, and a
+ * second pass for the channels whose shift was too far from their mean.  A channel's result
+ * depends on its own values only: the second pass re-runs exactly the same per-channel
+ * arithmetic, over the one channel when few need it, else over the span of columns from the
+ * first to the last that need it (the others in that span get their first-pass sums again,
+ * bit for bit, since their shift is unchanged).
+ * shift[ncols] is the guess and is overwritten; q is scratch of ncols doubles. */
+static void BN_FN(tile_moments)(const BN_T *x, npy_intp nrows, npy_intp ncols, npy_intp stride,
+                                double *shift, double *mean, double *m2, double *q)
+{
+    const double n = (double)nrows;
+    npy_intp lo = ncols, hi = -1, again = 0;
+    const int by4 = BN_FN(tile_by4)(ncols, stride);
+    BN_FN(tile_shifted_sums)(x, nrows, ncols, stride, shift, mean, q, by4);
+    for (npy_intp c = 0; c < ncols; c++) {
+        if (!bn_well_shifted(mean[c], q[c], n)) {
+            shift[c] += mean[c] / n;
+            lo = c < lo ? c : lo;
+            hi = c;
+            again++;
+        }
+    }
+    if (again * 8 > hi - lo + 1) {
+        BN_FN(tile_shifted_sums)(x + lo, nrows, hi - lo + 1, stride, shift + lo, mean + lo,
+                                 q + lo, by4);
+    } else if (again) {
+        for (npy_intp c = lo; c <= hi; c++)
+            if (!bn_well_shifted(mean[c], q[c], n))
+                BN_FN(tile_shifted_sums)(x + c, nrows, 1, stride, shift + c, mean + c, q + c,
+                                         by4);
+    }
+    for (npy_intp c = 0; c < ncols; c++) {
+        const double sc = mean[c];
+        mean[c] = shift[c] + sc / n;
+        m2[c] = q[c] - sc * sc / n;
+    }
+}
+
+/* Weighted, NaN-skipping shifted sums over a block of tile rows (the scaler's statistics):
+ * count[c] = sum of the weights of the non-NaN values, s[c] and q[c] the weighted sums of
+ * d = x - shift[c] and d^2 over them.  w is the per-row weight (NULL: all ones). */
+BN_TARGET static void BN_FN(tile_shifted_sums_masked)(const BN_T *x, const double *w,
+                                                      npy_intp nrows, npy_intp ncols,
+                                                      npy_intp stride, const double *shift,
+                                                      double *count, double *s, double *q)
+{
+    for (npy_intp c = 0; c < ncols; c++) {
+        count[c] = 0.0;
+        s[c] = 0.0;
+        q[c] = 0.0;
+    }
+    for (npy_intp r = 0; r < nrows; r++) {
+        const BN_T *row = x + r * stride;
+        const double wr = w ? w[r] : 1.0;
+        for (npy_intp c = 0; c < ncols; c++) {
+            const double v = (double)row[c];
+            const int ok = v == v;
+            const double d = ok ? v - shift[c] : 0.0;
+            count[c] += ok ? wr : 0.0;
+            s[c] += wr * d;
+            q[c] += wr * (d * d);
+        }
+    }
+}
+
+/* Weighted NaN-skipping count, mean and M2 of a block of tile rows, like tile_moments (the
+ * second pass again covers only the channels that need it).
+ * shift[ncols] is the guess (overwritten); s is scratch of ncols doubles. */
+static void BN_FN(tile_moments_masked)(const BN_T *x, const double *w, npy_intp nrows,
+                                       npy_intp ncols, npy_intp stride, double *shift,
+                                       double *count, double *mean, double *m2, double *s)
+{
+    npy_intp lo = ncols, hi = -1, again = 0;
+    BN_FN(tile_shifted_sums_masked)(x, w, nrows, ncols, stride, shift, count, s, m2);
+    for (npy_intp c = 0; c < ncols; c++) {
+        if (count[c] != 0.0 && !bn_well_shifted(s[c], m2[c], count[c])) {
+            shift[c] += s[c] / count[c];
+            lo = c < lo ? c : lo;
+            hi = c;
+            again++;
+        }
+    }
+    if (again * 8 > hi - lo + 1) {
+        BN_FN(tile_shifted_sums_masked)(x + lo, w, nrows, hi - lo + 1, stride, shift + lo,
+                                        count + lo, s + lo, m2 + lo);
+    } else if (again) {
+        for (npy_intp c = lo; c <= hi; c++)
+            if (count[c] != 0.0 && !bn_well_shifted(s[c], m2[c], count[c]))
+                BN_FN(tile_shifted_sums_masked)(x + c, w, nrows, 1, stride, shift + c,
+                                                count + c, s + c, m2 + c);
+    }
+    for (npy_intp c = 0; c < ncols; c++) {
+        if (count[c] != 0.0) {
+            mean[c] = shift[c] + s[c] / count[c];
+            m2[c] -= s[c] * s[c] / count[c];
+        } else {
+            mean[c] = 0.0;
+            m2[c] = 0.0;
+        }
+    }
+}
+
+/* Backward reductions of a block of runs: sum(dy) and sum(dy * (x - mean)), in one pass and
+ * 16 lanes, like run_shifted_sums. */
+BN_TARGET static void BN_FN(run_grad_sums)(const BN_T *dy, const BN_T *x, npy_intp nrows,
+                                           npy_intp len, npy_intp stride, double mean,
+                                           double *sum_dy, double *sum_dy_xmu)
+{
+    double tail_a = 0.0, tail_b = 0.0;
+#ifdef BN_VECTOR_TYPES
+    const bn_vd m = BN_VSPLAT(mean);
+    bn_vd a0 = BN_VZERO, a1 = BN_VZERO, a2 = BN_VZERO, a3 = BN_VZERO;
+    bn_vd b0 = BN_VZERO, b1 = BN_VZERO, b2 = BN_VZERO, b3 = BN_VZERO;
+    bn_vd g0, g1, g2, g3, v0, v1, v2, v3;
+#else
+    double a[BN_LANES] = {0}, b[BN_LANES] = {0};
+#endif
+    for (npy_intp r = 0; r < nrows; r++) {
+        const BN_T *g = dy + r * stride, *v = x + r * stride;
+        npy_intp i = 0;
+        for (; i + BN_LANES <= len; i += BN_LANES) {
+#ifdef BN_VECTOR_TYPES
+            BN_VLOAD(g0, g + i);
+            BN_VLOAD(g1, g + i + 4);
+            BN_VLOAD(g2, g + i + 8);
+            BN_VLOAD(g3, g + i + 12);
+            BN_VLOAD(v0, v + i);
+            BN_VLOAD(v1, v + i + 4);
+            BN_VLOAD(v2, v + i + 8);
+            BN_VLOAD(v3, v + i + 12);
+            a0 += g0;
+            a1 += g1;
+            a2 += g2;
+            a3 += g3;
+            b0 += g0 * (v0 - m);
+            b1 += g1 * (v1 - m);
+            b2 += g2 * (v2 - m);
+            b3 += g3 * (v3 - m);
+#else
+            for (int j = 0; j < BN_LANES; j++) {
+                const double gj = (double)g[i + j];
+                a[j] += gj;
+                b[j] += gj * ((double)v[i + j] - mean);
+            }
+#endif
+        }
+        for (; i < len; i++) {
+            const double gi = (double)g[i];
+            tail_a += gi;
+            tail_b += gi * ((double)v[i] - mean);
+        }
+    }
+#ifdef BN_VECTOR_TYPES
+    *sum_dy = BN_VTOTAL((a0 + a1) + (a2 + a3)) + tail_a;
+    *sum_dy_xmu = BN_VTOTAL((b0 + b1) + (b2 + b3)) + tail_b;
+#else
+    double av[4], bv[4];
+    for (int j = 0; j < 4; j++) {
+        av[j] = (a[j] + a[j + 4]) + (a[j + 8] + a[j + 12]);
+        bv[j] = (b[j] + b[j + 4]) + (b[j + 8] + b[j + 12]);
+    }
+    *sum_dy = ((av[0] + av[1]) + (av[2] + av[3])) + tail_a;
+    *sum_dy_xmu = ((bv[0] + bv[1]) + (bv[2] + bv[3])) + tail_b;
+#endif
+}
+
+BN_TARGET static void BN_FN(tile_grad_sums)(const BN_T *dy, const BN_T *x, npy_intp nrows,
+                                            npy_intp ncols, npy_intp stride, const double *mean,
+                                            double *sum_dy, double *sum_dy_xmu)
+{
+    npy_intp r = 0;
+    for (npy_intp c = 0; c < ncols; c++) {
+        sum_dy[c] = 0.0;
+        sum_dy_xmu[c] = 0.0;
+    }
+    const int by4 = BN_FN(tile_by4)(ncols, stride);
+    for (; by4 && r + 4 <= nrows; r += 4) {
+        const BN_T *g0 = dy + r * stride, *g1 = g0 + stride, *g2 = g1 + stride, *g3 = g2 + stride;
+        const BN_T *v0 = x + r * stride, *v1 = v0 + stride, *v2 = v1 + stride, *v3 = v2 + stride;
+        npy_intp c = 0;
+#ifdef BN_VECTOR_TYPES
+        /* Four channels at a time in vector types, like tile_shifted_sums. */
+        for (; c + 4 <= ncols; c += 4) {
+            bn_vd m, a, b, e, f, va, vb, ve, vf, sa, sb;
+            memcpy(&m, mean + c, sizeof m);
+            BN_VLOAD(a, g0 + c);
+            BN_VLOAD(b, g1 + c);
+            BN_VLOAD(e, g2 + c);
+            BN_VLOAD(f, g3 + c);
+            BN_VLOAD(va, v0 + c);
+            BN_VLOAD(vb, v1 + c);
+            BN_VLOAD(ve, v2 + c);
+            BN_VLOAD(vf, v3 + c);
+            memcpy(&sa, sum_dy + c, sizeof sa);
+            memcpy(&sb, sum_dy_xmu + c, sizeof sb);
+            sa += (a + b) + (e + f);
+            sb += (a * (va - m) + b * (vb - m)) + (e * (ve - m) + f * (vf - m));
+            memcpy(sum_dy + c, &sa, sizeof sa);
+            memcpy(sum_dy_xmu + c, &sb, sizeof sb);
+        }
+#endif
+        for (; c < ncols; c++) {
+            const double m = mean[c];
+            const double a = (double)g0[c], b = (double)g1[c];
+            const double e = (double)g2[c], f = (double)g3[c];
+            sum_dy[c] += (a + b) + (e + f);
+            sum_dy_xmu[c] += (a * ((double)v0[c] - m) + b * ((double)v1[c] - m))
+                             + (e * ((double)v2[c] - m) + f * ((double)v3[c] - m));
+        }
+    }
+    for (; r < nrows; r++) {
+        const BN_T *g = dy + r * stride, *v = x + r * stride;
+        for (npy_intp c = 0; c < ncols; c++) {
+            const double gc = (double)g[c];
+            sum_dy[c] += gc;
+            sum_dy_xmu[c] += gc * ((double)v[c] - mean[c]);
+        }
+    }
+}
+
+/* Backward sums of the fused ReLU: run_grad_sums and tile_grad_sums with dy replaced by
+ * g = (relu_y > 0 ? dy : +0), in the same lanes and the same order, so they give the bits of
+ * the plain sums of np.where(relu_y > 0, dy, 0).  (Twins of the plain sums, kept apart from
+ * them; a change to the arithmetic of one belongs in the other.) */
+BN_TARGET static void BN_FN(run_grad_sums_masked)(const BN_T *dy, const BN_T *x,
+                                                  const BN_T *relu_y, npy_intp nrows,
+                                                  npy_intp len, npy_intp stride, double mean,
+                                                  double *sum_dy, double *sum_dy_xmu)
+{
+    double tail_a = 0.0, tail_b = 0.0;
+#ifdef BN_VECTOR_TYPES
+    const bn_vd m = BN_VSPLAT(mean);
+    bn_vd a0 = BN_VZERO, a1 = BN_VZERO, a2 = BN_VZERO, a3 = BN_VZERO;
+    bn_vd b0 = BN_VZERO, b1 = BN_VZERO, b2 = BN_VZERO, b3 = BN_VZERO;
+    bn_vd g0, g1, g2, g3, v0, v1, v2, v3;
+    BN_T gm[BN_LANES];
+    /* The masked gradient of 16 values, as a select of values loaded unconditionally (a
+     * conditional load would keep the loop scalar and branchy). */
+#define BN_VLOAD_MASKED_ALL(g, y)                                                            \
+    do {                                                                                     \
+        for (int j = 0; j < BN_LANES; j++) {                                                 \
+            gm[j] = BN_RELU_MASK((g)[j], (y)[j]);                                            \
+        }                                                                                    \
+    } while (0)
+#else
+    double a[BN_LANES] = {0}, b[BN_LANES] = {0};
+#endif
+    for (npy_intp r = 0; r < nrows; r++) {
+        const BN_T *g = dy + r * stride, *v = x + r * stride, *yy = relu_y + r * stride;
+        npy_intp i = 0;
+        for (; i + BN_LANES <= len; i += BN_LANES) {
+#ifdef BN_VECTOR_TYPES
+            /* Selected in BN_T before the conversion: masking the converted vector with a
+             * comparison's bits makes GCC 12 fail (internal error) in the AVX2 clone. */
+            BN_VLOAD_MASKED_ALL(g + i, yy + i);
+            BN_VLOAD(g0, gm);
+            BN_VLOAD(g1, gm + 4);
+            BN_VLOAD(g2, gm + 8);
+            BN_VLOAD(g3, gm + 12);
+            BN_VLOAD(v0, v + i);
+            BN_VLOAD(v1, v + i + 4);
+            BN_VLOAD(v2, v + i + 8);
+            BN_VLOAD(v3, v + i + 12);
+            a0 += g0;
+            a1 += g1;
+            a2 += g2;
+            a3 += g3;
+            b0 += g0 * (v0 - m);
+            b1 += g1 * (v1 - m);
+            b2 += g2 * (v2 - m);
+            b3 += g3 * (v3 - m);
+#else
+            for (int j = 0; j < BN_LANES; j++) {
+                const double gj = (double)BN_RELU_MASK(g[i + j], yy[i + j]);
+                a[j] += gj;
+                b[j] += gj * ((double)v[i + j] - mean);
+            }
+#endif
+        }
+        for (; i < len; i++) {
+            const double gi = (double)BN_RELU_MASK(g[i], yy[i]);
+            tail_a += gi;
+            tail_b += gi * ((double)v[i] - mean);
+        }
+    }
+#ifdef BN_VECTOR_TYPES
+    *sum_dy = BN_VTOTAL((a0 + a1) + (a2 + a3)) + tail_a;
+    *sum_dy_xmu = BN_VTOTAL((b0 + b1) + (b2 + b3)) + tail_b;
+#undef BN_VLOAD_MASKED_ALL
+#else
+    double av[4], bv[4];
+    for (int j = 0; j < 4; j++) {
+        av[j] = (a[j] + a[j + 4]) + (a[j + 8] + a[j + 12]);
+        bv[j] = (b[j] + b[j + 4]) + (b[j + 8] + b[j + 12]);
+    }
+    *sum_dy = ((av[0] + av[1]) + (av[2] + av[3])) + tail_a;
+    *sum_dy_xmu = ((bv[0] + bv[1]) + (bv[2] + bv[3])) + tail_b;
+#endif
+}
+
+BN_TARGET static void BN_FN(tile_grad_sums_masked)(const BN_T *dy, const BN_T *x,
+                                                   const BN_T *relu_y, npy_intp nrows,
+                                                   npy_intp ncols, npy_intp stride,
+                                                   const double *mean, double *sum_dy,
+                                                   double *sum_dy_xmu)
+{
+    npy_intp r = 0;
+    for (npy_intp c = 0; c < ncols; c++) {
+        sum_dy[c] = 0.0;
+        sum_dy_xmu[c] = 0.0;
+    }
+    const int by4 = BN_FN(tile_by4)(ncols, stride);
+    for (; by4 && r + 4 <= nrows; r += 4) {
+        const BN_T *g0 = dy + r * stride, *g1 = g0 + stride, *g2 = g1 + stride, *g3 = g2 + stride;
+        const BN_T *v0 = x + r * stride, *v1 = v0 + stride, *v2 = v1 + stride, *v3 = v2 + stride;
+        const BN_T *y0 = relu_y + r * stride, *y1 = y0 + stride, *y2 = y1 + stride,
+                   *y3 = y2 + stride;
+        for (npy_intp c = 0; c < ncols; c++) {
+            const double m = mean[c];
+            const double a = (double)BN_RELU_MASK(g0[c], y0[c]);
+            const double b = (double)BN_RELU_MASK(g1[c], y1[c]);
+            const double e = (double)BN_RELU_MASK(g2[c], y2[c]);
+            const double f = (double)BN_RELU_MASK(g3[c], y3[c]);
+            sum_dy[c] += (a + b) + (e + f);
+            sum_dy_xmu[c] += (a * ((double)v0[c] - m) + b * ((double)v1[c] - m))
+                             + (e * ((double)v2[c] - m) + f * ((double)v3[c] - m));
+        }
+    }
+    for (; r < nrows; r++) {
+        const BN_T *g = dy + r * stride, *v = x + r * stride, *yy = relu_y + r * stride;
+        for (npy_intp c = 0; c < ncols; c++) {
+            const double gc = (double)BN_RELU_MASK(g[c], yy[c]);
+            sum_dy[c] += gc;
+            sum_dy_xmu[c] += gc * ((double)v[c] - mean[c]);
+        }
+    }
+}
+
+
+#undef BN_IVDEP
