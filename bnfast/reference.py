@@ -58,7 +58,7 @@ def _channels_last(x: ArrayLike, axis: Any
     m = int(np.prod(moved_shape[:-1], dtype=np.int64))
     x2 = moved.reshape(m, channels)
 
-    def restore(y2):
+    def restore(y2: F64Array) -> F64Array:
         return np.moveaxis(y2.reshape(moved_shape), -1, axis)
 
     return x2, restore
