@@ -1,6 +1,9 @@
 """What this build of bnfast is: version, OpenMP, threads, compiler flags."""
+from __future__ import annotations
+
 import platform
 import sys
+from typing import TextIO
 
 import numpy as np
 
@@ -8,12 +11,12 @@ from . import _kernels
 from ._version import __version__
 
 
-def openmp_enabled():
+def openmp_enabled() -> bool:
     """True when the kernels were compiled with OpenMP (else they run on one thread)."""
     return _kernels.openmp_enabled()
 
 
-def config():
+def config() -> dict[str, str | int]:
     """The build and runtime configuration as a dict (what ``show_config`` prints)."""
     flags = _kernels.compile_flags()
     simd = "AVX2 clones picked at load time (ifunc), baseline SSE2 otherwise"
@@ -33,7 +36,7 @@ def config():
     }
 
 
-def show_config(file=None):
+def show_config(file: TextIO | None = None) -> None:
     """Print bnfast's version, OpenMP on/off, the default thread count and the build flags.
 
     Parameters

@@ -30,10 +30,14 @@ Examples
 >>> type(y).__name__, np.round(y.compute()[:, 0], 4).tolist()
 ('Array', [-1.4639, -0.8783, -0.2928, 0.2928, 0.8783, 1.4639])
 """
+from __future__ import annotations
+
 import operator
 from functools import partial
+from typing import Any, Union, cast
 
 import numpy as np
+from numpy.typing import ArrayLike, NDArray
 
 try:
     import dask
@@ -65,6 +69,10 @@ from ._validation import (
 
 __all__ = ["moments", "moments_state", "batch_norm_forward", "batch_norm_inference"]
 
+F64Array = NDArray[np.float64]
+# What the functions take as x: a dask array, or anything NumPy takes (one chunk).
+DaskArrayLike = Union[da.Array, ArrayLike]
+
 # One chunk's Welford state per channel, as one record: it travels through the reduction tree
 # as a single NumPy array, concatenated and split like any other.
 STATE_DTYPE = np.dtype([("count", np.float64), ("mean", np.float64), ("m2", np.float64)])
@@ -72,7 +80,7 @@ STATE_DTYPE = np.dtype([("count", np.float64), ("mean", np.float64), ("m2", np.f
 
 # -- argument handling ------------------------------------------------------------------------
 
-def _as_dask(x):
+def _as_dask(x: DaskArrayLike) -> da.Array:
     """``x`` as a dask array of a real dtype (NumPy arrays and lists become one chunk)."""
     if not isinstance(x, da.Array):
         return da.asarray(as_array(x))
@@ -80,19 +88,19 @@ def _as_dask(x):
     return x
 
 
-def _channel_axis(x, axis):
+def _channel_axis(x: da.Array, axis: int | None) -> int | None:
     """The channel axis of ``x`` as a non-negative index, or None when it is a single channel.
 
     The same rules and exceptions as the in-memory functions (1-D input and ``axis=None``:
     one channel).
     """
-    channel_shape(x, axis)
+    channel_shape(cast(np.ndarray, x), axis)  # it reads only ndim, shape and size
     if axis is None or x.ndim == 1:
         return None
     return operator.index(axis) % x.ndim
 
 
-def _n_channels(x, ch):
+def _n_channels(x: da.Array, ch: int | None) -> int:
     if ch is None:
         return 1
     C = x.shape[ch]
@@ -102,26 +110,27 @@ def _n_channels(x, ch):
     return int(C)
 
 
-def _keepdims_shape(ndim, ch, C):
+def _keepdims_shape(ndim: int, ch: int | None, C: int) -> tuple[int, ...]:
     return tuple(C if i == ch else 1 for i in range(ndim))
 
 
-def _block_channel_axis(ndim, reduced):
+def _block_channel_axis(ndim: int, reduced: tuple[int, ...]) -> int | None:
     rest = [i for i in range(ndim) if i not in reduced]
     return rest[0] if rest else None
 
 
 # -- the reduction: kernel state per chunk, merge_moments to combine --------------------------
 
-def _pack(state, shape):
+def _pack(state: tuple[F64Array, F64Array, F64Array], shape: tuple[int, ...]) -> np.ndarray:
     count, mean, m2 = state
     packed = np.empty(mean.shape, STATE_DTYPE)
     packed["count"], packed["mean"], packed["m2"] = count, mean, m2
     return packed.reshape(shape)
 
 
-def _chunk_state(block, weights=None, axis=(), keepdims=True, skipna=False, n_threads=None,
-                 computing_meta=False):
+def _chunk_state(block: np.ndarray, weights: np.ndarray | None = None,
+                 axis: tuple[int, ...] = (), keepdims: bool = True, skipna: bool = False,
+                 n_threads: int | None = None, computing_meta: bool = False) -> np.ndarray:
     """The Welford state of one chunk, shaped with the reduced axes kept (size 1)."""
     if computing_meta:
         return np.empty((0,) * block.ndim, STATE_DTYPE)
@@ -143,7 +152,8 @@ def _chunk_state(block, weights=None, axis=(), keepdims=True, skipna=False, n_th
     return _pack(state, _keepdims_shape(block.ndim, ch, C))
 
 
-def _merge_state(states, axis=(), keepdims=True, computing_meta=False):
+def _merge_state(states: np.ndarray, axis: tuple[int, ...] = (), keepdims: bool = True,
+                 computing_meta: bool = False) -> np.ndarray:
     """Merge the states concatenated along the reduced axes, with ``merge_moments``."""
     ch = _block_channel_axis(states.ndim, axis)
     C = 1 if ch is None else states.shape[ch]
@@ -155,7 +165,10 @@ def _merge_state(states, axis=(), keepdims=True, computing_meta=False):
     return _pack(merged, shape)
 
 
-def _state_array(x, axis, skipna=False, sample_weight=None, split_every=None, n_threads=None):
+def _state_array(x: DaskArrayLike, axis: int | None, skipna: bool = False,
+                 sample_weight: DaskArrayLike | None = None,
+                 split_every: int | dict[int, int] | None = None,
+                 n_threads: int | None = None) -> da.Array:
     """The lazy per-channel state of ``x``: a dask array of STATE_DTYPE, shape (C,)."""
     x = _as_dask(x)
     ch = _channel_axis(x, axis)
@@ -184,8 +197,11 @@ def _state_array(x, axis, skipna=False, sample_weight=None, split_every=None, n_
 
 # -- public API -------------------------------------------------------------------------------
 
-def moments_state(x, axis=1, *, skipna=False, sample_weight=None, split_every=None,
-                  n_threads=None):
+def moments_state(
+    x: DaskArrayLike, axis: int | None = 1, *, skipna: bool = False,
+    sample_weight: DaskArrayLike | None = None, split_every: int | dict[int, int] | None = None,
+    n_threads: int | None = None,
+) -> tuple[da.Array, da.Array, da.Array]:
     """Per-channel Welford state ``(count, mean, m2)`` of a dask array, lazily.
 
     The kernels compute each chunk's state (``bnfast.moments_state``) and
@@ -218,11 +234,11 @@ def moments_state(x, axis=1, *, skipna=False, sample_weight=None, split_every=No
     return state["count"], state["mean"], state["m2"]
 
 
-def _mean_block(state):
+def _mean_block(state: np.ndarray) -> F64Array:
     return np.where(state["count"] > 0, state["mean"], np.nan)
 
 
-def _var_block(state, ddof):
+def _var_block(state: np.ndarray, ddof: float) -> F64Array:
     count, m2 = state["count"], state["m2"]
     dof = count - ddof
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -230,7 +246,10 @@ def _var_block(state, ddof):
     return np.where(count > 0, var, np.nan)
 
 
-def moments(x, axis=1, ddof=0, *, split_every=None, n_threads=None):
+def moments(
+    x: DaskArrayLike, axis: int | None = 1, ddof: float = 0, *,
+    split_every: int | dict[int, int] | None = None, n_threads: int | None = None,
+) -> tuple[da.Array, da.Array]:
     """Per-channel mean and variance of a dask array, lazily (see ``bnfast.moments``).
 
     Parameters
@@ -255,13 +274,16 @@ def moments(x, axis=1, ddof=0, *, split_every=None, n_threads=None):
     """
     ddof = check_ddof(ddof)
     state = _state_array(x, axis, split_every=split_every, n_threads=n_threads)
-    mean = state.map_blocks(_mean_block, dtype=np.float64, meta=np.empty((0,), np.float64))
-    var = state.map_blocks(_var_block, ddof, dtype=np.float64,
-                           meta=np.empty((0,), np.float64))
+    # da.map_blocks, which Array.map_blocks calls (whose wrapper mypy cannot see through)
+    mean = da.map_blocks(_mean_block, state, dtype=np.float64, meta=np.empty((0,), np.float64))
+    var = da.map_blocks(_var_block, state, ddof, dtype=np.float64,
+                        meta=np.empty((0,), np.float64))
     return mean, var
 
 
-def _normalize_block(block, ch, center, var, gamma, beta, eps, n_threads, block_info=None):
+def _normalize_block(block: np.ndarray, ch: int | None, center: np.ndarray, var: np.ndarray,
+                     gamma: np.ndarray | None, beta: np.ndarray | None, eps: float,
+                     n_threads: int | None, block_info: Any = None) -> np.ndarray:
     """The inference kernel on one chunk, with the statistics of the chunk's channels."""
     if ch is None:
         sl = slice(None)
@@ -272,7 +294,9 @@ def _normalize_block(block, ch, center, var, gamma, beta, eps, n_threads, block_
                       n_threads=n_threads)
 
 
-def _normalize(x, ch, center, var, gamma, beta, eps, n_threads):
+def _normalize(x: da.Array, ch: int | None, center: np.ndarray, var: np.ndarray,
+               gamma: np.ndarray | None, beta: np.ndarray | None, eps: float,
+               n_threads: int | None) -> da.Array:
     odt = dtype_policy(x.dtype)[1]
     return da.map_blocks(
         _normalize_block, x, dtype=odt, meta=np.empty((0,) * x.ndim, odt),
@@ -280,8 +304,12 @@ def _normalize(x, ch, center, var, gamma, beta, eps, n_threads):
         eps=eps, n_threads=n_threads)
 
 
-def batch_norm_forward(x, gamma=None, beta=None, *, axis=1, eps=1e-5, running_mean=None,
-                       running_var=None, momentum=0.1, split_every=None, n_threads=None):
+def batch_norm_forward(
+    x: DaskArrayLike, gamma: ArrayLike | None = None, beta: ArrayLike | None = None, *,
+    axis: int | None = 1, eps: float = 1e-5, running_mean: np.ndarray | None = None,
+    running_var: np.ndarray | None = None, momentum: float = 0.1,
+    split_every: int | dict[int, int] | None = None, n_threads: int | None = None,
+) -> tuple[da.Array, F64Array, F64Array]:
     """Training-mode batch normalization of a dask array with global batch statistics.
 
     The statistics over the whole array are computed now, through the current scheduler
@@ -339,8 +367,11 @@ def batch_norm_forward(x, gamma=None, beta=None, *, axis=1, eps=1e-5, running_me
     return _normalize(x, ch, mean, var, g, b, eps, n_threads), mean, invstd
 
 
-def batch_norm_inference(x, running_mean, running_var, gamma=None, beta=None, *, axis=1,
-                         eps=1e-5, n_threads=None):
+def batch_norm_inference(
+    x: DaskArrayLike, running_mean: ArrayLike, running_var: ArrayLike,
+    gamma: ArrayLike | None = None, beta: ArrayLike | None = None, *, axis: int | None = 1,
+    eps: float = 1e-5, n_threads: int | None = None,
+) -> da.Array:
     """Inference-mode batch normalization of a dask array, lazily (``map_blocks``).
 
     ``y = (x - running_mean) / sqrt(running_var + eps) * gamma + beta`` per channel, by the

@@ -50,8 +50,14 @@ PyTorch's DistributedDataParallel does)::
 (``bnfast.batch_norm_backward`` on a rank alone gives that rank's gradient, as if its slice
 were the whole batch.)
 """
-import numpy as np
+from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any, Callable, Iterable
+
+import numpy as np
+from numpy.typing import ArrayLike, NDArray
+
+from . import _training
 from ._functional import batch_norm_inference, merge_moments, moments_state
 from ._training import training_stats_from_state
 from ._validation import (
@@ -61,14 +67,26 @@ from ._validation import (
     check_eps,
     check_momentum,
     check_n_threads,
+    check_out,
+    dtype_policy,
     running_buffer,
 )
 
+if TYPE_CHECKING:
+    import torch
+    from torch.distributed import ProcessGroup
+
 __all__ = ["sync_moments_state", "sync_batch_norm_forward", "torch_all_gather",
-           "mpi_all_gather"]
+           "mpi_all_gather", "sync_batch_norm_backward", "torch_all_reduce", "mpi_all_reduce"]
+
+F64Array = NDArray[np.float64]
+# all_gather(packed): every rank's (3, C) state, in rank order (a list, or one (size, 3, C)
+# array); all_reduce(packed): the sum over the ranks of their (2 C + 1,) arrays.
+AllGather = Callable[[F64Array], Iterable[ArrayLike]]
+AllReduce = Callable[[F64Array], ArrayLike]
 
 
-def _pack_state(state):
+def _pack_state(state: Any) -> F64Array:
     try:
         count, mean, m2 = state
     except (TypeError, ValueError):
@@ -87,7 +105,9 @@ def _pack_state(state):
     return packed
 
 
-def sync_moments_state(state, all_gather):
+def sync_moments_state(
+    state: tuple[ArrayLike, ArrayLike, ArrayLike], all_gather: AllGather,
+) -> tuple[F64Array, F64Array, F64Array]:
     """The Welford state of the data of every rank, from this rank's state.
 
     Parameters
@@ -130,9 +150,12 @@ def sync_moments_state(state, all_gather):
     return merge_moments(states)
 
 
-def sync_batch_norm_forward(x, gamma=None, beta=None, *, all_gather, axis=1, eps=1e-5,
-                            running_mean=None, running_var=None, momentum=0.1,
-                            n_threads=None):
+def sync_batch_norm_forward(
+    x: ArrayLike, gamma: ArrayLike | None = None, beta: ArrayLike | None = None, *,
+    all_gather: AllGather, axis: int | None = 1, eps: float = 1e-5,
+    running_mean: np.ndarray | None = None, running_var: np.ndarray | None = None,
+    momentum: float = 0.1, n_threads: int | None = None,
+) -> tuple[np.ndarray, F64Array, F64Array]:
     """Training-mode batch norm of this rank's slice with the statistics of all ranks.
 
     SyncBatchNorm's forward: the local state from the kernels, ``sync_moments_state``, then
@@ -186,7 +209,9 @@ def sync_batch_norm_forward(x, gamma=None, beta=None, *, all_gather, axis=1, eps
     return y, mean, invstd
 
 
-def torch_all_gather(group=None, device=None):
+def torch_all_gather(group: ProcessGroup | None = None,
+                     device: torch.device | str | None = None
+                     ) -> Callable[[F64Array], list[F64Array]]:
     """An ``all_gather`` callable over ``torch.distributed`` (the process group must exist).
 
     Parameters
@@ -204,7 +229,7 @@ def torch_all_gather(group=None, device=None):
     import torch
     import torch.distributed as dist
 
-    def all_gather(packed):
+    def all_gather(packed: F64Array) -> list[F64Array]:
         t = torch.from_numpy(np.ascontiguousarray(packed, dtype=np.float64))
         if device is not None:
             t = t.to(device)
@@ -215,7 +240,7 @@ def torch_all_gather(group=None, device=None):
     return all_gather
 
 
-def mpi_all_gather(comm=None):
+def mpi_all_gather(comm: Any = None) -> Callable[[F64Array], F64Array]:
     """An ``all_gather`` callable over an mpi4py communicator (default ``MPI.COMM_WORLD``).
 
     Returns
@@ -228,7 +253,7 @@ def mpi_all_gather(comm=None):
         from mpi4py import MPI
         comm = MPI.COMM_WORLD
 
-    def all_gather(packed):
+    def all_gather(packed: F64Array) -> F64Array:
         send = np.ascontiguousarray(packed, dtype=np.float64)
         recv = np.empty((comm.Get_size(),) + send.shape)
         comm.Allgather(send, recv)
@@ -239,23 +264,11 @@ def mpi_all_gather(comm=None):
 
 # ---- Synchronized backward ------------------------------------------------------------------
 
-from typing import Callable, Optional, Tuple  # noqa: E402
-
-from numpy.typing import ArrayLike, NDArray  # noqa: E402
-
-from . import _training  # noqa: E402
-from ._validation import check_out, dtype_policy  # noqa: E402
-
-__all__ += ["sync_batch_norm_backward", "torch_all_reduce", "mpi_all_reduce"]
-
-
 def sync_batch_norm_backward(
-        dy: ArrayLike, x: ArrayLike, mean: ArrayLike, invstd: ArrayLike,
-        gamma: Optional[ArrayLike] = None, *,
-        all_reduce: Callable[[NDArray[np.float64]], ArrayLike], axis: Optional[int] = 1,
-        out: Optional[NDArray] = None,
-        n_threads: Optional[int] = None) -> Tuple[NDArray, NDArray[np.float64],
-                                                  NDArray[np.float64]]:
+    dy: ArrayLike, x: ArrayLike, mean: ArrayLike, invstd: ArrayLike,
+    gamma: ArrayLike | None = None, *, all_reduce: AllReduce, axis: int | None = 1,
+    out: np.ndarray | None = None, n_threads: int | None = None,
+) -> tuple[np.ndarray, F64Array, F64Array]:
     """Gradients of ``sync_batch_norm_forward``: this rank's part of the whole batch's dx.
 
     Each rank computes its ``sum(dy * xhat)`` and ``sum(dy)`` per channel and its element
@@ -324,6 +337,7 @@ def sync_batch_norm_backward(
         raise ValueError(f"mean, invstd: expected arrays of shape ({C},), got None")
     mu = channel_vector(mean, C, "mean")
     inv = channel_vector(invstd, C, "invstd")
+    assert mu is not None and inv is not None  # None was refused above
     gam = channel_vector(gamma, C, "gamma")
     if out is not None:
         check_out(out, a.shape, odt)
@@ -350,8 +364,9 @@ def sync_batch_norm_backward(
     return dx, dgamma, dbeta
 
 
-def torch_all_reduce(group=None, device=None) -> Callable[[NDArray[np.float64]],
-                                                            NDArray[np.float64]]:
+def torch_all_reduce(group: ProcessGroup | None = None,
+                     device: torch.device | str | None = None
+                     ) -> Callable[[F64Array], F64Array]:
     """An ``all_reduce`` callable (a sum) over ``torch.distributed``; the group must exist.
 
     Parameters
@@ -369,7 +384,7 @@ def torch_all_reduce(group=None, device=None) -> Callable[[NDArray[np.float64]],
     import torch
     import torch.distributed as dist
 
-    def all_reduce(packed: NDArray[np.float64]) -> NDArray[np.float64]:
+    def all_reduce(packed: F64Array) -> F64Array:
         t = torch.from_numpy(np.array(packed, dtype=np.float64))  # a copy: packed is kept
         if device is not None:
             t = t.to(device)
@@ -379,7 +394,7 @@ def torch_all_reduce(group=None, device=None) -> Callable[[NDArray[np.float64]],
     return all_reduce
 
 
-def mpi_all_reduce(comm=None) -> Callable[[NDArray[np.float64]], NDArray[np.float64]]:
+def mpi_all_reduce(comm: Any = None) -> Callable[[F64Array], F64Array]:
     """An ``all_reduce`` callable (a sum) over an mpi4py communicator (default COMM_WORLD).
 
     Returns
@@ -391,7 +406,7 @@ def mpi_all_reduce(comm=None) -> Callable[[NDArray[np.float64]], NDArray[np.floa
     if comm is None:
         comm = MPI.COMM_WORLD
 
-    def all_reduce(packed: NDArray[np.float64]) -> NDArray[np.float64]:
+    def all_reduce(packed: F64Array) -> F64Array:
         send = np.ascontiguousarray(packed, dtype=np.float64)
         recv = np.empty_like(send)
         comm.Allreduce(send, recv, op=MPI.SUM)

@@ -9,8 +9,12 @@ and reshapes to a 2-D ``(m, C)`` array (``m`` elements per channel), so each
 column is one channel. A 1-D input is a single channel. Mean and variance are
 computed in two passes (mean first, then the mean of squared deviations).
 """
+from __future__ import annotations
+
+from typing import Any, Callable
 
 import numpy as np
+from numpy.typing import ArrayLike, NDArray
 
 __all__ = [
     "moments",
@@ -27,15 +31,18 @@ __all__ = [
 
 _ACCEPTED_KINDS = "biuf"
 
+F64Array = NDArray[np.float64]
 
-def _to_float64(a, name):
+
+def _to_float64(a: ArrayLike, name: str) -> F64Array:
     a = np.asarray(a)
     if a.dtype.kind not in _ACCEPTED_KINDS:
         raise TypeError(f"{name} must have a real numeric dtype, got {a.dtype}")
     return a.astype(np.float64)
 
 
-def _channels_last(x, axis):
+def _channels_last(x: ArrayLike, axis: Any
+                   ) -> tuple[F64Array, Callable[[F64Array], F64Array]]:
     """Return ``(x2, restore)``: x2 is a new float64 ``(m, C)`` array and
     ``restore(y2)`` maps an ``(m, C)`` array back to x's shape and axis order."""
     x = _to_float64(x, "x")
@@ -53,19 +60,20 @@ def _channels_last(x, axis):
     m = int(np.prod(moved_shape[:-1], dtype=np.int64))
     x2 = moved.reshape(m, channels)
 
-    def restore(y2):
+    def restore(y2: F64Array) -> F64Array:
         return np.moveaxis(y2.reshape(moved_shape), -1, axis)
 
     return x2, restore
 
 
-def _normalize_axis(axis, ndim):
+def _normalize_axis(axis: Any, ndim: int) -> int:
     if not -ndim <= axis < ndim:
         raise np.exceptions.AxisError(axis, ndim, "axis")
     return axis % ndim
 
 
-def _per_channel(a, channels, name, default):
+def _per_channel(a: ArrayLike | None, channels: int, name: str,
+                 default: float | None) -> F64Array:
     if a is None:
         if default is None:
             raise ValueError(f"{name} is required: an array of shape ({channels},)")
@@ -76,20 +84,21 @@ def _per_channel(a, channels, name, default):
     return a
 
 
-def _column_sums(a2):
+def _column_sums(a2: F64Array) -> F64Array:
     # Sum each column of an (m, C) array along a contiguous row of a (C, m)
     # copy, so NumPy uses pairwise summation.
     return np.ascontiguousarray(a2.T).sum(axis=1)
 
 
-def _mean_and_m2(x2):
+def _mean_and_m2(x2: F64Array) -> tuple[F64Array, F64Array]:
     m = x2.shape[0]
     mean = _column_sums(x2) / m
     m2 = _column_sums((x2 - mean) ** 2)
     return mean, m2
 
 
-def moments(x, axis=1, ddof=0):
+def moments(x: ArrayLike, axis: int | None = 1, ddof: float = 0
+            ) -> tuple[F64Array, F64Array]:
     """Per-channel mean and variance.
 
     Parameters
@@ -113,8 +122,12 @@ def moments(x, axis=1, ddof=0):
     return mean, var
 
 
-def batch_norm_forward(x, gamma=None, beta=None, axis=1, eps=1e-5,
-                       running_mean=None, running_var=None, momentum=0.1):
+def batch_norm_forward(x: ArrayLike, gamma: ArrayLike | None = None,
+                       beta: ArrayLike | None = None, axis: int | None = 1, eps: float = 1e-5,
+                       running_mean: ArrayLike | None = None,
+                       running_var: ArrayLike | None = None, momentum: float = 0.1
+                       ) -> tuple[F64Array, F64Array, F64Array,
+                                  F64Array | None, F64Array | None]:
     """Training-mode batch normalization.
 
     Parameters
@@ -174,8 +187,9 @@ def batch_norm_forward(x, gamma=None, beta=None, axis=1, eps=1e-5,
     return y, mean, invstd, new_running_mean, new_running_var
 
 
-def batch_norm_inference(x, running_mean, running_var, gamma=None, beta=None,
-                         axis=1, eps=1e-5):
+def batch_norm_inference(x: ArrayLike, running_mean: ArrayLike, running_var: ArrayLike,
+                         gamma: ArrayLike | None = None, beta: ArrayLike | None = None,
+                         axis: int | None = 1, eps: float = 1e-5) -> F64Array:
     """Inference-mode batch normalization with given statistics.
 
     Parameters
@@ -207,7 +221,9 @@ def batch_norm_inference(x, running_mean, running_var, gamma=None, beta=None,
     return restore((x2 - running_mean) * invstd * gamma + beta)
 
 
-def batch_norm_backward(dy, x, mean, invstd, gamma=None, axis=1):
+def batch_norm_backward(dy: ArrayLike, x: ArrayLike, mean: ArrayLike, invstd: ArrayLike,
+                        gamma: ArrayLike | None = None, axis: int | None = 1
+                        ) -> tuple[F64Array, F64Array, F64Array]:
     """Gradients of training-mode batch normalization.
 
     Parameters
@@ -247,8 +263,12 @@ def batch_norm_backward(dy, x, mean, invstd, gamma=None, axis=1):
     return restore(dx2), dgamma, dbeta
 
 
-def batch_renorm_forward(x, running_mean, running_var, gamma=None, beta=None,
-                         r_max=3.0, d_max=5.0, axis=1, eps=1e-5, momentum=0.1):
+def batch_renorm_forward(x: ArrayLike, running_mean: ArrayLike, running_var: ArrayLike,
+                         gamma: ArrayLike | None = None, beta: ArrayLike | None = None,
+                         r_max: float = 3.0, d_max: float = 5.0, axis: int | None = 1,
+                         eps: float = 1e-5, momentum: float = 0.1
+                         ) -> tuple[F64Array, F64Array, F64Array, F64Array, F64Array,
+                                    F64Array, F64Array]:
     """Batch renormalization (Ioffe, 2017) in training mode.
 
     Parameters
@@ -300,7 +320,9 @@ def batch_renorm_forward(x, running_mean, running_var, gamma=None, beta=None,
     return y, mean, 1.0 / sigma_batch, r, d, new_running_mean, new_running_var
 
 
-def batch_renorm_backward(dy, x, mean, invstd, r, d, gamma=None, axis=1):
+def batch_renorm_backward(dy: ArrayLike, x: ArrayLike, mean: ArrayLike, invstd: ArrayLike,
+                          r: ArrayLike, d: ArrayLike, gamma: ArrayLike | None = None,
+                          axis: int | None = 1) -> tuple[F64Array, F64Array, F64Array]:
     """Gradients of batch renormalization, r and d held constant.
 
     With ``xhat = (x - mean) * invstd`` and ``y = (xhat * r + d) * gamma + beta``: the
@@ -334,7 +356,7 @@ def batch_renorm_backward(dy, x, mean, invstd, r, d, gamma=None, axis=1):
     return restore(dx2), dgamma, dbeta
 
 
-def _groups(x, virtual_batch_size):
+def _groups(x: ArrayLike, virtual_batch_size: Any) -> list[slice]:
     x = np.asarray(x)
     n = x.shape[0]
     if virtual_batch_size < 1 or n % virtual_batch_size:
@@ -343,8 +365,13 @@ def _groups(x, virtual_batch_size):
     return [slice(i, i + virtual_batch_size) for i in range(0, n, virtual_batch_size)]
 
 
-def ghost_batch_norm_forward(x, gamma=None, beta=None, virtual_batch_size=None, axis=1,
-                             eps=1e-5, running_mean=None, running_var=None, momentum=0.1):
+def ghost_batch_norm_forward(x: ArrayLike, gamma: ArrayLike | None = None,
+                             beta: ArrayLike | None = None, virtual_batch_size: int | None = None,
+                             axis: int | None = 1, eps: float = 1e-5,
+                             running_mean: ArrayLike | None = None,
+                             running_var: ArrayLike | None = None, momentum: float = 0.1
+                             ) -> tuple[F64Array, F64Array, F64Array,
+                                        F64Array | None, F64Array | None]:
     """Ghost batch norm: training-mode batch norm per group of ``virtual_batch_size``
     consecutive samples along axis 0 (the channel axis is not 0).
 
@@ -360,7 +387,9 @@ def ghost_batch_norm_forward(x, gamma=None, beta=None, virtual_batch_size=None, 
     """
     x = _to_float64(x, "x")
     y = np.empty_like(x)
-    means, invstds, unbiased = [], [], []
+    mean_rows: list[F64Array] = []
+    invstd_rows: list[F64Array] = []
+    unbiased_rows: list[F64Array] = []
     for s in _groups(x, virtual_batch_size):
         x2, restore = _channels_last(x[s], axis)
         m, channels = x2.shape
@@ -374,10 +403,11 @@ def ghost_batch_norm_forward(x, gamma=None, beta=None, virtual_batch_size=None, 
         m2 = _column_sums(dev * dev)
         invstd = 1.0 / np.sqrt(m2 / m + eps)
         y[s] = restore(dev * invstd * g + b)
-        means.append(mean)
-        invstds.append(invstd)
-        unbiased.append(m2 / (m - 1))
-    means, invstds, unbiased = np.array(means), np.array(invstds), np.array(unbiased)
+        mean_rows.append(mean)
+        invstd_rows.append(invstd)
+        unbiased_rows.append(m2 / (m - 1))
+    means, invstds = np.array(mean_rows), np.array(invstd_rows)
+    unbiased = np.array(unbiased_rows)
     channels = means.shape[1]
     new_running_mean = new_running_var = None
     if running_mean is not None:
@@ -390,8 +420,10 @@ def ghost_batch_norm_forward(x, gamma=None, beta=None, virtual_batch_size=None, 
     return y, means, invstds, new_running_mean, new_running_var
 
 
-def ghost_batch_norm_backward(dy, x, mean, invstd, gamma=None, virtual_batch_size=None,
-                              axis=1):
+def ghost_batch_norm_backward(dy: ArrayLike, x: ArrayLike, mean: ArrayLike,
+                              invstd: ArrayLike, gamma: ArrayLike | None = None,
+                              virtual_batch_size: int | None = None, axis: int | None = 1
+                              ) -> tuple[F64Array, F64Array | float, F64Array | float]:
     """Gradients of ghost batch norm: per group, the batch-norm gradient with the group's
     statistics (``mean``, ``invstd`` of shape ``(G, C)``); dgamma and dbeta summed over
     the groups.
@@ -401,7 +433,7 @@ def ghost_batch_norm_backward(dy, x, mean, invstd, gamma=None, virtual_batch_siz
     dx : ndarray
         float64 gradient with x's shape.
     dgamma, dbeta : ndarray
-        float64 ``(C,)``.
+        float64 ``(C,)`` (the float 0.0 for an empty batch).
     """
     if np.shape(dy) != np.shape(x):
         raise ValueError(
@@ -411,7 +443,9 @@ def ghost_batch_norm_backward(dy, x, mean, invstd, gamma=None, virtual_batch_siz
     mean = _to_float64(mean, "mean")
     invstd = _to_float64(invstd, "invstd")
     dx = np.empty_like(x)
-    dgamma = dbeta = 0.0
+    # 0.0 until the first group adds its (C,) sums (so 0.0 for an empty batch)
+    dgamma: F64Array | float = 0.0
+    dbeta: F64Array | float = 0.0
     for i, s in enumerate(_groups(x, virtual_batch_size)):
         x2, restore = _channels_last(x[s], axis)
         dy2, _ = _channels_last(dy[s], axis)
