@@ -6,7 +6,7 @@ Both sit on the functional API (``batch_norm_forward`` / ``batch_norm_inference`
 from __future__ import annotations
 
 from collections import namedtuple
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
 import numpy.typing as npt
@@ -201,7 +201,7 @@ class BatchNorm:
         # is set in eval mode only, y with an activation only.
         self._saved: tuple[Any, ...] | None = None
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         variant = ""
         if self.virtual_batch_size is not None:
             variant = f", virtual_batch_size={self.virtual_batch_size}"
@@ -215,23 +215,23 @@ class BatchNorm:
 
     # -- mode -------------------------------------------------------------------------------
 
-    def train(self, mode=True):
+    def train(self, mode: bool = True) -> BatchNorm:
         """Training mode (or eval mode with ``mode=False``); returns self."""
         self.training = check_bool(mode, "mode")
         return self
 
-    def eval(self):
+    def eval(self) -> BatchNorm:
         """Eval mode: normalize with the running statistics; returns self."""
         return self.train(False)
 
-    def reset_running_stats(self):
+    def reset_running_stats(self) -> None:
         """Running mean 0, running variance 1, num_batches_tracked 0."""
         if self.track_running_stats:
             self.running_mean = np.zeros(self.num_features, self.dtype)
             self.running_var = np.ones(self.num_features, self.dtype)
             self.num_batches_tracked = 0
 
-    def reset_parameters(self):
+    def reset_parameters(self) -> None:
         """Running statistics reset, weight 1, bias 0."""
         self.reset_running_stats()
         if self.affine:
@@ -368,7 +368,7 @@ class BatchNorm:
         return (_PARAM_KEYS if self.affine else ()) + (
             _BUFFER_KEYS if self.track_running_stats else ())
 
-    def state_dict(self):
+    def state_dict(self) -> dict[str, np.ndarray]:
         """Copies of the parameters and buffers under PyTorch's BatchNorm keys.
 
         ``weight``, ``bias`` (with ``affine``), ``running_mean``, ``running_var`` (of the
@@ -376,7 +376,7 @@ class BatchNorm:
         ``track_running_stats``). Load into PyTorch with
         ``{k: torch.from_numpy(v) for k, v in bn.state_dict().items()}``.
         """
-        state = {}
+        state: dict[str, np.ndarray] = {}
         for key in self._state_keys():
             if key == "num_batches_tracked":
                 state[key] = np.array(self.num_batches_tracked, dtype=np.int64)
@@ -384,7 +384,8 @@ class BatchNorm:
                 state[key] = np.array(getattr(self, key), dtype=self.dtype)
         return state
 
-    def load_state_dict(self, state_dict, strict=True):
+    def load_state_dict(self, state_dict: Mapping[str, Any],
+                        strict: bool = True) -> IncompatibleKeys:
         """Load parameters and buffers from a ``state_dict`` (this layer's or PyTorch's).
 
         Values may be NumPy arrays, scalars, or torch tensors (anything ``numpy.asarray``
@@ -419,7 +420,7 @@ class BatchNorm:
             raise KeyError(f"load_state_dict: missing keys {missing}, unexpected keys "
                            f"{unexpected} (expected exactly {list(expected)})")
         C = self.num_features
-        new = {}
+        new: dict[str, Any] = {}
         for key in expected:
             if key not in state_dict:
                 continue
@@ -448,7 +449,10 @@ class BatchNorm:
         return IncompatibleKeys(missing, unexpected)
 
 
-def fold_batch_norm(weight, bias, running_mean, running_var, gamma, beta, eps=1e-5):
+def fold_batch_norm(weight: npt.ArrayLike, bias: npt.ArrayLike | None,
+                    running_mean: npt.ArrayLike, running_var: npt.ArrayLike,
+                    gamma: npt.ArrayLike | None, beta: npt.ArrayLike | None,
+                    eps: float = 1e-5) -> tuple[np.ndarray, np.ndarray]:
     """Fold an eval-mode batch norm into the Linear / Conv layer that feeds it.
 
     For ``z = W x + b`` followed by ``y = (z - running_mean) / sqrt(running_var + eps) *

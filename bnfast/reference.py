@@ -461,7 +461,8 @@ def ghost_batch_norm_backward(dy: ArrayLike, x: ArrayLike, mean: ArrayLike,
     return dx, dgamma, dbeta
 
 
-def relu_residual(y, residual=None, activation=None):
+def relu_residual(y: ArrayLike, residual: ArrayLike | None = None,
+                  activation: str | None = None) -> F64Array:
     """The fused epilogue of the forward: ``relu(y + residual)`` in float64.
 
     Parameters
@@ -491,7 +492,9 @@ def relu_residual(y, residual=None, activation=None):
     return v
 
 
-def batch_norm_backward_relu(dy, x, mean, invstd, y, gamma=None, axis=1):
+def batch_norm_backward_relu(dy: ArrayLike, x: ArrayLike, mean: ArrayLike, invstd: ArrayLike,
+                             y: ArrayLike, gamma: ArrayLike | None = None, axis: int | None = 1
+                             ) -> tuple[F64Array, F64Array, F64Array, F64Array]:
     """Gradients of ``relu(bn(x) + residual)`` given its output ``y``.
 
     The upstream gradient is masked first, ``g = dy * (y > 0)``; then ``dx``, ``dgamma`` and
