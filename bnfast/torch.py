@@ -381,43 +381,38 @@ def _layer_forward(module: _BatchNorm, input: Tensor) -> Tensor:
                       bn_training, factor, module.eps)
 
 
-class BatchNorm1d(torch.nn.BatchNorm1d):
+class _CPUForward:
+    """The forward of bnfast's drop-in layers: bnfast's kernels for CPU input, torch's own
+    forward (the next class in the method order) for any other device."""
+
+    def forward(self, input: Tensor) -> Tensor:
+        if input.device.type != "cpu":
+            return super().forward(input)  # type: ignore[misc]
+        return _layer_forward(self, input)  # type: ignore[arg-type]
+
+
+class BatchNorm1d(_CPUForward, torch.nn.BatchNorm1d):
     """``torch.nn.BatchNorm1d`` computed by bnfast on the CPU (input (N, C) or (N, C, L)).
 
     The same constructor, parameters, buffers, ``state_dict`` and behaviour; non-CPU input
     runs torch's own forward.
     """
 
-    def forward(self, input: Tensor) -> Tensor:
-        if input.device.type != "cpu":
-            return super().forward(input)
-        return _layer_forward(self, input)
 
-
-class BatchNorm2d(torch.nn.BatchNorm2d):
+class BatchNorm2d(_CPUForward, torch.nn.BatchNorm2d):
     """``torch.nn.BatchNorm2d`` computed by bnfast on the CPU (input (N, C, H, W)).
 
     The same constructor, parameters, buffers, ``state_dict`` and behaviour; non-CPU input
     runs torch's own forward. channels_last input gives channels_last output, without copies.
     """
 
-    def forward(self, input: Tensor) -> Tensor:
-        if input.device.type != "cpu":
-            return super().forward(input)
-        return _layer_forward(self, input)
 
-
-class BatchNorm3d(torch.nn.BatchNorm3d):
+class BatchNorm3d(_CPUForward, torch.nn.BatchNorm3d):
     """``torch.nn.BatchNorm3d`` computed by bnfast on the CPU (input (N, C, D, H, W)).
 
     The same constructor, parameters, buffers, ``state_dict`` and behaviour; non-CPU input
     runs torch's own forward.
     """
-
-    def forward(self, input: Tensor) -> Tensor:
-        if input.device.type != "cpu":
-            return super().forward(input)
-        return _layer_forward(self, input)
 
 
 class SyncBatchNorm(_BatchNorm):
