@@ -295,7 +295,12 @@ def _forward_output(case, rng, x, out):
         if not relu:
             return None
         if kind == "out" and isinstance(out, np.ndarray):
-            out[...] = y
+            # The forward wrote y into out. A read-only out (made by _as_kind from an array
+            # that owns its memory) may be made writeable again for that, then not.
+            readonly = not out.flags.writeable
+            out.flags.writeable = True
+            np.copyto(out, y, casting="unsafe")
+            out.flags.writeable = not readonly
             return out
         return _plain_of(x, shape, y)
     if kind == "missing":
