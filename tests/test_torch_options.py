@@ -347,3 +347,125 @@ def test_bad_forward_arguments_change_nothing(rng):
             layer(*args)
         for key, value in layer.state_dict().items():
             assert torch.equal(value, before[key]), key
+
+
+# ---- Half precision, and the PyTorch fallback ---------------------------------------------------
+
+@pytest.mark.parametrize("dtype,unit", [(torch.float16, 2.0 ** -11), (torch.bfloat16, 2.0 ** -8)],
+                         ids=["f16", "bf16"])
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+def test_fused_half_precision(rng, dtype, unit, training):
+    """float16 / bfloat16 input with float32 parameters: computed in float32, rounded once."""
+    C, shape = 3, (4, 3, 5, 5)
+    layer = bt.BatchNorm2d(C, activation="relu").train(training)
+    gamma = rng.uniform(0.5, 2.0, C) * rng.choice([-1, 1], C)
+    beta = rng.uniform(-1, 1, C)
+    with torch.no_grad():
+        layer.weight.copy_(_tensor(gamma, torch.float32))
+        layer.bias.copy_(_tensor(beta, torch.float32))
+        layer.running_mean.copy_(_tensor(rng.uniform(-1, 1, C), torch.float32))
+        layer.running_var.copy_(_tensor(rng.uniform(0.5, 2, C), torch.float32))
+    gamma, beta = _np(layer.weight), _np(layer.bias)
+    rm0, rv0 = _np(layer.running_mean), _np(layer.running_var)
+    x64 = _np(_tensor(rng.standard_normal(shape) + 1.0, dtype))  # the values x holds
+    if training:
+        bn_y, mean, invstd, want_rm, want_rv = reference.batch_norm_forward(
+            x64, gamma, beta, running_mean=rm0, running_var=rv0)
+    else:
+        bn_y = reference.batch_norm_inference(x64, rm0, rv0, gamma, beta)
+        mean, invstd = rm0, 1.0 / np.sqrt(rv0 + 1e-5)
+    # Margin 0.5 around the kink, far above the half precision error of y (< 0.05 here).
+    res64 = _np(_tensor(_away_from_zero_residual(rng, bn_y), dtype))
+    want = np.maximum(bn_y + res64, 0.0)
+    x = _tensor(x64, dtype).requires_grad_(True)
+    r = _tensor(res64, dtype).requires_grad_(True)
+    y = layer(x, r)
+    assert y.dtype == dtype
+    n = x64.size // C if training else 0
+    u32 = float(np.finfo(np.float32).eps) / 2
+    # In float32: bn(x) (output_rtol(float32, n) of its scale), the residual add (one float32
+    # rounding), then one rounding to dtype (unit of the result).
+    y_scale = elementwise_scale(x64, 1, mean, invstd, gamma, beta) + np.abs(res64).max()
+    _close(y, want, (output_rtol(np.float32, n) + u32) * y_scale + unit * np.abs(want).max(),
+           "y")
+    dy = _np(_tensor(rng.standard_normal(shape), dtype))
+    y.backward(_tensor(dy, dtype))
+    g = dy * (want > 0)
+    if training:
+        want_dx, want_dg, want_db = reference.batch_norm_backward(g, x64, mean, invstd, gamma)
+        dx_scale, dg_scale, db_scale = backward_scales(g, x64, mean, invstd, gamma, 1)
+    else:
+        want_dx = g * gamma.reshape(1, C, 1, 1) * invstd.reshape(1, C, 1, 1)
+        xhat = (x64 - mean.reshape(1, C, 1, 1)) * invstd.reshape(1, C, 1, 1)
+        want_dg, want_db = (g * xhat).sum(axis=(0, 2, 3)), g.sum(axis=(0, 2, 3))
+        dx_scale = float(np.abs(want_dx).max())
+        _, dg_scale, db_scale = backward_scales(g, x64, mean, invstd, gamma, 1)
+    # dx in float32 (output_rtol(float32, n) of its scale), then rounded to dtype.
+    _close(x.grad, want_dx, (output_rtol(np.float32, n) + unit) * dx_scale, "dx")
+    _close(r.grad, g, 0.0, "dresidual")  # dy * mask: exact in dtype
+    # float64 sums of float32 products (one rounding each), stored as float32.
+    srtol = stat_rtol(n or x64.size // C) + 2 * u32
+    _close(layer.weight.grad, want_dg, srtol * dg_scale, "dgamma")
+    _close(layer.bias.grad, want_db, srtol * db_scale, "dbeta")
+    if training:  # float64 updates stored as float32
+        _close(layer.running_mean, want_rm, (stat_rtol(n) + u32) * np.abs(x64).max(), "rm")
+        _close(layer.running_var, want_rv, (stat_rtol(n) + u32) * (np.abs(x64).max() ** 2 + 2),
+               "rv")
+
+
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+def test_fallback_is_the_same_math(rng, monkeypatch, training):
+    """What non-CPU tensors run (torch's batch norm, + residual, relu), forced on the CPU by
+    declaring the input unserved, against the fused kernels."""
+    shape, C = (4, 3, 5, 5), 3
+    fused, fallback = (bt.BatchNorm2d(C, dtype=torch.float64, activation="relu")
+                       for _ in range(2))
+    fused.train(training)
+    fallback.train(training)
+    with torch.no_grad():
+        fused.running_mean.copy_(_tensor(rng.uniform(-1, 1, C), torch.float64))
+        fused.weight.copy_(_tensor(rng.uniform(0.5, 2, C), torch.float64))
+    fallback.load_state_dict(fused.state_dict())
+    x64 = rng.standard_normal(shape) + 1.0
+    gamma, beta = _np(fused.weight), _np(fused.bias)
+    rm0, rv0 = _np(fused.running_mean), _np(fused.running_var)
+    if training:
+        bn_y, mean, invstd, _, _ = reference.batch_norm_forward(x64, gamma, beta)
+    else:
+        bn_y = reference.batch_norm_inference(x64, rm0, rv0, gamma, beta)
+        mean, invstd = rm0, 1.0 / np.sqrt(rv0 + 1e-5)
+    res64 = _away_from_zero_residual(rng, bn_y)
+    xs = [_tensor(x64, torch.float64).requires_grad_(True) for _ in range(2)]
+    rs = [_tensor(res64, torch.float64).requires_grad_(True) for _ in range(2)]
+    y_fused = fused(xs[0], rs[0])
+    monkeypatch.setattr(bt, "_handled", lambda *args: False)
+    y_fallback = fallback(xs[1], rs[1])
+    assert y_fallback.grad_fn.name() == "ReluBackward0"  # really torch's operations
+    n = x64.size // C if training else 0
+    rtol = torch_rtol(np.float64, n)
+    y_scale = elementwise_scale(x64, 1, mean, invstd, gamma, beta) + np.abs(res64).max()
+    _close(y_fused, _np(y_fallback), rtol * y_scale, "y")
+    dy = rng.standard_normal(shape)
+    y_fused.backward(_tensor(dy, torch.float64))
+    y_fallback.backward(_tensor(dy, torch.float64))
+    g = dy * (bn_y + res64 > 0)
+    dx_scale, dg_scale, db_scale = backward_scales(g, x64, mean, invstd, gamma, 1)
+    _close(xs[0].grad, _np(xs[1].grad), rtol * dx_scale, "dx")
+    _close(rs[0].grad, _np(rs[1].grad), 0.0, "dresidual")
+    _close(fused.weight.grad, _np(fallback.weight.grad), rtol * dg_scale, "dgamma")
+    _close(fused.bias.grad, _np(fallback.bias.grad), rtol * db_scale, "dbeta")
+    _close(fused.running_mean, _np(fallback.running_mean), rtol * np.abs(x64).max(), "rm")
+
+
+def test_variants_refuse_unserved_input(rng, monkeypatch):
+    monkeypatch.setattr(bt, "_handled", lambda *args: False)
+    x = _tensor(rng.standard_normal((4, 3, 2, 2)), torch.float32)
+    for kw in ({"virtual_batch_size": 2}, {"renorm": True}):
+        with pytest.raises(NotImplementedError, match="CPU kernels only"):
+            bt.BatchNorm2d(3, **kw)(x)
+
+
+def test_convert_keeps_plain_layers(rng):
+    model = bt.convert(torch.nn.Sequential(torch.nn.BatchNorm2d(3)))
+    layer = model[0]
+    assert layer.activation is None and layer.virtual_batch_size is None and not layer.renorm
