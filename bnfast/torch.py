@@ -595,17 +595,19 @@ class _CPUForward:
 
     def extra_repr(self) -> str:
         text = super().extra_repr()  # type: ignore[misc]
-        if self.activation is not None:
+        if getattr(self, "activation", None) is not None:
             text += f", activation={self.activation!r}"
-        if self.virtual_batch_size is not None:
+        if getattr(self, "virtual_batch_size", None) is not None:
             text += f", virtual_batch_size={self.virtual_batch_size}"
-        if self.renorm:
+        if getattr(self, "renorm", False):
             text += f", renorm=True, r_max={self.r_max}, d_max={self.d_max}"
         return str(text)
 
     def forward(self, input: Tensor, residual: Optional[Tensor] = None) -> Tensor:
-        plain = (self.activation is None and residual is None
-                 and self.virtual_batch_size is None and not self.renorm)
+        # getattr: a layer pickled before these options existed has none of them.
+        plain = (getattr(self, "activation", None) is None and residual is None
+                 and getattr(self, "virtual_batch_size", None) is None
+                 and not getattr(self, "renorm", False))
         if input.device.type != "cpu" and plain:
             return super().forward(input)  # type: ignore[misc]
         return _layer_forward(self, input, residual)  # type: ignore[arg-type]

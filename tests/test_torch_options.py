@@ -469,3 +469,43 @@ def test_convert_keeps_plain_layers(rng):
     model = bt.convert(torch.nn.Sequential(torch.nn.BatchNorm2d(3)))
     layer = model[0]
     assert layer.activation is None and layer.virtual_batch_size is None and not layer.renorm
+
+
+@pytest.mark.parametrize("kw", [{"activation": "relu"}, {"virtual_batch_size": 2},
+                                {"renorm": True}], ids=["relu", "ghost", "renorm"])
+def test_bits_do_not_depend_on_threads(rng, kw):
+    x64 = rng.standard_normal((8, 3, 6, 6)) + 1.0
+    res64 = rng.standard_normal(x64.shape)
+    dy = _tensor(rng.standard_normal(x64.shape), torch.float32)
+    results = []
+    before = torch.get_num_threads()
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            layer = bt.BatchNorm2d(3, **kw)
+            x = _tensor(x64, torch.float32).requires_grad_(True)
+            args = (x,)
+            if "activation" in kw:
+                args = (x, _tensor(res64, torch.float32).requires_grad_(True))
+            y = layer(*args)
+            y.backward(dy)
+            results.append([y.detach().clone(), x.grad, layer.weight.grad, layer.bias.grad,
+                            layer.running_mean.clone(), layer.running_var.clone()]
+                           + [a.grad for a in args[1:]])
+    finally:
+        torch.set_num_threads(before)
+    for a, b in zip(*results):
+        assert a.numpy().tobytes() == b.numpy().tobytes()
+
+
+def test_layer_pickled_without_options_still_runs(rng):
+    layer = bt.BatchNorm1d(3)
+    for name in ("activation", "virtual_batch_size", "renorm", "r_max", "d_max"):
+        delattr(layer, name)  # as a layer saved before the options existed
+    x = _tensor(rng.standard_normal((5, 3)), torch.float64)
+    ref = torch.nn.BatchNorm1d(3, dtype=torch.float64)
+    # torch's float64 layer and bnfast's: torch_rtol of the elementwise scale.
+    xn = _np(x)
+    scale = elementwise_scale(xn, 1, xn.mean(0), 1 / np.sqrt(xn.var(0) + 1e-5))
+    _close(layer.double()(x), _np(ref(x)), torch_rtol(np.float64, 5) * scale, "y")
+    assert "activation" not in repr(layer)
