@@ -6,6 +6,14 @@
   autograd.
 - ``BatchNorm1d``, ``BatchNorm2d``, ``BatchNorm3d``: subclasses of torch's layers (the same
   constructor, parameters, buffers and ``state_dict``) whose forward calls ``batch_norm``.
+  Keyword-only options after torch's arguments (plain attributes, not in the ``state_dict``):
+  ``activation=None | "relu"`` with ``forward(input, residual=None)`` giving
+  ``relu(bn(input) + residual)`` in one fused pass (training and eval mode);
+  ``virtual_batch_size=k`` (ghost batch norm) and ``renorm=True, r_max=3.0, d_max=5.0``
+  (batch renormalization, r and d held constant in the backward), both in training mode
+  only (eval mode is plain batch norm). The activation combines with neither variant, nor
+  the variants with each other; renorm needs ``track_running_stats``; a residual has the
+  input's shape, dtype and device, and is not taken with a variant in training mode.
 - ``SyncBatchNorm``: torch's ``SyncBatchNorm`` for CPU tensors over ``torch.distributed``
   (gloo): the statistics and the input gradient are those of the whole batch over the ranks.
 - ``convert(module)`` swaps torch's batch norm layers of a model for these;
@@ -21,6 +29,11 @@ exactly as PyTorch: non-CPU tensors, tensor subclasses with ``__torch_function__
 batches, inputs of fewer than 2 dimensions, dtype mixes PyTorch rejects, momentum outside
 [0, 1], and JIT tracing. The kernels run on ``torch.get_num_threads()`` threads; their
 results do not depend on that number.
+
+The fused activation and residual on non-CPU tensors (or anything else bnfast passes to
+PyTorch) run as PyTorch's batch norm followed by ``+ residual`` and ``relu``: the same math.
+``virtual_batch_size`` and ``renorm`` are computed by bnfast's CPU kernels only and raise
+NotImplementedError for input they do not serve (non-CPU tensors, for instance).
 
 Limits: double backward raises (the backward is computed by the kernels, not by
 differentiable PyTorch operations), and the layers cannot be scripted with TorchScript.
@@ -41,6 +54,8 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from . import _training
 from ._functional import batch_norm_backward, batch_norm_forward, batch_norm_inference
+from ._validation import check_activation, check_bool, check_int
+from ._variants import batch_renorm_forward, check_renorm_limits
 from .distributed import (
     sync_batch_norm_backward,
     sync_batch_norm_forward,
@@ -319,6 +334,114 @@ class _SyncBatchNormFunction(torch.autograd.Function):
         return dx, gw, gb, None, None, None, None, None
 
 
+class _OptionsFunction(torch.autograd.Function):
+    """Batch norm with the layers' options, by the NumPy functional API: the fused
+    ``relu(bn(x) + residual)`` (training and eval), ghost batch norm and batch
+    renormalization (training only). Differentiable with respect to input, weight, bias and
+    residual."""
+
+    @staticmethod
+    def forward(ctx: Any, input: Tensor, weight: Optional[Tensor], bias: Optional[Tensor],
+                residual: Optional[Tensor], running_mean: Optional[Tensor],
+                running_var: Optional[Tensor], training: bool, momentum: float, eps: float,
+                activation: Optional[str], virtual_batch_size: Optional[int],
+                renorm: Optional[Tuple[float, float]]) -> Tensor:
+        x = _compute_layout(input)
+        xa, axis = _array(x)
+        y = torch.empty_like(x)
+        ya, _ = _array(y)
+        res = None if residual is None else _like(residual, x)
+        ra = None if res is None else _array(res)[0]
+        gamma, beta = _vector(weight), _vector(bias)
+        rm, rv = _RunningBuffer(running_mean), _RunningBuffer(running_var)
+        n = _n_threads()
+        kw: dict = {}
+        if training:
+            try:
+                if renorm is not None:
+                    assert rm.array is not None and rv.array is not None
+                    _, mean, invstd, r, d = batch_renorm_forward(
+                        xa, rm.array, rv.array, gamma, beta, r_max=renorm[0], d_max=renorm[1],
+                        axis=axis, eps=eps, momentum=float(momentum), out=ya, n_threads=n)
+                    kw = {"renorm": (r, d)}
+                else:
+                    _, mean, invstd = batch_norm_forward(
+                        xa, gamma, beta, axis=axis, eps=eps, running_mean=rm.array,
+                        running_var=rv.array, momentum=float(momentum), out=ya, n_threads=n,
+                        activation=activation, residual=ra,
+                        virtual_batch_size=virtual_batch_size)
+                    if virtual_batch_size is not None:
+                        kw = {"virtual_batch_size": virtual_batch_size}
+            finally:
+                rm.write_back()
+                rv.write_back()
+        else:
+            assert rm.array is not None and rv.array is not None
+            batch_norm_inference(xa, rm.array, rv.array, gamma, beta, axis=axis, eps=eps,
+                                 out=ya, n_threads=n, activation=activation, residual=ra)
+            mean = rm.array.astype(np.float64)
+            invstd = 1.0 / np.sqrt(rv.array.astype(np.float64) + eps)
+        out = y if y.dtype == input.dtype else y.to(input.dtype)
+        if activation is not None and out is y:
+            ctx.save_for_backward(x, weight, bias, y)  # the output: in-place changes detected
+            ctx.y = None
+        else:
+            ctx.save_for_backward(x, weight, bias, None)
+            ctx.y = y if activation is not None else None
+        ctx.mean, ctx.invstd, ctx.training, ctx.kw = mean, invstd, training, kw
+        ctx.activation, ctx.input_dtype = activation, input.dtype
+        ctx.residual_dtype = None if residual is None else residual.dtype
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, grad_output: Tensor) -> Tuple[Optional[Tensor], ...]:
+        x, weight, bias, y = ctx.saved_tensors
+        if y is None:
+            y = ctx.y
+        needs = ctx.needs_input_grad
+        dy = _like(grad_output, x)
+        xa, axis = _array(x)
+        dya, _ = _array(dy)
+        ya = None if y is None else _array(y)[0]
+        gamma = _vector(weight)
+        n = _n_threads()
+        dx: Optional[Tensor] = None
+        g: Optional[Tensor] = None  # the gradient reaching bn(x) + residual
+        if ctx.training:
+            dx = torch.empty_like(x)
+            want_g = needs[3] and not ctx.kw
+            res = batch_norm_backward(dya, xa, ctx.mean, ctx.invstd, gamma, axis=axis,
+                                      out=_array(dx)[0], n_threads=n,
+                                      activation=ctx.activation, y=ya,
+                                      return_dresidual=want_g, **ctx.kw)
+            dgamma, dbeta = res[1], res[2]
+            if want_g:
+                g = _from_array(res[3], axis)
+        else:
+            # Fixed statistics: g = dy * (y > 0), dx = g * gamma * invstd (the inference
+            # kernel with scale only), dgamma = sum(g * xhat), dbeta = sum(g).
+            g = dy if y is None else torch.where(y > 0, dy, torch.zeros((), dtype=dy.dtype))
+            ga = _array(_like(g, x))[0]
+            dgamma, dbeta = _training.backward_sums(ga, xa, ctx.mean, ctx.invstd, axis=axis,
+                                                    n_threads=n)
+            if needs[0]:
+                scale = ctx.invstd if gamma is None else ctx.invstd * gamma
+                C = scale.shape[0]
+                dx = torch.empty_like(x)
+                batch_norm_inference(ga, np.zeros(C), np.ones(C), scale, axis=axis, eps=0.0,
+                                     out=_array(dx)[0], n_threads=n)
+        if dx is not None and dx.dtype != ctx.input_dtype:
+            dx = dx.to(ctx.input_dtype)
+        if not needs[0]:
+            dx = None
+        gr = None
+        if needs[3] and g is not None:
+            gr = g if g.dtype == ctx.residual_dtype else g.to(ctx.residual_dtype)
+        gw, gb = _weight_grads(dgamma, dbeta, weight, bias, needs)
+        return dx, gw, gb, gr, None, None, None, None, None, None, None, None
+
+
 # ---- The functional --------------------------------------------------------------------------
 
 def batch_norm(input: Tensor, running_mean: Optional[Tensor], running_var: Optional[Tensor],
@@ -362,9 +485,25 @@ def batch_norm(input: Tensor, running_mean: Optional[Tensor], running_var: Optio
 
 # ---- Layers ----------------------------------------------------------------------------------
 
-def _layer_forward(module: _BatchNorm, input: Tensor) -> Tensor:
-    """``_BatchNorm.forward`` with bnfast's ``batch_norm`` (the same steps, in the same order)."""
+def _layer_forward(module: _BatchNorm, input: Tensor,
+                   residual: Optional[Tensor] = None) -> Tensor:
+    """``_BatchNorm.forward`` with bnfast's ``batch_norm`` (the same steps, in the same order),
+    and the options of ``_CPUForward`` (activation, residual, virtual_batch_size, renorm)."""
     module._check_input_dim(input)
+    activation = getattr(module, "activation", None)
+    k = getattr(module, "virtual_batch_size", None)
+    renorm = getattr(module, "renorm", False)
+    variant = module.training and (renorm or k is not None)
+    if residual is not None:
+        _check_residual(residual, input)
+        if variant:
+            raise ValueError("residual: not with renorm or virtual_batch_size in training "
+                             "mode (those compute plain batch norm; add the residual after "
+                             "the layer)")
+    if module.training and k is not None and input.dim() >= 1 and input.shape[0] % k:
+        n = input.shape[0]
+        raise ValueError(f"virtual_batch_size: {k} does not divide the batch size {n} "
+                         f"(input.shape[0]); expected a divisor of {n}")
     factor = 0.0 if module.momentum is None else module.momentum
     if module.training and module.track_running_stats:
         if module.num_batches_tracked is not None:
@@ -376,19 +515,102 @@ def _layer_forward(module: _BatchNorm, input: Tensor) -> Tensor:
     else:
         bn_training = module.running_mean is None and module.running_var is None
     track = not module.training or module.track_running_stats
-    return batch_norm(input, module.running_mean if track else None,
-                      module.running_var if track else None, module.weight, module.bias,
-                      bn_training, factor, module.eps)
+    running_mean = module.running_mean if track else None
+    running_var = module.running_var if track else None
+    if activation is None and residual is None and not variant:
+        return batch_norm(input, running_mean, running_var, module.weight, module.bias,
+                          bn_training, factor, module.eps)
+    eps = module.eps
+    if bn_training:
+        _check_batch_size(input)
+    _check_eps(float(eps), bn_training)
+    if not _handled(input, running_mean, running_var, module.weight, module.bias,
+                    bn_training, factor):
+        if variant:
+            raise NotImplementedError(
+                "virtual_batch_size and renorm are computed by bnfast's CPU kernels only: "
+                f"this input ({input.device.type} {input.dtype}, {type(input).__name__}) or "
+                "these parameters are not served by them")
+        # Torch's batch norm, then the same epilogue in separate operations.
+        y = F.batch_norm(input, running_mean, running_var, module.weight, module.bias,
+                         bn_training, factor, eps)
+        if residual is not None:
+            y = y + residual
+        return F.relu(y) if activation == "relu" else y
+    limits: Optional[Tuple[float, float]] = None
+    if module.training and renorm:
+        limits = (getattr(module, "r_max"), getattr(module, "d_max"))  # floats (checked)
+    out: Tensor = _OptionsFunction.apply(
+        input, module.weight, module.bias, residual, running_mean, running_var, bn_training,
+        factor, float(eps), activation, k if module.training else None, limits)
+    return out
+
+
+def _check_residual(residual: Tensor, input: Tensor) -> None:
+    """The residual of ``forward(input, residual)``: a tensor of input's shape, dtype and
+    device (no broadcasting, no promotion)."""
+    if not isinstance(residual, torch.Tensor):
+        raise TypeError(f"residual: expected a Tensor, got {type(residual).__name__}")
+    if residual.shape != input.shape:
+        raise ValueError(f"residual: expected the input's shape {tuple(input.shape)}, got "
+                         f"{tuple(residual.shape)}")
+    if residual.dtype != input.dtype or residual.device != input.device:
+        raise ValueError(f"residual: expected the input's dtype and device ({input.dtype}, "
+                         f"{input.device}), got ({residual.dtype}, {residual.device})")
 
 
 class _CPUForward:
-    """The forward of bnfast's drop-in layers: bnfast's kernels for CPU input, torch's own
-    forward (the next class in the method order) for any other device."""
+    """The drop-in layers' options and forward: bnfast's kernels for CPU input, torch's own
+    operations for any other device.
 
-    def forward(self, input: Tensor) -> Tensor:
-        if input.device.type != "cpu":
+    Keyword-only options after torch's constructor arguments (plain attributes, not in the
+    ``state_dict``): ``activation`` (None or ``"relu"``: ``forward(input, residual)`` returns
+    ``relu(bn(input) + residual)``, fused, in training and eval mode), ``virtual_batch_size``
+    (ghost batch norm) and ``renorm``, ``r_max``, ``d_max`` (batch renormalization); the two
+    variants apply in training mode only, eval mode being plain batch norm.
+    """
+
+    def __init__(self, *args: Any, activation: Optional[str] = None,
+                 virtual_batch_size: Optional[int] = None, renorm: bool = False,
+                 r_max: float = 3.0, d_max: float = 5.0, **kwargs: Any) -> None:
+        activation = check_activation(activation)
+        k = None if virtual_batch_size is None else check_int(virtual_batch_size,
+                                                                "virtual_batch_size", 1)
+        renorm = check_bool(renorm, "renorm")
+        r_max, d_max = check_renorm_limits(r_max, d_max)
+        if activation is not None and (renorm or k is not None):
+            raise ValueError("activation: the fused activation cannot be combined with renorm "
+                             "or virtual_batch_size (apply it after the layer instead)")
+        if renorm and k is not None:
+            raise ValueError("renorm and virtual_batch_size: expected at most one of them "
+                             "(batch renormalization of virtual batches is not supported)")
+        super().__init__(*args, **kwargs)  # type: ignore[call-arg]
+        if renorm and not self.track_running_stats:  # type: ignore[attr-defined]
+            raise ValueError("renorm: batch renormalization needs the running statistics; "
+                             "expected track_running_stats=True")
+        self.activation = activation
+        self.virtual_batch_size = k
+        self.renorm = renorm
+        self.r_max, self.d_max = r_max, d_max
+
+    def extra_repr(self) -> str:
+        text = super().extra_repr()  # type: ignore[misc]
+        if getattr(self, "activation", None) is not None:
+            text += f", activation={self.activation!r}"
+        if getattr(self, "virtual_batch_size", None) is not None:
+            text += f", virtual_batch_size={self.virtual_batch_size}"
+        if getattr(self, "renorm", False):
+            text += f", renorm=True, r_max={self.r_max}, d_max={self.d_max}"
+        return str(text)
+
+    def forward(self, input: Tensor, residual: Optional[Tensor] = None) -> Tensor:
+        # getattr: a layer pickled before these options existed has none of them.
+        plain = (getattr(self, "activation", None) is None and residual is None
+                 and getattr(self, "virtual_batch_size", None) is None
+                 and not getattr(self, "renorm", False))
+        if input.device.type != "cpu" and plain:
             return super().forward(input)  # type: ignore[misc]
-        return _layer_forward(self, input)  # type: ignore[arg-type]
+        return _layer_forward(self, input, residual)  # type: ignore[arg-type]
 
 
 class BatchNorm1d(_CPUForward, torch.nn.BatchNorm1d):
