@@ -39,9 +39,9 @@ FusedRow = Dict[str, Any]
 def fused_cases(quick: bool = False) -> List[Case]:
     """Return the float32 cases of the section.
 
-    Full: a 16 MiB (N, C) batch and a ResNet-sized (32, 64, 56, 56) batch in NCHW and NHWC
-    (25 MiB), the shapes of ``asv_bench/benchmarks/bench_fused.py``. ``--quick``: one NCHW
-    and one NHWC batch of 6 MiB, the quick table's.
+    Full: a 64 MiB (65536, 256) batch and a ResNet-sized (32, 64, 56, 56) batch in NCHW and
+    NHWC (24.5 MiB), the shapes of ``asv_bench/benchmarks/bench_fused.py``. ``--quick``: one
+    NCHW and one NHWC (8, 64, 56, 56) batch of 6.1 MiB, the quick table's.
     """
     if quick:
         return [Case((8, 64, 56, 56), layout, "float32") for layout in ("NCHW", "NHWC")]
