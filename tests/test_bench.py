@@ -7,7 +7,7 @@ import pytest
 import bnfast
 from bnfast import bench
 from bnfast import reference as ref
-from bnfast.bench import cases, cli, report, scaler, targets
+from bnfast.bench import cases, cli, fused, report, scaler, targets
 
 F64_EPS = np.finfo(np.float64).eps
 
@@ -140,6 +140,8 @@ def test_scaler_fresh_processes_summarize_the_distribution():
 def test_bench_run_writes_json_and_prints_no_verdict(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(cli, "quick_grid",
                         lambda: [(cases.Case((32, 4), "NC", "float64"), op) for op in cases.OPS])
+    monkeypatch.setattr(cli, "fused_cases",
+                        lambda quick: [cases.Case((16, 4, 3, 5), "NHWC", "float32")])
     path = tmp_path / "bench.json"
     args = cli.build_parser().parse_args(["--quick", "--threads", "1", "--repeats", "1",
                                           "--json", str(path)])
@@ -147,11 +149,55 @@ def test_bench_run_writes_json_and_prints_no_verdict(tmp_path, monkeypatch, caps
     out = capsys.readouterr().out
     assert "| train" in out and "bn/floor" in out
     assert "miss" not in out and "PASS" not in out and "rows meet" not in out
+    assert "fused activation" in out and "relu/p" in out and "PASS" not in out
     document = json.loads(path.read_text())
     assert len(document["rows"]) == 3 and document["settings"]["quick"] is True
+    assert len(document["fused"]) == 1
+    assert document["fused"][0]["relu_over_plain"] > 0
     args = cli.build_parser().parse_args(["--quick", "--threads", "1", "--repeats", "1",
                                           "--targets"])
     assert cli.run(args) == 0
     out = capsys.readouterr().out
     assert "rows meet every target" in out and "| targets" in out
+    assert "fused relu 0/1" in out or "fused relu 1/1" in out
+    assert "relu/p <= 1.05" in out
     assert ">= 10" not in out  # the NumPy target is withdrawn
+
+
+def test_fused_section_times_every_variant_and_its_ratio_to_plain():
+    grid = [cases.Case((64, 8), "NC", "float32"), cases.Case((2, 4, 3, 5), "NCHW", "float32"),
+            cases.Case((2, 4, 3, 5), "NHWC", "float32")]
+    rows = fused.run_fused(grid, threads=1, repeats=1, min_time=0, warmup=False)
+    assert len(rows) == 3
+    for row in rows:
+        assert row["agrees"] is True
+        assert set(row["times"]) == set(fused.VARIANTS)
+        plain = row["plain_s"]
+        assert np.isfinite(plain) and plain > 0
+        for v in fused.VARIANTS[1:]:
+            ratio = row[fused.key(v) + "_over_plain"]
+            assert np.isfinite(ratio) and ratio == pytest.approx(row[fused.key(v) + "_s"] / plain)
+        # The verdict is the ratio's, whatever the (noisy) timing gave.
+        assert ("relu" in row["missed"]) == (row["relu_over_plain"] > fused.FUSED_RELU_TARGET)
+    json.dumps(rows)  # the rows go into --json as they are
+    table = fused.format_fused(rows)
+    assert "relu/p" in table and "bn;+r;max/p" in table and "PASS" not in table
+    assert "| targets" in fused.format_fused(rows, targets=True)
+
+
+def test_fused_check_catches_a_wrong_fused_call(monkeypatch):
+    problem = fused.FusedProblem(cases.Case((64, 8), "NC", "float32"), threads=1)
+    assert problem.fused_agrees()
+    calls = problem.calls()
+    # A "fused" ReLU that forgets the ReLU: its output has negative values, the
+    # unfused sequence's has none, and the check must say so.
+    monkeypatch.setattr(problem, "calls", lambda: dict(calls, relu=calls["plain"]))
+    assert not problem.fused_agrees()
+
+
+def test_fused_cases_are_float32_and_quick_ones_are_smaller():
+    full, quick = fused.fused_cases(), fused.fused_cases(quick=True)
+    assert [c.layout for c in full] == ["NC", "NCHW", "NHWC"]
+    assert 1 <= len(quick) <= 2
+    assert all(c.dtype == "float32" for c in full + quick)
+    assert max(c.nbytes for c in quick) < min(c.nbytes for c in full)

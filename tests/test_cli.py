@@ -2,6 +2,7 @@
 
 Nothing here asserts a timing: the bench's figures are printed, never checked.
 """
+import math
 import os
 import subprocess
 import sys
@@ -68,7 +69,18 @@ def test_bench_quick_prints_the_table(tmp_path):
     columns = [c.strip() for c in header.strip("|").split("|")]
     assert columns == ["op", "layout", "shape", "dtype", "MiB", "bnfast", "NumPy", "torch",
                        "floor", "bn/floor", "bn/torch", "np/bn"]
-    assert sum(line.startswith("| ") for line in out.splitlines()) == 1 + 12
+    lines = out.splitlines()
+    # The main table, then the fused activation table (header and 2 quick cases).
+    assert sum(line.startswith("| ") for line in lines) == (1 + 12) + (1 + 2)
+    title = lines.index(next(line for line in lines if line.startswith("fused activation")))
+    fused_header = [c.strip() for c in lines[title + 1].strip("|").split("|")]
+    assert fused_header == ["layout", "shape", "MiB", "plain", "relu", "res+relu", "bn;max",
+                            "bn;+r;max", "relu/p", "res+relu/p", "bn;max/p", "bn;+r;max/p"]
+    for line in lines[title + 3:title + 5]:
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        assert cells[0] in ("NCHW", "NHWC")
+        ratios = [float(c) for c in cells[-4:]]
+        assert all(math.isfinite(r) and r > 0 for r in ratios), line
     assert "miss" not in out and "rows meet every target" not in out
     assert "scaler fit_transform: n/a" in out
 

@@ -6,6 +6,7 @@ cases       the grid of cases and the arrays they are timed on (also used by asv
 numpy_twin  the plain NumPy implementation timed as the NumPy baseline
 timing      timing callables side by side (interleaved rounds, medians)
 rows        what one row times: bnfast, NumPy, PyTorch and the copy floor
+fused       the fused ReLU / residual add against the plain forward and the unfused sequences
 targets     the development targets and each row's pass/miss verdict (``--targets``)
 scaler      BatchNormScaler against StandardScaler over fresh processes
 report      formatting of the table, its notes and the scaler lines

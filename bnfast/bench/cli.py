@@ -14,6 +14,7 @@ from typing import Any, Dict, List, Optional, TextIO
 
 from . import report, targets
 from .cases import EPS, MOMENTUM, full_grid, quick_grid, short_grid
+from .fused import fused_cases, format_fused, run_fused
 from .rows import RowResult, import_torch, run_rows
 from .scaler import fresh_processes
 from .timing import MIN_TIME, QUICK_MIN_TIME, QUICK_REPEATS, REPEATS
@@ -27,6 +28,11 @@ Time bnfast against plain NumPy, PyTorch (when installed) and the memory-bandwid
 and their ratios. Then time BatchNormScaler().fit_transform against scikit-learn's
 StandardScaler().fit_transform, each as the first call of a fresh process, in several
 processes, and print the median and range of each time and of their ratio.
+
+Between the two, a "fused activation" table times the float32 training forward plain, with
+activation="relu", with residual=r and activation="relu", and the unfused NumPy sequences
+(bn, then np.maximum; bn, then y += r and np.maximum), side by side, with each one's ratio to
+the plain forward (3 cases; --quick: 2 smaller ones).
 
 The full grid has 33 rows of 64 KiB to 64 MiB arrays and takes minutes. --quick times 12
 rows of smaller arrays (up to 6 MiB) with 3 repeats and skips the scaler: a glance, not
@@ -108,6 +114,8 @@ def run(args: argparse.Namespace, out: Optional[TextIO] = None,
     # against NumPy only for the --targets verdict.
     rows = run_rows(grid, args.threads, repeats, min_time, progress=err,
                     warmup=not args.quick, check=args.targets or not args.quick)
+    fused = run_fused(fused_cases(args.quick), args.threads, repeats, min_time, progress=err,
+                      warmup=not args.quick, check=args.targets or not args.quick)
     scaler = None
     why = "skipped: --quick" if args.quick else "skipped: --scaler-processes 0"
     if n_scaler:
@@ -118,12 +126,16 @@ def run(args: argparse.Namespace, out: Optional[TextIO] = None,
 
     print(report.format_table(rows, targets=args.targets), file=out)
     print(file=out)
+    print(format_fused(fused, targets=args.targets), file=out)
+    print(file=out)
     print(report.format_scaler(scaler, why), file=out)
     print(report.table_notes(args.threads, info["torch"]), file=out)
     if args.targets:
         print(targets.describe(), file=out)
         met = sum(1 for row in rows if not row["missed"])
         line = f"{met}/{len(rows)} rows meet every target"
+        fused_met = sum(1 for row in fused if not row["missed"])
+        line += f"; fused relu {fused_met}/{len(fused)}"
         if scaler is not None:
             ok = scaler["speedup"]["median"] >= targets.SCALER_TARGET
             line += f"; scaler {'PASS' if ok else 'miss'}"
@@ -135,7 +147,7 @@ def run(args: argparse.Namespace, out: Optional[TextIO] = None,
                     "eps": EPS, "momentum": MOMENTUM, "elapsed_s": elapsed,
                     "scaler_processes": n_scaler, "load_average_after": load_after}
         document: Dict[str, Any] = {"machine": info, "settings": settings, "rows": rows,
-                                    "scaler": scaler}
+                                    "fused": fused, "scaler": scaler}
         with open(args.json, "w") as f:
             json.dump(document, f, indent=1)
             f.write("\n")

@@ -64,8 +64,8 @@ def measure(calls: Mapping[str, Callable[[], object]], repeats: int = REPEATS,
     Returns
     -------
     dict of str to dict
-        For each name: ``median`` and ``min`` seconds per call, the loop length ``number``
-        and the number of ``repeats``.
+        For each name: ``median``, ``min`` and ``max`` seconds per call, the loop length
+        ``number`` and the number of ``repeats``.
     """
     names = list(calls)
     if warmup:
@@ -84,7 +84,7 @@ def measure(calls: Mapping[str, Callable[[], object]], repeats: int = REPEATS,
         if gc_was_enabled:
             gc.enable()
     return {
-        name: {"median": statistics.median(s), "min": min(s), "number": numbers[name],
-               "repeats": repeats}
+        name: {"median": statistics.median(s), "min": min(s), "max": max(s),
+               "number": numbers[name], "repeats": repeats}
         for name, s in samples.items()
     }
