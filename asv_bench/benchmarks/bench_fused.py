@@ -8,7 +8,7 @@ import numpy as np
 
 import bnfast
 
-#: (name, shape, axis): a 16 MiB (N, C) batch, and a ResNet-sized NCHW and NHWC batch.
+#: (name, shape, axis): a 64 MiB (N, C) batch, and a ResNet-sized NCHW and NHWC batch.
 CASES = {
     "(65536,256)": ((65536, 256), 1),
     "NCHW (32,64,56,56)": ((32, 64, 56, 56), 1),
