@@ -262,6 +262,15 @@ def _plain_of(x, shape, values):
     return values.reshape(shape).astype(_out_dtype(x))
 
 
+def _fill(out, values):
+    """Write values into an out= the test made, read-only ones included: those own their
+    memory (_as_kind), so they may be made writeable for this and read-only again."""
+    readonly = not out.flags.writeable
+    out.flags.writeable = True
+    np.copyto(out, values, casting="unsafe")
+    out.flags.writeable = not readonly
+
+
 def _residual(case, rng, x, out):
     """The forward's residual of one of RESIDUALS (drawn after every other argument)."""
     kind = case.get("residual")
@@ -279,7 +288,8 @@ def _residual(case, rng, x, out):
         return r.reshape(shape + (1,))
     if kind == "overlap_out":  # out's memory in another order: the validated path copies
         if isinstance(out, np.ndarray) and out.size > 1 and out.flags.c_contiguous:
-            out[...] = r.astype(out.dtype) if out.dtype.kind == "f" else out
+            if out.dtype.kind == "f":
+                _fill(out, r)
             return out.reshape(-1)[::-1].reshape(shape)
         return _plain_of(x, shape, r)
     return _as_kind(r, kind)
@@ -295,12 +305,7 @@ def _forward_output(case, rng, x, out):
         if not relu:
             return None
         if kind == "out" and isinstance(out, np.ndarray):
-            # The forward wrote y into out. A read-only out (made by _as_kind from an array
-            # that owns its memory) may be made writeable again for that, then not.
-            readonly = not out.flags.writeable
-            out.flags.writeable = True
-            np.copyto(out, y, casting="unsafe")
-            out.flags.writeable = not readonly
+            _fill(out, y)  # the forward wrote y into out
             return out
         return _plain_of(x, shape, y)
     if kind == "missing":
