@@ -264,7 +264,10 @@ def _plain_of(x, shape, values):
 
 def _fill(out, values):
     """Write values into an out= the test made, read-only ones included: those own their
-    memory (_as_kind), so they may be made writeable for this and read-only again."""
+    memory (_as_kind), so they may be made writeable for this and read-only again. An out of
+    another shape (a wrong-shape case, which validation rejects) is left as it is."""
+    if out.shape != np.shape(values):
+        return
     readonly = not out.flags.writeable
     out.flags.writeable = True
     np.copyto(out, values, casting="unsafe")
