@@ -264,9 +264,13 @@ def test_backward_matches_finite_differences_r_d_held(rng, shape, axis):
     gamma, beta = rng.uniform(0.5, 2.0, C), rng.standard_normal(C)
     w = rng.standard_normal(shape) + 0.5
     eps = 1e-3
+    # Running statistics placed relative to the batch's, so that r lies in [0.5, 2] and |d|
+    # below 1: inside the limits whatever the data (not clipped, so r and d move with x).
+    bmean, bvar = bnfast.moments(x, axis=axis)
+    sigma = np.sqrt(bvar + eps) * rng.uniform(0.5, 2.0, C)
+    running_mean, running_var = bmean - sigma * rng.uniform(-1.0, 1.0, C), sigma**2 - eps
     _, mean, invstd, r, d = bnfast.batch_renorm_forward(
-        x, np.full(C, 0.3), np.full(C, 1.7), gamma, beta, r_max=5.0, d_max=5.0, axis=axis,
-        eps=eps)
+        x, running_mean, running_var, gamma, beta, r_max=5.0, d_max=5.0, axis=axis, eps=eps)
     assert np.all((r > 0.2) & (r < 5.0) & (np.abs(d) < 5.0))  # not clipped: r, d move
 
     def loss(x, gamma, beta):
