@@ -68,7 +68,6 @@ from ._validation import (
     check_momentum,
     check_n_threads,
     check_out,
-    dtype_policy,
     running_buffer,
 )
 
@@ -326,18 +325,9 @@ def sync_batch_norm_backward(
     >>> bool(np.allclose(dx0, dx_all[:1], rtol=1e-12))
     True
     """
-    a = as_array(x, "x")
-    g_in = as_array(dy, "dy")
-    if g_in.shape != a.shape:
-        raise ValueError(f"dy: expected the shape of x {a.shape}, got shape {g_in.shape}")
-    outer, C, inner = channel_shape(a, axis)
-    check_n_threads(n_threads)
-    _, odt = dtype_policy(np.result_type(a.dtype, g_in.dtype))
-    if mean is None or invstd is None:
-        raise ValueError(f"mean, invstd: expected arrays of shape ({C},), got None")
-    mu = channel_vector(mean, C, "mean")
-    inv = channel_vector(invstd, C, "invstd")
-    assert mu is not None and inv is not None  # None was refused above
+    args = _training.backward_arguments(dy, x, mean, invstd, axis, n_threads)
+    a, g_in, mu, inv, odt = args.x, args.dy, args.mean, args.invstd, args.odt
+    outer, C, inner = args.shape3
     gam = channel_vector(gamma, C, "gamma")
     if out is not None:
         check_out(out, a.shape, odt)
