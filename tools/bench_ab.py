@@ -39,6 +39,14 @@ SHAPES = {
 }
 
 
+def parse_shape(name: str):
+    """A shape not in SHAPES: LAYOUT:AxBx... with the channel axis of NC/NHWC last, NCHW 1."""
+    layout, dims = name.split(":")
+    if layout not in ("NC", "NHWC", "NCHW"):
+        raise SystemExit(f"unknown layout in {name!r}: NC, NHWC or NCHW")
+    return tuple(int(d) for d in dims.split("x")), (1 if layout == "NCHW" else -1)
+
+
 def load(name: str, pkg_dir: str):
     """Import the package at pkg_dir under the module name `name`."""
     link_dir = tempfile.mkdtemp(prefix="bnab_")
@@ -121,7 +129,7 @@ def main(argv=None):
             torch.set_num_threads(nt)
         pool = ThreadPoolExecutor(nt)
         for sname in a.shapes:
-            shape, axis = SHAPES[sname]
+            shape, axis = SHAPES[sname] if sname in SHAPES else parse_shape(sname)
             layout = sname.split(":")[0]
             x = (rng.standard_normal(shape) * 2 + 3).astype(a.dtype)
             dy = rng.standard_normal(shape).astype(a.dtype)
