@@ -438,7 +438,7 @@ def moments_masked(object x, object weights, object n_threads):
     m2 = new_vector(C)
     pn, pm, pm2 = data(count), data(mean), data(m2)
     w = NULL if weights is None else data(weights)
-    p = make_plan(N, C, 1, cnp.PyArray_ITEMSIZE(<cnp.ndarray>x), True)
+    p = make_plan(N, C, 1, cnp.PyArray_ITEMSIZE(<cnp.ndarray>x), True, MASKED_TILE_C)
     px = cnp.PyArray_DATA(<cnp.ndarray>x)
     with nogil:
         if typenum == cnp.NPY_FLOAT32:

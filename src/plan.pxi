@@ -11,26 +11,38 @@ cdef enum:
     # Elements per block of runs: a second pass, when the shift guess was poor, must find
     # the block in L1/L2.
     BLOCK = 4096
-    # Elements per block of tile rows (inner == 1) for the plain statistics: larger, to
-    # amortize each block's per-channel finish (three divisions and a merge per channel).
-    # 65,536 against 16,384 (256 rows of a 256-channel tile instead of 64; 256 KiB of
-    # float32, still in L2 for a second pass): moments of float32 (4096, 1024), (2048, 2048)
-    # and (65536, 256) took 0.85-0.96x the time, (16384, 512) 0.94-1.03x (1 thread, process
-    # CPU time, medians of 9 interleaved rounds, 2-core EPYC at load average 13-17).
-    TILE_BLOCK = 65536
+    # Elements per block of tile rows (inner == 1) for the plain statistics: large, to
+    # amortize each block's per-channel finish (the shifted sums turned into a mean and M2,
+    # merged into the chunk's state) and each chunk's shift probe and merge: 256 rows of a
+    # 1,024-channel tile (1 MiB of float32; a second pass, rare, reads it from L3).
+    # Against 65,536 (with 256-channel tiles, below) the statistics of float32 (4096, 1024),
+    # (1024, 4096), (8192, 512) and (4096, 256) took 0.72-0.90x the time (issue 14's
+    # measurements in docs/benchmarks.md).
+    TILE_BLOCK = 262144
     # The backward sums (one pass, no per-block finish) and the weighted NaN-skipping
     # statistics keep 16,384: the latter took 1.3-1.6x the time with 65,536 blocks, the
     # former gained nothing measurable.
     SMALL_TILE_BLOCK = 16384
+    # A block never holds more than this many values of one channel (rows of a tile).
+    TILE_BLOCK_ROWS = 65536
     # The first block of a chunk is shifted by the mean of its first few values per channel:
     # close enough to the mean that the second pass is rarely needed.
     SHIFT_PROBE = 8
-    # Channels per task when inner == 1 (the loops run along C inside a tile): 256 for the
-    # statistics, 512 for the backward sums (two inputs). Measured against 128/256/512/1024
-    # for C = 256-2048 (2-core EPYC, same run): the statistics of C = 512-2048 took 0.79-0.97x
-    # the time with 256 as with 512, the backward sums 1.1-1.3x.
-    TILE_C = 256
+    # Channels per task when inner == 1 (the loops run along C inside a tile): up to 1,024
+    # for the statistics, which stream whole rows of up to 4 KiB of float32 that way (the
+    # sums of 256-channel tiles took 1.3x the time of whole 1,024-channel rows, C harness,
+    # 1 thread), narrowed down to 256 while the rows are too few to give MIN_TILE_TASKS tasks
+    # (a (256, 1024) array: four tiles of 256, one block each, as threads need them); 512
+    # for the backward sums (two inputs), 256 for the weighted NaN-skipping statistics.
+    # Measured against 128/256/512/1024 for C = 256-2048 (2-core EPYC, same run): the
+    # backward sums took 1.1-1.3x the time with 256 as with 512.
+    TILE_C = 1024
+    NARROW_TILE_C = 256
+    MIN_TILE_TASKS = 8
     GRAD_TILE_C = 512
+    MASKED_TILE_C = 256
+    # Channels per task of the merge of chunk states (stats.pxi's merge_body).
+    MERGE_C = 256
     # Reduction tasks take whole rows (every tile of a chunk) when there are this many chunks.
     WHOLE_ROW_CHUNKS = 8
     # The elementwise loops of the inner == 1 layout run along rows of at least this many
@@ -106,15 +118,23 @@ cdef Plan make_plan(intp outer, intp C, intp inner, intp itemsize,
     p.inner = inner
     p.tiled = inner == 1
     if p.tiled:
-        p.n_ctasks = ceil_div(C, tile_c)
-        p.ctile = ceil_div(C, p.n_ctasks)
         # keep_tiles and GRAD_TILE_C: the masked statistics and the backward sums.
-        p.rows_per_block = max(4, (TILE_BLOCK if tile_c == TILE_C and not keep_tiles
-                                   else SMALL_TILE_BLOCK) // p.ctile)
+        per_block = (TILE_BLOCK if tile_c == TILE_C and not keep_tiles else SMALL_TILE_BLOCK)
+        p.n_ctasks = ceil_div(C, tile_c)
+        while True:
+            p.ctile = ceil_div(C, p.n_ctasks)
+            p.rows_per_block = max(4, min(TILE_BLOCK_ROWS, per_block // p.ctile))
+            p.n_blocks = ceil_div(outer, p.rows_per_block)
+            # The plain statistics narrow their tiles (down to NARROW_TILE_C) while too few
+            # rows leave fewer tasks than threads could share.
+            if (tile_c != TILE_C or keep_tiles or p.ctile <= NARROW_TILE_C
+                    or p.n_ctasks * p.n_blocks >= min(MIN_TILE_TASKS,
+                                                      outer * C // MIN_PER_THREAD)):
+                break
+            p.n_ctasks += 1
         p.pieces = 1
         p.piece_len = 1
         per_block = p.rows_per_block * p.ctile
-        p.n_blocks = ceil_div(outer, p.rows_per_block)
     else:
         p.n_ctasks = C
         p.ctile = 1

@@ -162,28 +162,54 @@ cdef struct Merge:
     double *m2
 
 
-cdef void merge_body(const double *unused, void *job, intp c) noexcept nogil:
-    """Merge the chunk states of channel c, in chunk order."""
+cdef void merge_body(const double *unused, void *job, intp task) noexcept nogil:
+    """Merge the chunk states of channels [task * MERGE_C, ...) in chunk order.
+
+    Chunk by chunk across the task's channels: each channel's merges are independent of its
+    neighbours', so the loop over channels pipelines (and vectorizes) where one channel's
+    fifteen dependent merges would wait on each other. A channel's arithmetic, and so its
+    bits, do not depend on the range it falls in.
+    """
     cdef Merge *j = <Merge *>job
     cdef const Plan *p = j.p
-    cdef intp k, idx
-    cdef double n = j.st[0][c], wb, wab
-    j.mean[c] = j.st[1][c]
-    j.m2[c] = j.st[2][c]
+    cdef intp c0 = task * MERGE_C
+    cdef intp nc = min(MERGE_C, p.C - c0)
+    cdef intp k, c
+    cdef const double *sn
+    cdef const double *smean
+    cdef const double *sm2
+    cdef double na, nb, mu, q, wb, wab
+    cdef double n[MERGE_C]
+    cdef double *mean = j.mean + c0
+    cdef double *m2 = j.m2 + c0
+    for c in range(nc):
+        n[c] = j.st[0][c0 + c]
+        mean[c] = j.st[1][c0 + c]
+        m2[c] = j.st[2][c0 + c]
     for k in range(1, p.n_chunks):
-        idx = k * p.C + c
-        if j.st[0][idx] != 0:
-            chan_weights(n, j.st[0][idx], &wb, &wab)
-            chan_apply(&j.mean[c], &j.m2[c], j.st[1][idx], j.st[2][idx], wb, wab)
-            n = n + j.st[0][idx]
+        sn = j.st[0] + k * p.C + c0
+        smean = j.st[1] + k * p.C + c0
+        sm2 = j.st[2] + k * p.C + c0
+        for c in range(nc):
+            # An empty chunk state leaves the channel alone (its weights would be 0 / 0).
+            na = n[c]
+            nb = sn[c]
+            mu = mean[c]
+            q = m2[c]
+            chan_weights(na, nb, &wb, &wab)
+            chan_apply(&mu, &q, smean[c], sm2[c], wb, wab)
+            mean[c] = mu if nb != 0 else mean[c]
+            m2[c] = q if nb != 0 else m2[c]
+            n[c] = na + nb
     if j.count != NULL:
-        j.count[c] = n
+        memcpy(j.count + c0, n, nc * sizeof(double))
 
 
 cdef void merge_chunks(const Plan *p, double **st, double *count, double *mean, double *m2,
                        int n_threads) noexcept nogil:
     """Merge the chunk states of every channel, in chunk order, into count, mean and m2."""
     cdef Merge j
+    cdef intp n_tasks
     if p.n_chunks == 1:  # nothing to merge: the one chunk's states are the result
         if count != NULL:
             memcpy(count, st[0], p.C * sizeof(double))
@@ -193,8 +219,9 @@ cdef void merge_chunks(const Plan *p, double **st, double *count, double *mean, 
     j.p = p
     j.st[0], j.st[1], j.st[2] = st[0], st[1], st[2]
     j.count, j.mean, j.m2 = count, mean, m2
-    run_tasks(merge_body, <const double *>NULL, &j, p.C,
-              n_threads_for(n_threads, p.n_chunks * p.C, p.C), DYNAMIC)
+    n_tasks = ceil_div(p.C, MERGE_C)
+    run_tasks(merge_body, <const double *>NULL, &j, n_tasks,
+              n_threads_for(n_threads, p.n_chunks * p.C, n_tasks), DYNAMIC)
 
 
 cdef int channel_moments(const floating *x, const Plan *p, double *mean, double *m2,
@@ -225,11 +252,11 @@ cdef void masked_task(const floating *x, const double *w, const Plan *p, intp k,
     cdef intp base = k * p.C + c0
     cdef double wb, wab, v
     cdef const floating *ptr
-    cdef double shift[TILE_C]
-    cdef double tn[TILE_C]
-    cdef double tmean[TILE_C]
-    cdef double tm2[TILE_C]
-    cdef double scratch[TILE_C]
+    cdef double shift[MASKED_TILE_C]
+    cdef double tn[MASKED_TILE_C]
+    cdef double tmean[MASKED_TILE_C]
+    cdef double tm2[MASKED_TILE_C]
+    cdef double scratch[MASKED_TILE_C]
     for j in range(nc):
         st_n[base + j] = 0.0
         st_mean[base + j] = 0.0
