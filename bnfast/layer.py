@@ -12,6 +12,7 @@ import numpy as np
 import numpy.typing as npt
 
 from ._functional import batch_norm_backward, batch_norm_forward, batch_norm_inference
+from ._training import backward_sums
 from ._variants import batch_renorm_forward, check_renorm_limits
 from ._validation import (
     as_array,
@@ -332,6 +333,14 @@ class BatchNorm:
         if self._saved is None:
             raise RuntimeError("backward: no forward to differentiate; call forward(x) first")
         x, mean, invstd, var, y, had_residual = self._saved
+        if var is not None and y is None and not had_residual:
+            # Eval mode, no ReLU, no residual: y is affine in x, dx = dy * weight * invstd.
+            # The parameter gradients are the training backward's two sums; dx is one
+            # inference transform of dy (mean 0), with no training dx pass to throw away.
+            dgamma, dbeta = backward_sums(dy, x, mean, invstd, axis=self.axis,
+                                          n_threads=self.n_threads)
+            dx = self._eval_input_grad(as_array(dy, "dy"), x, var)
+            return self._finish_backward(dx, dgamma, dbeta, None, had_residual)
         if self._saved_kw:  # a variant's backward (no activation, no residual)
             dx, dgamma, dbeta = batch_norm_backward(dy, x, mean, invstd, self.weight,
                                                     axis=self.axis, n_threads=self.n_threads,
@@ -345,17 +354,24 @@ class BatchNorm:
             dx, dgamma, dbeta = res[:3]
             dres = res[3] if want_dres else None
         if var is not None:
-            # Eval mode: y is affine in x, dx = dy * weight * invstd. The reductions above
-            # (sum dy, sum dy * xhat) are the same as in training; only dx differs, and the
-            # inference transform with mean 0 computes it in one pass over dy.
-            # With the ReLU, the masked dy (the residual's gradient) is what flows back.
-            g = as_array(dy, "dy") if dres is None else dres
-            direct = dtype_policy(g.dtype)[1] == dx.dtype
-            dx_eval = batch_norm_inference(g, np.zeros_like(var), var, self.weight, None,
-                                           axis=self.axis, eps=self.eps,
-                                           out=dx if direct else None,
-                                           n_threads=self.n_threads)
-            dx = dx_eval if direct else dx_eval.astype(dx.dtype)
+            # Eval mode with the ReLU or a residual: the reductions above (sum dy,
+            # sum dy * xhat) are the same as in training, and the masked dy (the residual's
+            # gradient) is what flows back through the affine y.
+            dx = self._eval_input_grad(as_array(dy, "dy") if dres is None else dres, x, var)
+        return self._finish_backward(dx, dgamma, dbeta, dres, had_residual)
+
+    def _eval_input_grad(self, g: np.ndarray, x: np.ndarray, var: np.ndarray) -> np.ndarray:
+        """Eval mode's dx = g * weight * invstd (y is affine in x): the inference transform of
+        g with mean 0, in the dtype the training backward computes in for x and g."""
+        work, odt = dtype_policy(np.result_type(x.dtype, g.dtype))
+        if dtype_policy(g.dtype)[0] != work:
+            g = g.astype(work)
+        dx = batch_norm_inference(g, np.zeros_like(var), var, self.weight, None,
+                                  axis=self.axis, eps=self.eps, n_threads=self.n_threads)
+        return dx.astype(odt, copy=False)
+
+    def _finish_backward(self, dx: np.ndarray, dgamma: np.ndarray, dbeta: np.ndarray,
+                         dres: np.ndarray | None, had_residual: bool) -> np.ndarray:
         if self.affine:
             self.dgamma = dgamma.astype(self.dtype)
             self.dbeta = dbeta.astype(self.dtype)

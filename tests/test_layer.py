@@ -220,6 +220,37 @@ def test_eval_backward_is_the_affine_gradient_finite_differences(rng):
         np.testing.assert_allclose(grad, num, rtol=output_rtol(F64, 20), atol=tol, err_msg=name)
 
 
+@pytest.mark.parametrize("xdt, dydt, dxdt", [
+    (np.float32, np.float32, np.float32), (np.float16, np.float16, np.float16),
+    (np.float32, np.float64, np.float64), (np.int32, np.float32, np.float64)])
+def test_eval_backward_dtypes_and_values(rng, xdt, dydt, dxdt):
+    """Eval mode: dx = dy * weight * invstd of the running statistics in the combined dtype of
+    x and dy, dgamma = sum(dy * xhat), dbeta = sum(dy), against float64 NumPy."""
+    bn = bnfast.BatchNorm(4, axis=-1)
+    bn(make_float(rng, (50, 4), 1) * 2 + 1)
+    bn.weight[:] = rng.uniform(0.5, 2, 4)
+    bn.eval()
+    x = (rng.standard_normal((6, 5, 4)) * 3).astype(xdt)
+    dy = rng.standard_normal((6, 5, 4)).astype(dydt)
+    bn(x)
+    dx = bn.backward(dy)
+    assert dx.dtype == dxdt
+    invstd = 1 / np.sqrt(bn.running_var.astype(F64) + bn.eps)
+    g = dy.astype(F64)
+    xhat = (x.astype(F64) - bn.running_mean) * invstd
+    ref_dx = g * bn.weight.astype(F64) * invstd
+    # dx: one elementwise pass with given statistics; scale |dy| * weight * invstd
+    np.testing.assert_allclose(dx, ref_dx, rtol=0,
+                               atol=output_rtol(dxdt) * np.max(np.abs(ref_dx)), err_msg="dx")
+    n = values_per_channel(x, -1)
+    for got, ref, scale, name in (
+            (bn.dgamma, (g * xhat).sum(axis=(0, 1)), (np.abs(g * xhat)).sum(axis=(0, 1)), "dgamma"),
+            (bn.dbeta, g.sum(axis=(0, 1)), np.abs(g).sum(axis=(0, 1)), "dbeta")):
+        # sums of n products of float64 terms, then the rounding to the layer's float32
+        tol = stat_rtol(n) * scale + unit_roundoff(np.float32) * np.abs(ref)
+        assert np.all(np.abs(got.astype(F64) - ref) <= tol), name
+
+
 def test_training_backward_finite_differences(rng):
     """Training-mode dx / dgamma against central differences of sum(y * r), float64."""
     bn = bnfast.BatchNorm(2, axis=-1, dtype=F64)
