@@ -16,8 +16,8 @@ cdef enum:
     # merged into the chunk's state) and each chunk's shift probe and merge: 256 rows of a
     # 1,024-channel tile (1 MiB of float32; a second pass, rare, reads it from L3).
     # Against 65,536 (with 256-channel tiles, below) the statistics of float32 (4096, 1024),
-    # (1024, 4096), (8192, 512) and (4096, 256) took 0.72-0.90x the time (issue 14's
-    # measurements in docs/benchmarks.md).
+    # (1024, 4096) and (8192, 512) took 0.74-0.85x the time (1 thread, side by side; issue
+    # 14's measurements in docs/benchmarks.md).
     TILE_BLOCK = 262144
     # The backward sums (one pass, no per-block finish) and the weighted NaN-skipping
     # statistics keep 16,384: the latter took 1.3-1.6x the time with 65,536 blocks, the
@@ -31,14 +31,18 @@ cdef enum:
     # Channels per task when inner == 1 (the loops run along C inside a tile): up to 1,024
     # for the statistics, which stream whole rows of up to 4 KiB of float32 that way (the
     # sums of 256-channel tiles took 1.3x the time of whole 1,024-channel rows, C harness,
-    # 1 thread), narrowed down to 256 while the rows are too few to give MIN_TILE_TASKS tasks
-    # (a (256, 1024) array: four tiles of 256, one block each, as threads need them); 512
-    # for the backward sums (two inputs), 256 for the weighted NaN-skipping statistics.
-    # Measured against 128/256/512/1024 for C = 256-2048 (2-core EPYC, same run): the
-    # backward sums took 1.1-1.3x the time with 256 as with 512.
+    # 1 thread); 512 for the backward sums (two inputs), 256 for the weighted NaN-skipping
+    # statistics. Measured against 128/256/512/1024 for C = 256-2048 (2-core EPYC, same
+    # run): the backward sums took 1.1-1.3x the time with 256 as with 512.
+    # An array of few rows still gets up to MIN_TILE_TASKS tasks, one per 65,536 values, for
+    # the threads its work is worth: narrower tiles of the same block height (down to
+    # NARROW_TILE_C channels) while there are fewer than WHOLE_ROW_CHUNKS blocks, then lower
+    # blocks (down to MIN_TILE_ROWS rows). (1024, 1024) is 16 tasks of 256 channels x 256
+    # rows, as before the wide tiles, (4096, 1024) 16 tasks of whole rows.
     TILE_C = 1024
     NARROW_TILE_C = 256
-    MIN_TILE_TASKS = 8
+    MIN_TILE_TASKS = 16
+    MIN_TILE_ROWS = 256
     GRAD_TILE_C = 512
     MASKED_TILE_C = 256
     # Channels per task of the merge of chunk states (stats.pxi's merge_body).
@@ -100,7 +104,7 @@ cdef Plan make_plan(intp outer, intp C, intp inner, intp itemsize,
     tile_c: at most this many channels per tile (TILE_C or GRAD_TILE_C).
     """
     cdef Plan p
-    cdef intp per_block, per_ctask, n_target
+    cdef intp per_block, per_ctask, n_target, wanted
     if C == 0 or outer * inner == 0:
         # Nothing to cut (entry points return before using it); keep every field sane.
         p.outer, p.C, p.inner = outer, C, inner
@@ -121,17 +125,22 @@ cdef Plan make_plan(intp outer, intp C, intp inner, intp itemsize,
         # keep_tiles and GRAD_TILE_C: the masked statistics and the backward sums.
         per_block = (TILE_BLOCK if tile_c == TILE_C and not keep_tiles else SMALL_TILE_BLOCK)
         p.n_ctasks = ceil_div(C, tile_c)
-        while True:
-            p.ctile = ceil_div(C, p.n_ctasks)
-            p.rows_per_block = max(4, min(TILE_BLOCK_ROWS, per_block // p.ctile))
-            p.n_blocks = ceil_div(outer, p.rows_per_block)
-            # The plain statistics narrow their tiles (down to NARROW_TILE_C) while too few
-            # rows leave fewer tasks than threads could share.
-            if (tile_c != TILE_C or keep_tiles or p.ctile <= NARROW_TILE_C
-                    or p.n_ctasks * p.n_blocks >= min(MIN_TILE_TASKS,
-                                                      outer * C // MIN_PER_THREAD)):
-                break
-            p.n_ctasks += 1
+        p.ctile = ceil_div(C, p.n_ctasks)
+        p.rows_per_block = max(4, min(TILE_BLOCK_ROWS, per_block // p.ctile))
+        p.n_blocks = ceil_div(outer, p.rows_per_block)
+        if tile_c == TILE_C and not keep_tiles:
+            # The plain statistics want enough tasks for the threads the work is worth:
+            # first narrower tiles of the same block height (down to NARROW_TILE_C
+            # channels), then lower blocks (down to MIN_TILE_ROWS rows).
+            wanted = min(MIN_TILE_TASKS, outer * C // MIN_PER_THREAD)
+            while (p.n_ctasks * p.n_blocks < wanted and p.n_blocks < WHOLE_ROW_CHUNKS
+                   and p.ctile > NARROW_TILE_C):
+                p.n_ctasks += 1
+                p.ctile = ceil_div(C, p.n_ctasks)
+            if p.n_ctasks * p.n_blocks < wanted and p.rows_per_block > MIN_TILE_ROWS:
+                p.rows_per_block = max(MIN_TILE_ROWS, ceil_div(
+                    outer, ceil_div(wanted, p.n_ctasks)))
+                p.n_blocks = ceil_div(outer, p.rows_per_block)
         p.pieces = 1
         p.piece_len = 1
         per_block = p.rows_per_block * p.ctile
