@@ -335,6 +335,47 @@ def bn_third_derivative(w, gamma, invstd, xhat_max, n):
     return 40.0 * (1.0 + xhat_max) ** 3 * g * s ** 3 * float(np.abs(w).sum()) / n
 
 
+def central_differences(loss, params, h):
+    """Central differences (f(p + h e_i) - f(p - h e_i)) / 2h of loss(**params) for every
+    element i of every array in params (a dict name -> float64 array); a dict of gradients."""
+    grads = {}
+    for name, value in params.items():
+        numeric = np.empty_like(value)
+        for i in np.ndindex(value.shape):
+            shifted = {}
+            for sign in (1, -1):
+                args = {k: v.copy() for k, v in params.items()}
+                args[name][i] += sign * h
+                shifted[sign] = loss(**args)
+            numeric[i] = (shifted[1] - shifted[-1]) / (2 * h)
+        grads[name] = numeric
+    return grads
+
+
+def assert_batch_norm_gradients(analytic, numeric, h, w, x, axis, mean, invstd, gamma, beta,
+                                n):
+    """The gradients of L = sum(w * y) with respect to x, gamma and beta, y = batch norm of
+    n values per channel with statistics (mean, invstd) and the scale and shift gamma and
+    beta it is linear in, against central differences with step h: the differences'
+    rounding and truncation (central_difference_tol with bn_loss_error and
+    bn_third_derivative) plus the analytic gradient's own error (output_rtol(float64, n)).
+    mean and invstd may be (G, C), one row per group of a ghost batch: the bounds then take
+    the largest over the groups."""
+    means, invs = np.atleast_2d(mean), np.atleast_2d(invstd)
+    x2 = channels_last_2d(x, axis)
+    xhat_max = max(float(np.abs((x2 - m) * s).max()) for m, s in zip(means, invs))
+    y_scale = max(elementwise_scale(x, axis, m, s, gamma, beta) for m, s in zip(means, invs))
+    value_error = bn_loss_error(w, y_scale, n)
+    curvature = {"x": bn_third_derivative(w, gamma, invs, xhat_max, n), "gamma": 0.0,
+                 "beta": 0.0}
+    for name in analytic:
+        atol = central_difference_tol(h, value_error, curvature[name])
+        np.testing.assert_allclose(analytic[name], numeric[name],
+                                   rtol=output_rtol(np.float64, n), atol=atol,
+                                   err_msg=f"d loss / d {name}")
+        assert np.abs(analytic[name]).max() > 0, name
+
+
 def assert_bits_equal(a, b, what=""):
     """Bit-identical arrays (NaN payloads, signed zeros included)."""
     a = np.asarray(a)

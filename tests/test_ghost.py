@@ -8,7 +8,8 @@ from hypothesis import strategies as st
 
 import bnfast
 from bnfast import reference as ref
-from _helpers import assert_bits_equal
+from _helpers import (
+    assert_batch_norm_gradients, assert_bits_equal, central_differences, values_per_channel)
 from _variant_checks import (
     KINDS, LAYOUTS, U, U64, assert_within, backward_bounds, channels_last, make_data,
     normalize_bound, relayout, stat_errors, work_and_out)
@@ -239,24 +240,13 @@ def test_backward_matches_finite_differences(rng, shape, axis, k):
                                                 virtual_batch_size=k)
     dx, dgamma, dbeta = bnfast.batch_norm_backward(w, x, mean, invstd, gamma, axis=axis,
                                                    virtual_batch_size=k)
+    # Each group is plain batch norm of its own values: the bounds of assert_batch_norm_gradients
+    # with the groups' (G, C) statistics and n values per channel per group.
     h = 1e-6
-    params = {"x": x, "gamma": gamma, "beta": beta}
-    analytic = {"x": dx, "gamma": dgamma, "beta": dbeta}
-    for name, value in params.items():
-        numeric = np.empty_like(value)
-        for i in np.ndindex(value.shape):
-            shifted = {}
-            for sign in (1, -1):
-                args = {n: v.copy() for n, v in params.items()}
-                args[name][i] += sign * h
-                shifted[sign] = loss(**args)
-            numeric[i] = (shifted[1] - shifted[-1]) / (2 * h)
-        # Central differences, h = 1e-6, O(1) float64 loss: truncation and rounding errors
-        # ~ 1e-10 each; a wrong term would be O(1) relative.
-        scale = max(float(np.abs(numeric).max()), 1.0)
-        np.testing.assert_allclose(analytic[name], numeric, rtol=1e-6, atol=1e-7 * scale,
-                                   err_msg=f"d loss / d {name}")
-        assert np.abs(analytic[name]).max() > 0
+    numeric = central_differences(loss, {"x": x, "gamma": gamma, "beta": beta}, h)
+    assert_batch_norm_gradients({"x": dx, "gamma": dgamma, "beta": dbeta}, numeric, h, w, x,
+                                axis, mean, invstd, gamma, beta,
+                                values_per_channel(x, axis) * k // x.shape[0])
 
 
 # ---------------------------------------------------------------- threads

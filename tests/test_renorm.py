@@ -8,7 +8,8 @@ from hypothesis import strategies as st
 
 import bnfast
 from bnfast import reference as ref
-from _helpers import assert_bits_equal
+from _helpers import (
+    assert_batch_norm_gradients, assert_bits_equal, central_differences, values_per_channel)
 from _variant_checks import (
     KINDS, LAYOUTS, U, U64, assert_within, backward_bounds, channels_last, make_data,
     normalize_bound, relayout, stat_errors, work_and_out)
@@ -229,30 +230,17 @@ def test_backward_is_the_plain_one_with_gamma_times_r(rng):
 FD_SHAPES = [((6, 3), 1), ((3, 2, 2, 2), 1), ((2, 2, 3, 3), -1), ((9,), 0)]
 
 
-def _numeric_gradients(loss, params, h=1e-6):
-    grads = {}
-    for name, value in params.items():
-        numeric = np.empty_like(value)
-        for i in np.ndindex(value.shape):
-            shifted = {}
-            for sign in (1, -1):
-                args = {k: v.copy() for k, v in params.items()}
-                args[name][i] += sign * h
-                shifted[sign] = loss(**args)
-            numeric[i] = (shifted[1] - shifted[-1]) / (2 * h)
-        grads[name] = numeric
-    return grads
-
-
-def _assert_gradients(analytic, numeric):
-    # Central differences with h = 1e-6 on an O(1) float64 loss: truncation O(h^2 f''') and
-    # rounding O(u64 * |loss| / h) ~ 1e-10 each; 1e-6 relative leaves a wide margin while a
-    # wrong term (O(1) relative) cannot pass.
-    for name in analytic:
-        scale = max(float(np.abs(numeric[name]).max()), 1.0)
-        np.testing.assert_allclose(analytic[name], numeric[name], rtol=1e-6, atol=1e-7 * scale,
-                                   err_msg=f"d loss / d {name}")
-        assert np.abs(analytic[name]).max() > 0
+def _check_gradients(loss, w, x, axis, gamma, beta, mean, invstd, r, d):
+    """The renorm backward's gradients against central differences of loss: y is batch norm
+    with the scale gamma * r and shift beta + d * gamma (r, d constant), so the bounds of
+    plain batch norm with those apply (assert_batch_norm_gradients)."""
+    dx, dgamma, dbeta = bnfast.batch_norm_backward(w, x, mean, invstd, gamma, axis=axis,
+                                                   renorm=(r, d))
+    h = 1e-6
+    numeric = central_differences(loss, {"x": x, "gamma": gamma, "beta": beta}, h)
+    assert_batch_norm_gradients({"x": dx, "gamma": dgamma, "beta": dbeta}, numeric, h, w, x,
+                                axis, mean, invstd, gamma * r, beta + d * gamma,
+                                values_per_channel(x, axis))
 
 
 @pytest.mark.parametrize("shape, axis", FD_SHAPES, ids=["NC", "NCHW", "NHWC", "1d"])
@@ -277,10 +265,7 @@ def test_backward_matches_finite_differences_r_d_held(rng, shape, axis):
         y, _, _ = bnfast.batch_norm_forward(x, gamma * r, beta + d * gamma, axis=axis, eps=eps)
         return float(np.sum(w * y))
 
-    dx, dgamma, dbeta = bnfast.batch_norm_backward(w, x, mean, invstd, gamma, axis=axis,
-                                                   renorm=(r, d))
-    numeric = _numeric_gradients(loss, {"x": x, "gamma": gamma, "beta": beta})
-    _assert_gradients({"x": dx, "gamma": dgamma, "beta": dbeta}, numeric)
+    _check_gradients(loss, w, x, axis, gamma, beta, mean, invstd, r, d)
 
 
 @pytest.mark.parametrize("shape, axis", FD_SHAPES, ids=["NC", "NCHW", "NHWC", "1d"])
@@ -302,10 +287,7 @@ def test_backward_is_the_true_gradient_where_r_and_d_are_clipped(rng, shape, axi
 
     _, mean, invstd, r, d = forward(x, gamma, beta)
     assert np.all(r == 1 / 1.5) and np.all(d == -0.5)
-    dx, dgamma, dbeta = bnfast.batch_norm_backward(w, x, mean, invstd, gamma, axis=axis,
-                                                   renorm=(r, d))
-    numeric = _numeric_gradients(loss, {"x": x, "gamma": gamma, "beta": beta})
-    _assert_gradients({"x": dx, "gamma": dgamma, "beta": dbeta}, numeric)
+    _check_gradients(loss, w, x, axis, gamma, beta, mean, invstd, r, d)
 
 
 # ---------------------------------------------------------------- threads
