@@ -6,14 +6,6 @@
  * partially overlapping buffers, so they carry no dependence between iterations.
  */
 
-#if defined(__clang__)
-#define BN_IVDEP _Pragma("clang loop vectorize(assume_safety)")
-#elif defined(__GNUC__)
-#define BN_IVDEP _Pragma("GCC ivdep")
-#else
-#define BN_IVDEP
-#endif
-
 /* ---- Elementwise passes -------------------------------------------------------------------
  *
  * Forward and inference: y = (x - mean) * scale + shift.  Backward: dx = ((dy - a) - (x - mean)
@@ -543,4 +535,3 @@ BN_TARGET static void row_grad_input_f32c(const float *dy, const float *x, float
 #undef BN_FORWARD_EPILOGUE
 #undef BN_BACKWARD_PROLOGUE
 
-#undef BN_IVDEP

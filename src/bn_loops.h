@@ -49,6 +49,16 @@ typedef double bn_vd __attribute__((vector_size(32)));
 #define BN_INLINE static inline
 #endif
 
+/* Loops over distinct arrays, or in place (y == x exactly: the Python layer never passes
+ * partially overlapping buffers), carry no dependence between iterations. */
+#if defined(__clang__)
+#define BN_IVDEP _Pragma("clang loop vectorize(assume_safety)")
+#elif defined(__GNUC__)
+#define BN_IVDEP _Pragma("GCC ivdep")
+#else
+#define BN_IVDEP
+#endif
+
 /* True when shifted sums (s = sum d, q = sum d^2 over n > 0 values) give M2 = q - s^2/n
  * without cancellation: the shift is within about one standard deviation of the mean, so
  * M2 >= q/2 and its rounding error stays a few ulps of M2.  NaN counts as fine (it

@@ -7,14 +7,6 @@
  * of them, `stride` elements apart.  Sums are float64 lanes in a fixed order (bn_loops.h).
  */
 
-#if defined(__clang__)
-#define BN_IVDEP _Pragma("clang loop vectorize(assume_safety)")
-#elif defined(__GNUC__)
-#define BN_IVDEP _Pragma("GCC ivdep")
-#else
-#define BN_IVDEP
-#endif
-
 /* Sums of d = x - shift and of d^2 over a block of runs, in 16 float64 lanes (four vectors of
  * four, enough independent chains to hide the latency of the adds) added up in a fixed order. */
 BN_TARGET static void BN_FN(run_shifted_sums)(const BN_T *x, npy_intp nrows, npy_intp len,
@@ -508,4 +500,3 @@ BN_TARGET static void BN_FN(tile_grad_sums_masked)(const BN_T *dy, const BN_T *x
 }
 
 
-#undef BN_IVDEP
