@@ -389,6 +389,17 @@ def assert_bits_equal(a, b, what=""):
                              f"{np.max(np.abs(a.astype(np.float64) - b.astype(np.float64)))}")
 
 
+def run_python(code, timeout=120):
+    """Run ``code`` in a fresh Python interpreter that imports this checkout's bnfast (its
+    folder first on PYTHONPATH); the completed process, output captured as text."""
+    import bnfast
+    root = os.path.dirname(os.path.dirname(os.path.abspath(bnfast.__file__)))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        p for p in (root, os.environ.get("PYTHONPATH")) if p))
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=timeout, env=env)
+
+
 def run_isolated(module, function, *args, timeout=120):
     """Call module.function(*args) in a fresh Python process and fail on a non-zero exit,
     so a crash (SIGFPE, SIGSEGV) fails one test instead of killing the whole run."""

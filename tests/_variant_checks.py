@@ -63,15 +63,6 @@ def relayout(a, layout):
     return np.ascontiguousarray(a)
 
 
-def channels_last(a, axis):
-    """float64 (m, C) copy of ``a``."""
-    a = np.asarray(a, dtype=np.float64)
-    if a.ndim == 1 or axis is None:
-        return a.reshape(-1, 1)
-    moved = np.moveaxis(a, axis, -1)
-    return moved.reshape(-1, moved.shape[-1])
-
-
 def stat_errors(x2):
     """Bounds on the difference between bnfast's and the reference's float64 mean and
     variance, per channel, of an (m, C) array (each side within K * u64 of the exact value)."""

@@ -23,8 +23,8 @@ from bnfast.distributed import (
 )
 
 from _helpers import (  # noqa: E402
-    assert_merged_moments_close, assert_merged_y_close, stat_rtol, stat_scales, sum_tol,
-    unit_roundoff)
+    assert_merged_moments_close, assert_merged_y_close, run_python, stat_rtol, stat_scales,
+    sum_tol, unit_roundoff)
 
 F64 = np.float64
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -270,8 +270,7 @@ def test_import_without_dask_and_sklearn():
             raise AssertionError("BatchNormScaler built without scikit-learn")
         print("ok")
     """)
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          timeout=120, cwd=REPO)
+    done = run_python(code)
     assert done.returncode == 0 and "ok" in done.stdout, done.stdout + done.stderr
 
 
@@ -279,7 +278,6 @@ def test_bnfast_does_not_import_dask_eagerly():
     code = ("import sys, bnfast, bnfast.preprocessing, bnfast.distributed; "
             "bnfast.BatchNormScaler; print(sorted(m for m in ('dask', 'distributed', 'torch')"
             " if m in sys.modules))")
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          timeout=120, cwd=REPO)
+    done = run_python(code)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]", done.stdout

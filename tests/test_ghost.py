@@ -9,9 +9,10 @@ from hypothesis import strategies as st
 import bnfast
 from bnfast import reference as ref
 from _helpers import (
-    assert_batch_norm_gradients, assert_bits_equal, central_differences, values_per_channel)
+    assert_batch_norm_gradients, assert_bits_equal, central_differences, channels_last_2d,
+    values_per_channel)
 from _variant_checks import (
-    KINDS, LAYOUTS, U, U64, assert_within, backward_bounds, channels_last, make_data,
+    KINDS, LAYOUTS, U, U64, assert_within, backward_bounds, make_data,
     normalize_bound, relayout, stat_errors, work_and_out)
 
 # The seed fixture is fixed for the test and mixed with hypothesis's own draw.
@@ -118,7 +119,7 @@ def test_forward_matches_reference(seed, case):
         _, mean_p, invstd_p = bnfast.batch_norm_forward(x_before[s], axis=axis, eps=eps)
         assert_bits_equal(mean[i], mean_p, f"mean of group {i}")
         assert_bits_equal(invstd[i], invstd_p, f"invstd of group {i}")
-        x2 = channels_last(x_before[s], axis)
+        x2 = channels_last_2d(x_before[s], axis)
         d_mean, d_var = stat_errors(x2)
         d_means.append(d_mean)
         d_vars.append(d_var * x2.shape[0] / (x2.shape[0] - 1))
@@ -129,9 +130,9 @@ def test_forward_matches_reference(seed, case):
         g = np.ones(C) if gamma is None else gamma
         scale = rinvstd[i] * g
         shift = np.zeros(C) if beta is None else beta
-        bound = normalize_bound(x2, rmean[i], scale, shift, channels_last(ry[s], axis), work,
+        bound = normalize_bound(x2, rmean[i], scale, shift, channels_last_2d(ry[s], axis), work,
                                 odt, d_mean, np.abs(scale) * (d_rel + 4 * U64), 0.0)
-        assert_within(channels_last(y[s], axis), channels_last(ry[s], axis), bound,
+        assert_within(channels_last_2d(y[s], axis), channels_last_2d(ry[s], axis), bound,
                       f"y of group {i}")
 
     if rm is None:
@@ -208,9 +209,9 @@ def test_backward_matches_reference(seed, case):
     for i in range(x.shape[0] // k):
         s = slice(i * k, (i + 1) * k)
         dx_bound, e0, e1 = backward_bounds(
-            channels_last(dy_before[s], axis), channels_last(x_before[s], axis), mean[i],
-            invstd[i], g, channels_last(rdx[s], axis), work, odt)
-        assert_within(channels_last(dx[s], axis), channels_last(rdx[s], axis), dx_bound,
+            channels_last_2d(dy_before[s], axis), channels_last_2d(x_before[s], axis), mean[i],
+            invstd[i], g, channels_last_2d(rdx[s], axis), work, odt)
+        assert_within(channels_last_2d(dx[s], axis), channels_last_2d(rdx[s], axis), dx_bound,
                       f"dx of group {i}")
         d_s0, d_s1 = d_s0 + e0, d_s1 + e1
     # Summed over the groups in float64: the groups' errors plus one rounding per addition.

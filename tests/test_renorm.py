@@ -9,9 +9,10 @@ from hypothesis import strategies as st
 import bnfast
 from bnfast import reference as ref
 from _helpers import (
-    assert_batch_norm_gradients, assert_bits_equal, central_differences, values_per_channel)
+    assert_batch_norm_gradients, assert_bits_equal, central_differences, channels_last_2d,
+    values_per_channel)
 from _variant_checks import (
-    KINDS, LAYOUTS, U, U64, assert_within, backward_bounds, channels_last, make_data,
+    KINDS, LAYOUTS, U, U64, assert_within, backward_bounds, make_data,
     normalize_bound, relayout, stat_errors, work_and_out)
 
 # The seed fixture is fixed for the test and mixed with hypothesis's own draw.
@@ -110,7 +111,7 @@ def test_forward_matches_reference(seed, case):
     assert_bits_equal(rm, rm_plain, "running_mean")
     assert_bits_equal(rv, rv_plain, "running_var")
 
-    x2 = channels_last(x_before, axis)
+    x2 = channels_last_2d(x_before, axis)
     m = x2.shape[0]
     d_mean, d_var = stat_errors(x2)
     var = 1.0 / rinvstd ** 2 - eps
@@ -128,11 +129,11 @@ def test_forward_matches_reference(seed, case):
     g = np.ones(mean.shape) if gamma is None else gamma
     scale = rinvstd * rr * g
     shift = rd * g + (0.0 if beta is None else beta)
-    bound = normalize_bound(x2, rmean, scale, shift, channels_last(ry, axis), work, odt,
+    bound = normalize_bound(x2, rmean, scale, shift, channels_last_2d(ry, axis), work, odt,
                             d_mean, np.abs(scale) * (2 * d_rel + 8 * U64),
                             np.abs(g) * (d_mean / sigma + 4 * U64 * np.abs(rd))
                             + 4 * U64 * np.abs(shift))
-    assert_within(channels_last(y, axis), channels_last(ry, axis), bound, "y")
+    assert_within(channels_last_2d(y, axis), channels_last_2d(ry, axis), bound, "y")
 
     # Running statistics: float64 arithmetic on statistics within d_mean, d_var, then stored
     # in the buffer's dtype (half an ulp of it).
@@ -201,10 +202,10 @@ def test_backward_matches_reference(seed, case):
     rdx = rdx.reshape(x.shape)
     assert dx.dtype == odt and dgamma.dtype == np.float64 and dbeta.dtype == np.float64
     g = np.ones(mean.shape) if gamma is None else gamma
-    dy2, x2 = channels_last(dy, axis), channels_last(x, axis)
+    dy2, x2 = channels_last_2d(dy, axis), channels_last_2d(x, axis)
     dx_bound, d_s0, d_s1 = backward_bounds(dy2, x2, mean, invstd, g * r,
-                                           channels_last(rdx, axis), work, odt)
-    assert_within(channels_last(dx, axis), channels_last(rdx, axis), dx_bound, "dx")
+                                           channels_last_2d(rdx, axis), work, odt)
+    assert_within(channels_last_2d(dx, axis), channels_last_2d(rdx, axis), dx_bound, "dx")
     assert_within(dbeta, rdbeta, d_s0, "dbeta")
     # dgamma = r * sum(dy * xhat) + d * sum(dy): the two sums' errors, weighted, and the
     # float64 combination.

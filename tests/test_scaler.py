@@ -1,14 +1,12 @@
 """bnfast.BatchNormScaler: the scikit-learn transformer (scikit-learn is optional)."""
 
-import os
-import subprocess
-import sys
 import textwrap
 
 import numpy as np
 import pytest
 
 import bnfast
+from _helpers import run_python
 
 try:
     import sklearn  # noqa: F401
@@ -332,11 +330,7 @@ def test_import_without_sklearn():
         bn([[1.0, 2.0], [3.0, 5.0]])
         print("ok")
     """)
-    root = os.path.dirname(os.path.dirname(os.path.abspath(bnfast.__file__)))
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
-        p for p in (root, os.environ.get("PYTHONPATH")) if p))
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         timeout=120, env=env)
+    out = run_python(code)
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
 
 
@@ -725,11 +719,7 @@ def test_without_the_callback_api(rng):
         assert abs(Y.mean()) < 1e-12 and s.partial_fit(X).n_samples_seen_ == 100
         print("ok")
     """)
-    root = os.path.dirname(os.path.dirname(os.path.abspath(bnfast.__file__)))
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
-        p for p in (root, os.environ.get("PYTHONPATH")) if p))
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         timeout=120, env=env)
+    out = run_python(code)
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
 
 
