@@ -35,8 +35,11 @@ PyTorch) run as PyTorch's batch norm followed by ``+ residual`` and ``relu``: th
 ``virtual_batch_size`` and ``renorm`` are computed by bnfast's CPU kernels only and raise
 NotImplementedError for input they do not serve (non-CPU tensors, for instance).
 
-Limits: double backward raises (the backward is computed by the kernels, not by
-differentiable PyTorch operations), and the layers cannot be scripted with TorchScript.
+Higher-order gradients (``create_graph=True``: gradient penalties, Hessian-vector
+products) are exact: the first-order backward still runs on the kernels, and its own
+derivative is that of the batch norm backward formula in float64 PyTorch operations
+(``bnfast._torch_grad``). SyncBatchNorm's backward has no such derivative and raises
+RuntimeError when one is asked for. The layers cannot be scripted with TorchScript.
 """
 from __future__ import annotations
 
@@ -49,10 +52,15 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from numpy.typing import NDArray
 from torch import Tensor
-from torch.autograd.function import FunctionCtx, once_differentiable
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from . import _training
+from ._torch_grad import (
+    BackwardFunction,
+    BackwardSpec,
+    NotTwiceDifferentiable,
+    records_graph,
+)
 from ._functional import batch_norm_backward, batch_norm_forward, batch_norm_inference
 from ._validation import check_activation, check_bool, check_int
 from ._variants import batch_renorm_forward, check_renorm_limits
@@ -243,16 +251,36 @@ class _BatchNormFunction(torch.autograd.Function):
                                  out=ya, n_threads=n)
             mean = rm.array.astype(np.float64)
             invstd = 1.0 / np.sqrt(rv.array.astype(np.float64) + eps)
-        ctx.save_for_backward(x, weight, bias)
-        ctx.mean, ctx.invstd, ctx.training = mean, invstd, training
+        # input itself is saved (in-place changes are detected, and a recorded backward
+        # connects to its history); x, its compute layout, is kept for the kernels.
+        ctx.save_for_backward(input, weight, bias)
+        ctx.x = x
+        ctx.mean, ctx.invstd, ctx.training, ctx.eps = mean, invstd, training, eps
         ctx.input_dtype = input.dtype
         return y if y.dtype == input.dtype else y.to(input.dtype)
 
     @staticmethod
-    @once_differentiable
     def backward(ctx: Any, grad_output: Tensor) -> Tuple[Optional[Tensor], ...]:
-        x, weight, bias = ctx.saved_tensors
+        input, weight, bias = ctx.saved_tensors
         needs = ctx.needs_input_grad
+
+        def first_order() -> Tuple[Optional[Tensor], ...]:
+            return _BatchNormFunction.kernel_backward(ctx, grad_output, weight, bias, needs)
+
+        if records_graph(grad_output, input, weight):
+            spec = BackwardSpec(ctx.mean, ctx.invstd, ctx.eps, ctx.training)
+            dx, gw, gb, _ = BackwardFunction.apply(grad_output, input, weight, None, spec,
+                                                   first_order)
+        else:
+            dx, gw, gb, _ = first_order()
+        return dx, gw, gb, None, None, None, None, None
+
+    @staticmethod
+    def kernel_backward(ctx: Any, grad_output: Tensor, weight: Optional[Tensor],
+                        bias: Optional[Tensor], needs: Sequence[bool]
+                        ) -> Tuple[Optional[Tensor], ...]:
+        """(dx, dweight, dbias, None) by the kernels."""
+        x = ctx.x
         dy = _like(grad_output, x)
         xa, axis = _array(x)
         dya, _ = _array(dy)
@@ -278,7 +306,7 @@ class _BatchNormFunction(torch.autograd.Function):
         if dx is not None and dx.dtype != ctx.input_dtype:
             dx = dx.to(ctx.input_dtype)
         gw, gb = _weight_grads(dgamma, dbeta, weight, bias, needs)
-        return dx, gw, gb, None, None, None, None, None
+        return dx, gw, gb, None
 
 
 class _SyncBatchNormFunction(torch.autograd.Function):
@@ -300,16 +328,33 @@ class _SyncBatchNormFunction(torch.autograd.Function):
             rm.write_back()
             rv.write_back()
         y = _from_array(ya, axis)
-        ctx.save_for_backward(x, weight, bias)
+        ctx.save_for_backward(input, weight, bias)
+        ctx.x = x
         ctx.mean, ctx.invstd = mean, invstd
         ctx.process_group, ctx.input_dtype = process_group, input.dtype
         return y if y.dtype == input.dtype else y.to(input.dtype)
 
     @staticmethod
-    @once_differentiable
     def backward(ctx: Any, grad_output: Tensor) -> Tuple[Optional[Tensor], ...]:
-        x, weight, bias = ctx.saved_tensors
+        input, weight, bias = ctx.saved_tensors
         needs = ctx.needs_input_grad
+
+        def first_order() -> Tuple[Optional[Tensor], ...]:
+            return _SyncBatchNormFunction.kernel_backward(ctx, grad_output, weight, bias, needs)
+
+        if records_graph(grad_output, input, weight):
+            dx, gw, gb, _ = NotTwiceDifferentiable.apply("SyncBatchNorm", first_order,
+                                                         grad_output, input, weight)
+        else:
+            dx, gw, gb, _ = first_order()
+        return dx, gw, gb, None, None, None, None, None
+
+    @staticmethod
+    def kernel_backward(ctx: Any, grad_output: Tensor, weight: Optional[Tensor],
+                        bias: Optional[Tensor], needs: Sequence[bool]
+                        ) -> Tuple[Optional[Tensor], ...]:
+        """(dx, dweight, dbias, None) by the kernels and the group's all-reduce."""
+        x = ctx.x
         dy = _like(grad_output, x)
         xa, axis = _array(x)
         dya, _ = _array(dy)
@@ -331,7 +376,7 @@ class _SyncBatchNormFunction(torch.autograd.Function):
             dgamma, dbeta = _training.backward_sums(dya, xa, ctx.mean, ctx.invstd, axis=axis,
                                                     n_threads=n)
         gw, gb = _weight_grads(dgamma, dbeta, weight, bias, needs)
-        return dx, gw, gb, None, None, None, None, None
+        return dx, gw, gb, None
 
 
 class _OptionsFunction(torch.autograd.Function):
@@ -383,23 +428,47 @@ class _OptionsFunction(torch.autograd.Function):
             invstd = 1.0 / np.sqrt(rv.array.astype(np.float64) + eps)
         out = y if y.dtype == input.dtype else y.to(input.dtype)
         if activation is not None and out is y:
-            ctx.save_for_backward(x, weight, bias, y)  # the output: in-place changes detected
+            ctx.save_for_backward(input, weight, bias, y)  # the output: in-place changes detected
             ctx.y = None
         else:
-            ctx.save_for_backward(x, weight, bias, None)
+            ctx.save_for_backward(input, weight, bias, None)
             ctx.y = y if activation is not None else None
+        ctx.x = x
         ctx.mean, ctx.invstd, ctx.training, ctx.kw = mean, invstd, training, kw
+        ctx.eps = eps
         ctx.activation, ctx.input_dtype = activation, input.dtype
         ctx.residual_dtype = None if residual is None else residual.dtype
         return out
 
     @staticmethod
-    @once_differentiable
     def backward(ctx: Any, grad_output: Tensor) -> Tuple[Optional[Tensor], ...]:
-        x, weight, bias, y = ctx.saved_tensors
+        input, weight, bias, y = ctx.saved_tensors
         if y is None:
             y = ctx.y
         needs = ctx.needs_input_grad
+
+        def first_order() -> Tuple[Optional[Tensor], ...]:
+            return _OptionsFunction.kernel_backward(ctx, grad_output, weight, bias, y, needs)
+
+        if records_graph(grad_output, input, weight):
+            r = ctx.kw.get("renorm")
+            spec = BackwardSpec(ctx.mean, ctx.invstd, ctx.eps, ctx.training,
+                                relu=ctx.activation == "relu",
+                                residual=ctx.residual_dtype is not None,
+                                virtual_batch_size=ctx.kw.get("virtual_batch_size"),
+                                renorm=None if r is None else (r[0], r[1]))
+            dx, gw, gb, gr = BackwardFunction.apply(grad_output, input, weight, y, spec,
+                                                    first_order)
+        else:
+            dx, gw, gb, gr = first_order()
+        return dx, gw, gb, gr, None, None, None, None, None, None, None, None
+
+    @staticmethod
+    def kernel_backward(ctx: Any, grad_output: Tensor, weight: Optional[Tensor],
+                        bias: Optional[Tensor], y: Optional[Tensor], needs: Sequence[bool]
+                        ) -> Tuple[Optional[Tensor], ...]:
+        """(dx, dweight, dbias, dresidual) by the kernels."""
+        x = ctx.x
         dy = _like(grad_output, x)
         xa, axis = _array(x)
         dya, _ = _array(dy)
@@ -439,7 +508,7 @@ class _OptionsFunction(torch.autograd.Function):
         if needs[3] and g is not None:
             gr = g if g.dtype == ctx.residual_dtype else g.to(ctx.residual_dtype)
         gw, gb = _weight_grads(dgamma, dbeta, weight, bias, needs)
-        return dx, gw, gb, gr, None, None, None, None, None, None, None, None
+        return dx, gw, gb, gr
 
 
 # ---- The functional --------------------------------------------------------------------------
@@ -452,8 +521,7 @@ def batch_norm(input: Tensor, running_mean: Optional[Tensor], running_var: Optio
     The same arguments, result and errors. In training mode the batch statistics normalize
     and ``running_mean``/``running_var`` (when given) are updated in place with ``momentum``
     (running_var with the unbiased variance); otherwise the running statistics normalize.
-    Differentiable with respect to ``input``, ``weight`` and ``bias`` (once: double backward
-    raises RuntimeError). Calls bnfast cannot serve as PyTorch would (see the module's
+    Differentiable with respect to ``input``, ``weight`` and ``bias``, to any order. Calls bnfast cannot serve as PyTorch would (see the module's
     docstring) go to ``torch.nn.functional.batch_norm``.
 
     Examples
