@@ -76,7 +76,7 @@ def torch_call(torch, op, x, dy, g, b, layout):
         t, tdy = t.permute(0, 3, 1, 2), tdy.permute(0, 3, 1, 2)
     C = t.shape[1]
     w, bb = torch.from_numpy(g), torch.from_numpy(b)
-    rm, rv = torch.zeros(C), torch.ones(C)
+    rm, rv = torch.zeros(C, dtype=t.dtype), torch.ones(C, dtype=t.dtype)
     F = torch.nn.functional.batch_norm
     if op == "train":
         return lambda: F(t, rm, rv, w, bb, True, 0.1, 1e-5)
