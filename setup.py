@@ -83,7 +83,9 @@ def extension_flags():
         compile_args = ["-O0", "-g"] if debug else ["-O3"]
         # -ffp-contract=off: no silent FMA contraction, so every build rounds the same way.
         compile_args += ["-ffp-contract=off", "-fno-math-errno", "-Wno-unused-function"]
-        link_args = []
+        # The thread pool (src/bn_pool.h) is POSIX threads.
+        compile_args.append("-pthread")
+        link_args = ["-pthread"]
         if _flag("BNFAST_NATIVE"):
             compile_args.append("-march=native")
         if _flag("BNFAST_SANITIZE"):
@@ -121,7 +123,7 @@ directives = {
 KERNEL_SOURCES = [
     "src/loops.pxi", "src/plan.pxi", "src/stats.pxi", "src/elementwise.pxi", "src/backward.pxi",
     "src/plain.pxi", "src/bn_loops.h", "src/bn_elementwise_impl.h", "src/bn_stats_impl.h",
-    "src/bn_openmp.h",
+    "src/bn_openmp.h", "src/bn_pool.h",
 ]
 
 extensions = [

@@ -18,7 +18,10 @@ from ._functional import (
 )
 from ._variants import batch_renorm_forward
 from ._config import openmp_enabled, show_config
+from . import _cpus
 from .layer import BatchNorm, fold_batch_norm
+
+_cpus.configure()  # the default thread count: the process's CPU share
 
 if TYPE_CHECKING:  # for type checkers only: at run time __getattr__ imports it on first use
     from .preprocessing import BatchNormScaler

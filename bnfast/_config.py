@@ -12,8 +12,29 @@ from ._version import __version__
 
 
 def openmp_enabled() -> bool:
-    """True when the kernels were compiled with OpenMP (else they run on one thread)."""
+    """True when the kernels were compiled with OpenMP: the thread count the user sets with
+    OMP_NUM_THREADS or threadpoolctl then applies (the work runs on bnfast's own pool on
+    POSIX systems, or in OpenMP loops on Windows, where a build without OpenMP runs on one
+    thread)."""
     return _kernels.openmp_enabled()
+
+
+def _threads_line() -> str:
+    """The default thread count, where it comes from, and what runs the threads."""
+    from . import _cpus
+    n = _kernels.default_threads()
+    procs = _cpus.affinity_count()
+    if _cpus.explicit_thread_count():
+        why = "set by OMP_NUM_THREADS"
+    elif n < _kernels.max_threads():
+        why = f"this process's CPU quota, of {procs} processors"
+    elif _kernels.max_threads() < procs:
+        why = f"the limit set by threadpoolctl or omp_set_num_threads, of {procs} processors"
+    else:
+        why = "the processors this process may run on"
+    pool = ("bnfast's pool: a call never waits for a thread that is not running"
+            if _kernels.pool_enabled() else "OpenMP" if openmp_enabled() else "one thread")
+    return f"{n} by default: {why}; run by {pool}"
 
 
 def config() -> dict[str, str | int]:
@@ -30,7 +51,7 @@ def config() -> dict[str, str | int]:
         "python": sys.version.split()[0],
         "platform": f"{sys.platform}-{platform.machine()}",
         "OpenMP": "on" if openmp_enabled() else "off",
-        "threads": _kernels.max_threads(),
+        "threads": _threads_line(),
         "compile flags": flags,
         "SIMD": simd,
     }

@@ -61,7 +61,8 @@ def moments(x: npt.ArrayLike, axis: int | None = 1, ddof: float = 0, *,
         Delta degrees of freedom: the variance divides by ``m - ddof`` where ``m`` is the
         number of elements per channel (0: the biased variance batch norm normalizes with).
     n_threads : int or None, default None
-        Threads to use; None is the OpenMP default (OMP_NUM_THREADS, threadpoolctl).
+        Threads to use; None is the default count (OMP_NUM_THREADS, threadpoolctl, else the
+        process's CPU share: docs/design.md §3).
 
     Returns
     -------
@@ -268,7 +269,8 @@ def batch_norm_forward(
         and so is ``out=residual`` (a ResNet's ``y = relu(bn(x) + identity)`` into the
         identity's buffer).
     n_threads : int or None, default None
-        Threads to use; None is the OpenMP default. Results do not depend on it.
+        Threads to use; None is the default count (docs/design.md §3). Results do not
+        depend on it.
     activation : None or "relu", default None
         ``"relu"``: ``y = max(y, 0)`` (NaN stays NaN), after the residual.
     residual : array_like, optional

@@ -193,7 +193,7 @@ def check_momentum(momentum: Any) -> float:
 
 
 def check_n_threads(n_threads: Any) -> int:
-    """None -> 0 (the OpenMP default); a positive integer -> itself (at most 65536)."""
+    """None -> 0 (the default count); a positive integer -> itself (at most 65536)."""
     if n_threads is None:
         return 0
     if isinstance(n_threads, bool):
@@ -208,7 +208,7 @@ def check_n_threads(n_threads: Any) -> int:
 
 
 def kernel_threads(n_threads: Any) -> int | None:
-    """``n_threads`` checked, as the kernels take it: None (OpenMP's default) or an int."""
+    """``n_threads`` checked, as the kernels take it: None (the default count) or an int."""
     return check_n_threads(n_threads) or None
 
 

@@ -87,7 +87,8 @@ class BatchNorm:
         dtype of the parameters, running statistics and gradients. The output has the input's
         dtype (the functional API's policy).
     n_threads : int or None, default None
-        Threads for the kernels; None is the OpenMP default. Results do not depend on it.
+        Threads for the kernels; None is the default count (docs/design.md §3). Results do
+        not depend on it.
     virtual_batch_size : int or None, default None
         Ghost batch norm in training mode (Keras's option of that name): statistics per
         group of this many samples along axis 0 (see ``batch_norm_forward``); it must divide

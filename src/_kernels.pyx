@@ -528,8 +528,38 @@ def openmp_enabled():
 
 
 def max_threads():
-    """OpenMP's current default thread count (OMP_NUM_THREADS, threadpoolctl); 1 without it."""
+    """The thread count the user set (OMP_NUM_THREADS, omp_set_num_threads, threadpoolctl),
+    else the processor count."""
     return bn_max_threads()
+
+
+def default_threads():
+    """Threads a call with n_threads=None asks for: max_threads(), capped by the process's
+    CPU share unless the user set a count."""
+    return bn_default_threads()
+
+
+def set_cpus(int procs, int share, int explicit_count):
+    """Tell the kernels the process's processors (affinity), its CPU share (cgroup quota)
+    and the thread count the user set in OMP_NUM_THREADS (0: none); bnfast/_cpus.py calls it
+    at import."""
+    bn_set_cpus(procs, share, explicit_count)
+
+
+def pool_enabled():
+    """True when the kernels run on bnfast's own thread pool (POSIX builds)."""
+    return bool(bn_pool_enabled())
+
+
+def pool_helpers():
+    """Helper threads the pool has started so far (it starts them on first use)."""
+    return bn_pool_helpers()
+
+
+def pool_backoffs():
+    """How many times the pool backed off to one thread after a call waited for a helper
+    that the scheduler had stopped (bn_pool.h)."""
+    return bn_pool_backoffs()
 
 
 def compile_flags():

@@ -6,7 +6,23 @@ cdef extern from "bn_openmp.h":
     int bn_openmp_enabled() noexcept nogil
     int bn_max_threads() noexcept nogil
     int bn_num_procs() noexcept nogil
+    int bn_default_threads() noexcept nogil
+    void bn_set_cpus(int procs, int share, int explicit_count) noexcept nogil
     const char *bn_compile_flags() noexcept nogil
+
+cdef extern from "bn_pool.h" nogil:
+    ctypedef void (*bn_task_fn)(void *ctx, intp i) noexcept nogil
+    ctypedef void (*bn_any_fn)() noexcept nogil
+    ctypedef struct bn_task_call:
+        bn_any_fn task
+        const void *x
+        void *job
+    void bn_pool_run(bn_task_fn fn, void *ctx, intp n_tasks, int nt, intp per)
+    int bn_pool_enabled()
+    int bn_pool_helpers()
+    long long bn_pool_backoffs()
+    void bn_call_f32(void *ctx, intp i)
+    void bn_call_f64(void *ctx, intp i)
 
 cdef extern from "bn_loops.h" nogil:
     void run_moments_f32(const float *x, intp nrows, intp len, intp stride, double shift,

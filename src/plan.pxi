@@ -236,32 +236,44 @@ cdef inline intp elementwise_tasks(const Plan *p, const RowPlan *r) noexcept nog
 
 cdef inline int n_threads_for(int requested, intp work, intp n_tasks) noexcept nogil:
     """Threads worth waking for `work` elements split into `n_tasks` tasks."""
-    cdef intp t = requested if requested > 0 else bn_max_threads()
-    # More threads than processors never helps these loops, and asking libgomp for thousands
-    # can make it fail to create them, which ends the process.
+    cdef intp t = requested if requested > 0 else bn_default_threads()
+    # More threads than processors never helps these loops (and thousands of them would
+    # only cost memory).
     t = min(t, bn_num_procs(), n_tasks, max(1, work // MIN_PER_THREAD))
     return <int>max(1, t)
 
 
 cdef enum Schedule:
-    DYNAMIC     # tasks of unequal cost (reductions, whole channels)
-    GUIDED      # many tasks of equal cost (elementwise segments)
+    DYNAMIC     # tasks of unequal cost (reductions, whole channels): one per claim
+    GUIDED      # many tasks of equal cost (elementwise segments): a few per claim
 
 
 cdef void run_tasks(void (*task)(const floating *, void *, intp) noexcept nogil,
                     const floating *x, void *job, intp n_tasks, int nt,
                     Schedule schedule) noexcept nogil:
-    """task(x, job, i) for every i < n_tasks, on nt threads.
+    """task(x, job, i) for every i < n_tasks, on up to nt threads (this one included).
 
-    The one place that opens an OpenMP region. With nt == 1 there is none at all: a region
-    of one thread (prange's use_threads_if, OpenMP's if(0)) still sets up a libgomp team,
-    measured at 1.6 us per region on the 2-core EPYC VM, and a (256, 64) training forward
-    of about 10 us runs three passes.
+    The one place where work goes to several threads: bn_pool.h's pool, where the calling
+    thread claims tasks like its helpers and never waits for a helper that has not started
+    (docs/design.md §3). With nt == 1 the tasks run here, with no pool at all. Without the
+    pool (Windows) an OpenMP loop runs them, or a plain loop in a build without OpenMP.
     """
-    cdef intp i
+    cdef intp i, per
+    cdef bn_task_call call
     if nt <= 1:
         for i in range(n_tasks):
             task(x, job, i)
+        return
+    if bn_pool_enabled():
+        call.task = <bn_any_fn>task
+        call.x = <const void *>x
+        call.job = job
+        # Equal tasks are claimed in groups: about 16 claims per thread still balance them.
+        per = 1 if schedule == DYNAMIC else max(1, n_tasks // (16 * nt))
+        if floating is float:
+            bn_pool_run(bn_call_f32, &call, n_tasks, nt, per)
+        else:
+            bn_pool_run(bn_call_f64, &call, n_tasks, nt, per)
     elif schedule == GUIDED:
         for i in prange(n_tasks, num_threads=nt, schedule='guided'):
             task(x, job, i)
