@@ -42,6 +42,7 @@ from ._validation import (
 __all__ = ["moments", "moments_state", "merge_moments", "batch_norm_forward",
            "batch_norm_inference", "batch_norm_backward"]
 
+_F32 = np.dtype(np.float32)
 _F64 = np.dtype(np.float64)
 F64Array = npt.NDArray[np.float64]
 
@@ -151,6 +152,8 @@ def moments_state(x: npt.ArrayLike, axis: int | None = 1, *, skipna: bool = Fals
         mean, m2 = kernel_result(_kernels.moments(contiguous(a, work, (outer, C, inner)), 1, nt),
                                  "moments")
         return np.full(C, float(m)), mean, m2
+    if work.itemsize == 2:
+        work = _F32  # the weighted NaN-skipping statistics take float32 and float64 only
     if inner == 1:
         rows = contiguous(a, work, (outer, C))
     else:

@@ -6,7 +6,8 @@ before anything is written: a call that raises leaves its arguments as they were
 
 What the checks produce is what the compiled entry points take as their plain case
 (bnfast/_kernels.pyx, docs/design.md §4): ``plain`` arrays (exactly an ndarray, C-contiguous,
-aligned, native byte order) of float32 or float64, float64 per-channel vectors, and floats.
+aligned, native byte order) of float32, float64, float16 or bfloat16, float64 per-channel
+vectors, and floats.
 """
 from __future__ import annotations
 
@@ -20,19 +21,23 @@ import numpy as np
 import numpy.typing as npt
 from numpy.exceptions import AxisError
 
+from ._dtypes import is_bfloat16
+
 _F16: np.dtype[Any] = np.dtype(np.float16)
 _F32: np.dtype[Any] = np.dtype(np.float32)
 _F64: np.dtype[Any] = np.dtype(np.float64)
 
-# dtype -> (dtype the kernels compute in, dtype of y / dx)
-_POLICY: dict[np.dtype[Any], tuple[np.dtype[Any], np.dtype[Any]]] = {_F32: (_F32, _F32), _F64: (_F64, _F64), _F16: (_F32, _F16)}
+# dtype -> (dtype the kernels take, dtype of y / dx): the floats natively (float16 and
+# bfloat16 are widened to float32 in the kernels' registers), anything else as float64.
+_POLICY: dict[np.dtype[Any], tuple[np.dtype[Any], np.dtype[Any]]] = {
+    _F32: (_F32, _F32), _F64: (_F64, _F64), _F16: (_F16, _F16)}
 
 _T = TypeVar("_T")
 
 
 def is_float_dtype(dtype: np.dtype[Any]) -> bool:
-    """float16, float32 or float64 (any byte order): the floats bnfast computes with."""
-    return dtype.kind == "f" and dtype.itemsize <= 8
+    """float16, float32, float64 (any byte order) or bfloat16: the floats bnfast takes."""
+    return (dtype.kind == "f" and dtype.itemsize <= 8) or is_bfloat16(dtype)
 
 
 def is_real_dtype(dtype: np.dtype[Any]) -> bool:
@@ -44,7 +49,7 @@ def check_real_dtype(dtype: np.dtype[Any], name: str = "x") -> None:
     """TypeError for complex, object, string, datetime and other non-real dtypes."""
     if not is_real_dtype(dtype):
         raise TypeError(
-            f"{name}: expected real numbers (float16/32/64, integer or bool), "
+            f"{name}: expected real numbers (float16/32/64, bfloat16, integer or bool), "
             f"got an array of dtype {dtype}")
 
 
@@ -65,6 +70,8 @@ def dtype_policy(dtype: np.dtype[Any]) -> tuple[np.dtype[Any], np.dtype[Any]]:
     except KeyError:
         if dtype.kind == "f":  # byte-swapped floats
             return _POLICY[dtype.newbyteorder("=")]
+        if is_bfloat16(dtype):
+            return dtype, dtype
         return _F64, _F64
 
 

@@ -60,12 +60,28 @@ from libc.math cimport INFINITY, sqrt
 from libc.stdlib cimport free, malloc
 from libc.string cimport memcpy
 cimport numpy as cnp
+import numpy as np
 
 cnp.import_array()
 
 ctypedef cnp.npy_intp intp
 
+cdef extern from "bn_half.h":
+    # float16 and bfloat16 storage (bn_half.h): the bits, widened when loaded
+    ctypedef struct bn_f16:
+        unsigned short bits
+    ctypedef struct bn_bf16:
+        unsigned short bits
+
+# The element types of x, dy and y: every kernel is specialized for each.
 ctypedef fused floating:
+    float
+    double
+    bn_f16
+    bn_bf16
+
+# float32 and float64 only: running buffers, the scaler's weighted statistics.
+ctypedef fused real:
     float
     double
 
@@ -90,7 +106,7 @@ def forward_train(object x, object gamma, object beta, object axis, object eps,
     docstring)."""
     cdef intp outer, C, inner
     cdef int nt, act
-    cdef int typenum = plain_call(x, axis, n_threads, &outer, &C, &inner, &nt)
+    cdef int kind = plain_call(x, axis, n_threads, &outer, &C, &inner, &nt)
     cdef double e, mom
     cdef double *buf
     cdef const double *g
@@ -104,7 +120,7 @@ def forward_train(object x, object gamma, object beta, object axis, object eps,
     cdef void *px
     cdef void *py
     cdef const void *pres
-    if (typenum < 0 or outer * inner < 2 or not plain_float(eps, 0.0, INFINITY, False, &e)
+    if (kind < 0 or outer * inner < 2 or not plain_float(eps, 0.0, INFINITY, False, &e)
             or not plain_float(momentum, 0.0, 1.0, False, &mom)):
         return None
     if not (plain_optional(gamma, C, False) and plain_optional(beta, C, False)
@@ -127,12 +143,18 @@ def forward_train(object x, object gamma, object beta, object axis, object eps,
     py = cnp.PyArray_DATA(<cnp.ndarray>y)
     try:
         with nogil:
-            if typenum == cnp.NPY_FLOAT32:
+            if kind == K_F32:
                 train_impl(<const float *>px, <float *>py, &p, g, b, e, pmean, m2, pinv,
                            buf + 3 * C, <const float *>pres, act, nt)
-            else:
+            elif kind == K_F64:
                 train_impl(<const double *>px, <double *>py, &p, g, b, e, pmean, m2, pinv,
                            buf + 3 * C, <const double *>pres, act, nt)
+            elif kind == K_F16:
+                train_impl(<const bn_f16 *>px, <bn_f16 *>py, &p, g, b, e, pmean, m2, pinv,
+                           buf + 3 * C, <const bn_f16 *>pres, act, nt)
+            else:
+                train_impl(<const bn_bf16 *>px, <bn_bf16 *>py, &p, g, b, e, pmean, m2, pinv,
+                           buf + 3 * C, <const bn_bf16 *>pres, act, nt)
         # Unbiased variance m2 / (m - 1) goes into running_var (PyTorch's convention).
         update_buffer(running_mean, pmean, C, mom, 1.0)
         update_buffer(running_var, m2, C, mom, 1.0 / (<double>(outer * inner) - 1.0))
@@ -149,7 +171,7 @@ def forward_infer(object x, object running_mean, object running_var, object gamm
     cdef intp outer, C, inner
     cdef int nt, act
     cdef const void *pres
-    cdef int typenum = plain_call(x, axis, n_threads, &outer, &C, &inner, &nt)
+    cdef int kind = plain_call(x, axis, n_threads, &outer, &C, &inner, &nt)
     cdef double e
     cdef double *buf
     cdef const double *vec[4]
@@ -157,7 +179,7 @@ def forward_infer(object x, object running_mean, object running_var, object gamm
     cdef Plan p
     cdef void *px
     cdef void *py
-    if typenum < 0 or not plain_float(eps, 0.0, INFINITY, False, &e):
+    if kind < 0 or not plain_float(eps, 0.0, INFINITY, False, &e):
         return None
     if not (plain_vector(running_mean, C, False) and plain_vector(running_var, C, False)
             and plain_optional(gamma, C, False) and plain_optional(beta, C, False)
@@ -177,12 +199,18 @@ def forward_infer(object x, object running_mean, object running_var, object gamm
     py = cnp.PyArray_DATA(<cnp.ndarray>y)
     try:
         with nogil:
-            if typenum == cnp.NPY_FLOAT32:
+            if kind == K_F32:
                 infer_impl(<const float *>px, <float *>py, &p, vec[0], vec[1], vec[2], vec[3], e,
                            buf + 4 * C, <const float *>pres, act, nt)
-            else:
+            elif kind == K_F64:
                 infer_impl(<const double *>px, <double *>py, &p, vec[0], vec[1], vec[2], vec[3],
                            e, buf + 4 * C, <const double *>pres, act, nt)
+            elif kind == K_F16:
+                infer_impl(<const bn_f16 *>px, <bn_f16 *>py, &p, vec[0], vec[1], vec[2], vec[3],
+                           e, buf + 4 * C, <const bn_f16 *>pres, act, nt)
+            else:
+                infer_impl(<const bn_bf16 *>px, <bn_bf16 *>py, &p, vec[0], vec[1], vec[2],
+                           vec[3], e, buf + 4 * C, <const bn_bf16 *>pres, act, nt)
     finally:
         free(buf)
     return y
@@ -190,13 +218,13 @@ def forward_infer(object x, object running_mean, object running_var, object gamm
 
 cdef int plain_backward(object dy, object x, object axis, object n_threads, object mean,
                         object invstd, intp *outer, intp *C, intp *inner, int *nt) noexcept:
-    """typenum when dy, x, axis, n_threads, mean and invstd are plain (dy like x), else -1."""
-    cdef int typenum = plain_call(x, axis, n_threads, outer, C, inner, nt)
-    if typenum < 0 or not plain_like(dy, <cnp.ndarray>x):
+    """x's kind when dy, x, axis, n_threads, mean and invstd are plain (dy like x), else -1."""
+    cdef int kind = plain_call(x, axis, n_threads, outer, C, inner, nt)
+    if kind < 0 or not plain_like(dy, <cnp.ndarray>x):
         return -1
     if not (plain_vector(mean, C[0], False) and plain_vector(invstd, C[0], False)):
         return -1
-    return typenum
+    return kind
 
 
 def backward(object dy, object x, object mean, object invstd, object gamma, object axis,
@@ -209,8 +237,8 @@ def backward(object dy, object x, object mean, object invstd, object gamma, obje
     cdef object dres = None
     cdef void *pry = NULL
     cdef void *pdr = NULL
-    cdef int typenum = plain_backward(dy, x, axis, n_threads, mean, invstd, &outer, &C, &inner,
-                                      &nt)
+    cdef int kind = plain_backward(dy, x, axis, n_threads, mean, invstd, &outer, &C, &inner,
+                                   &nt)
     cdef double *buf
     cdef const double *vec[3]
     cdef double *pdg
@@ -221,7 +249,7 @@ def backward(object dy, object x, object mean, object invstd, object gamma, obje
     cdef void *pdy
     cdef void *px
     cdef void *pdx
-    if (typenum < 0 or not plain_optional(gamma, C, False)
+    if (kind < 0 or not plain_optional(gamma, C, False)
             or not plain_activation(activation, &act) or type(return_dresidual) is not bool):
         return None
     if (y is None) if act else (y is not None):
@@ -234,8 +262,7 @@ def backward(object dy, object x, object mean, object invstd, object gamma, obje
     if y is not None:
         pry = cnp.PyArray_DATA(<cnp.ndarray>y)
     if return_dresidual:
-        dres = cnp.PyArray_EMPTY(cnp.PyArray_NDIM(<cnp.ndarray>x), (<cnp.ndarray>x).shape,
-                                 cnp.PyArray_TYPE(<cnp.ndarray>x), 0)
+        dres = new_like(<cnp.ndarray>x)
         pdr = cnp.PyArray_DATA(<cnp.ndarray>dres)
     dgamma = new_vector(C)
     dbeta = new_vector(C)
@@ -250,14 +277,22 @@ def backward(object dy, object x, object mean, object invstd, object gamma, obje
     pdg, pdb = data(dgamma), data(dbeta)
     try:
         with nogil:
-            if typenum == cnp.NPY_FLOAT32:
+            if kind == K_F32:
                 backward_impl(<const float *>pdy, <const float *>px, <float *>pdx, &p, vec[0],
                               vec[1], vec[2], pdg, pdb, buf + 3 * C, nt, <const float *>pry,
                               <float *>pdr)
-            else:
+            elif kind == K_F64:
                 backward_impl(<const double *>pdy, <const double *>px, <double *>pdx, &p, vec[0],
                               vec[1], vec[2], pdg, pdb, buf + 3 * C, nt, <const double *>pry,
                               <double *>pdr)
+            elif kind == K_F16:
+                backward_impl(<const bn_f16 *>pdy, <const bn_f16 *>px, <bn_f16 *>pdx, &p, vec[0],
+                              vec[1], vec[2], pdg, pdb, buf + 3 * C, nt, <const bn_f16 *>pry,
+                              <bn_f16 *>pdr)
+            else:
+                backward_impl(<const bn_bf16 *>pdy, <const bn_bf16 *>px, <bn_bf16 *>pdx, &p,
+                              vec[0], vec[1], vec[2], pdg, pdb, buf + 3 * C, nt,
+                              <const bn_bf16 *>pry, <bn_bf16 *>pdr)
     finally:
         free(buf)
     if return_dresidual:
@@ -273,8 +308,8 @@ def backward_sums(object dy, object x, object mean, object invstd, object axis,
     cdef intp outer, C, inner
     cdef int nt, act
     cdef void *pry = NULL
-    cdef int typenum = plain_backward(dy, x, axis, n_threads, mean, invstd, &outer, &C, &inner,
-                                      &nt)
+    cdef int kind = plain_backward(dy, x, axis, n_threads, mean, invstd, &outer, &C, &inner,
+                                   &nt)
     cdef double *buf
     cdef const double *vec[2]
     cdef double *pdg
@@ -283,7 +318,7 @@ def backward_sums(object dy, object x, object mean, object invstd, object axis,
     cdef Plan p
     cdef void *pdy
     cdef void *px
-    if typenum < 0 or not plain_activation(activation, &act):
+    if kind < 0 or not plain_activation(activation, &act):
         return None
     if ((y is None) if act else (y is not None)) or not (y is None
                                                          or plain_like(y, <cnp.ndarray>x)):
@@ -301,12 +336,18 @@ def backward_sums(object dy, object x, object mean, object invstd, object axis,
     pdg, pdb = data(dgamma), data(dbeta)
     try:
         with nogil:
-            if typenum == cnp.NPY_FLOAT32:
+            if kind == K_F32:
                 backward_sums_impl(<const float *>pdy, <const float *>px, &p, vec[0], vec[1],
                                    pdg, pdb, nt, <const float *>pry)
-            else:
+            elif kind == K_F64:
                 backward_sums_impl(<const double *>pdy, <const double *>px, &p, vec[0], vec[1],
                                    pdg, pdb, nt, <const double *>pry)
+            elif kind == K_F16:
+                backward_sums_impl(<const bn_f16 *>pdy, <const bn_f16 *>px, &p, vec[0], vec[1],
+                                   pdg, pdb, nt, <const bn_f16 *>pry)
+            else:
+                backward_sums_impl(<const bn_bf16 *>pdy, <const bn_bf16 *>px, &p, vec[0],
+                                   vec[1], pdg, pdb, nt, <const bn_bf16 *>pry)
     finally:
         free(buf)
     return dgamma, dbeta
@@ -324,8 +365,8 @@ def backward_input(object dy, object x, object mean, object invstd, object gamma
     cdef object dres = None
     cdef void *pry = NULL
     cdef void *pdr = NULL
-    cdef int typenum = plain_backward(dy, x, axis, n_threads, mean, invstd, &outer, &C, &inner,
-                                      &nt)
+    cdef int kind = plain_backward(dy, x, axis, n_threads, mean, invstd, &outer, &C, &inner,
+                                   &nt)
     cdef double n
     cdef double *buf
     cdef const double *vec[5]
@@ -334,7 +375,7 @@ def backward_input(object dy, object x, object mean, object invstd, object gamma
     cdef void *pdy
     cdef void *px
     cdef void *pdx
-    if typenum < 0 or not plain_float(count, 0.0, INFINITY, True, &n):
+    if kind < 0 or not plain_float(count, 0.0, INFINITY, True, &n):
         return None
     if not (plain_optional(gamma, C, False) and plain_vector(dgamma, C, False)
             and plain_vector(dbeta, C, False) and plain_activation(activation, &act)
@@ -349,8 +390,7 @@ def backward_input(object dy, object x, object mean, object invstd, object gamma
     if y is not None:
         pry = cnp.PyArray_DATA(<cnp.ndarray>y)
     if return_dresidual:
-        dres = cnp.PyArray_EMPTY(cnp.PyArray_NDIM(<cnp.ndarray>x), (<cnp.ndarray>x).shape,
-                                 cnp.PyArray_TYPE(<cnp.ndarray>x), 0)
+        dres = new_like(<cnp.ndarray>x)
         pdr = cnp.PyArray_DATA(<cnp.ndarray>dres)
     p = make_plan(outer, C, inner, cnp.PyArray_ITEMSIZE(<cnp.ndarray>x), False, GRAD_TILE_C)
     buf = alloc_doubles(8 * C)  # five vectors as doubles; 3 * C of scratch
@@ -364,14 +404,22 @@ def backward_input(object dy, object x, object mean, object invstd, object gamma
     pdx = cnp.PyArray_DATA(<cnp.ndarray>dx)
     try:
         with nogil:
-            if typenum == cnp.NPY_FLOAT32:
+            if kind == K_F32:
                 grad_input(<const float *>pdy, <const float *>px, <float *>pdx, &p, vec[0],
                            vec[1], vec[2], vec[3], vec[4], n, buf + 5 * C, nt,
                            <const float *>pry, <float *>pdr)
-            else:
+            elif kind == K_F64:
                 grad_input(<const double *>pdy, <const double *>px, <double *>pdx, &p, vec[0],
                            vec[1], vec[2], vec[3], vec[4], n, buf + 5 * C, nt,
                            <const double *>pry, <double *>pdr)
+            elif kind == K_F16:
+                grad_input(<const bn_f16 *>pdy, <const bn_f16 *>px, <bn_f16 *>pdx, &p, vec[0],
+                           vec[1], vec[2], vec[3], vec[4], n, buf + 5 * C, nt,
+                           <const bn_f16 *>pry, <bn_f16 *>pdr)
+            else:
+                grad_input(<const bn_bf16 *>pdy, <const bn_bf16 *>px, <bn_bf16 *>pdx, &p,
+                           vec[0], vec[1], vec[2], vec[3], vec[4], n, buf + 5 * C, nt,
+                           <const bn_bf16 *>pry, <bn_bf16 *>pdr)
     finally:
         free(buf)
     if return_dresidual:
@@ -384,13 +432,13 @@ def moments(object x, object axis, object n_threads):
     None."""
     cdef intp outer, C, inner
     cdef int nt
-    cdef int typenum = plain_call(x, axis, n_threads, &outer, &C, &inner, &nt)
+    cdef int kind = plain_call(x, axis, n_threads, &outer, &C, &inner, &nt)
     cdef cnp.ndarray mean, m2
     cdef double *pm
     cdef double *pm2
     cdef Plan p
     cdef void *px
-    if typenum < 0:
+    if kind < 0:
         return None
     mean = new_vector(C)
     m2 = new_vector(C)
@@ -398,10 +446,14 @@ def moments(object x, object axis, object n_threads):
     p = make_plan(outer, C, inner, cnp.PyArray_ITEMSIZE(<cnp.ndarray>x))
     px = cnp.PyArray_DATA(<cnp.ndarray>x)
     with nogil:
-        if typenum == cnp.NPY_FLOAT32:
+        if kind == K_F32:
             channel_moments(<const float *>px, &p, pm, pm2, nt)
-        else:
+        elif kind == K_F64:
             channel_moments(<const double *>px, &p, pm, pm2, nt)
+        elif kind == K_F16:
+            channel_moments(<const bn_f16 *>px, &p, pm, pm2, nt)
+        else:
+            channel_moments(<const bn_bf16 *>px, &p, pm, pm2, nt)
     return mean, m2
 
 
@@ -560,6 +612,18 @@ def pool_backoffs():
     """How many times the pool backed off to one thread after a call waited for a helper
     that the scheduler had stopped (bn_pool.h)."""
     return bn_pool_backoffs()
+
+
+def half_loops():
+    """Which float16/bfloat16 loops run: x86-64-v3 (F16C), baseline or portable."""
+    return bn_half_loops().decode()
+
+
+def use_baseline_half_loops(bint baseline):
+    """Run the baseline half-precision loops on any CPU (True) or let the CPU choose
+    (False): for tests comparing the two. Returns half_loops()."""
+    bn_half_choose(0 if baseline else 1)
+    return half_loops()
 
 
 def compile_flags():

@@ -18,14 +18,9 @@ cdef void grad_sums_task(const floating *dy, const floating *x, const Plan *p, c
         sb[t] = 0.0
         for b in range(k * p.blocks_per_chunk, b1):
             run_block(p, b, &row0, &nrows, &start, &length)
-            if floating is float:
-                run_grad_sums_f32(dy + (row0 * p.C + t) * p.inner + start,
-                                  x + (row0 * p.C + t) * p.inner + start, nrows, length,
-                                  p.C * p.inner, mean[t], &ba, &bb)
-            else:
-                run_grad_sums_f64(dy + (row0 * p.C + t) * p.inner + start,
-                                  x + (row0 * p.C + t) * p.inner + start, nrows, length,
-                                  p.C * p.inner, mean[t], &ba, &bb)
+            k_run_grad_sums(dy + (row0 * p.C + t) * p.inner + start,
+                            x + (row0 * p.C + t) * p.inner + start, nrows, length,
+                            p.C * p.inner, mean[t], &ba, &bb)
             sa[t] += ba
             sb[t] += bb
         return
@@ -40,12 +35,8 @@ cdef void grad_sums_task(const floating *dy, const floating *x, const Plan *p, c
         for tt in range(t0, t1):
             c0 = tt * p.ctile
             nc = min(p.ctile, p.C - c0)
-            if floating is float:
-                tile_grad_sums_f32(dy + row0 * p.C + c0, x + row0 * p.C + c0, nrows, nc, p.C,
-                                   mean + c0, ta, tb)
-            else:
-                tile_grad_sums_f64(dy + row0 * p.C + c0, x + row0 * p.C + c0, nrows, nc, p.C,
-                                   mean + c0, ta, tb)
+            k_tile_grad_sums(dy + row0 * p.C + c0, x + row0 * p.C + c0, nrows, nc, p.C,
+                             mean + c0, ta, tb)
             for j in range(nc):
                 sa[c0 + j] += ta[j]
                 sb[c0 + j] += tb[j]
@@ -112,24 +103,15 @@ cdef void grad_input_body(const floating *x, void *job, intp seg) noexcept nogil
     if dr != NULL:
         dr = dr + off
     if p.tiled:
-        if floating is float:
-            if j.f32:
-                row_grad_input_f32c(dy + off, x + off, dx + off, nrows, ncols, j.frep[0],
-                                    j.frep[1], j.frep[2], j.frep[3], j.frep[4], j.frep[5], ry,
-                                    dr, j.stream)
-            else:
-                row_grad_input_fused_f32(dy + off, x + off, dx + off, nrows, ncols, j.rep[0],
-                                         j.rep[1], j.rep[2], j.rep[3], ry, dr, j.stream)
+        if floating is not double and j.f32:
+            k_row_grad_input_c(dy + off, x + off, dx + off, nrows, ncols, j.frep[0], j.frep[1],
+                               j.frep[2], j.frep[3], j.frep[4], j.frep[5], ry, dr, j.stream)
         else:
-            row_grad_input_fused_f64(dy + off, x + off, dx + off, nrows, ncols, j.rep[0],
-                                     j.rep[1], j.rep[2], j.rep[3], ry, dr, j.stream)
+            k_row_grad_input(dy + off, x + off, dx + off, nrows, ncols, j.rep[0], j.rep[1],
+                             j.rep[2], j.rep[3], ry, dr, j.stream)
         return
-    if floating is float:
-        run_grad_input_fused_f32(dy + off, x + off, dx + off, length, j.coef[0][c],
-                                 j.coef[1][c], j.coef[2][c], j.coef[3][c], ry, dr, j.stream)
-    else:
-        run_grad_input_fused_f64(dy + off, x + off, dx + off, length, j.coef[0][c],
-                                 j.coef[1][c], j.coef[2][c], j.coef[3][c], ry, dr, j.stream)
+    k_run_grad_input(dy + off, x + off, dx + off, length, j.coef[0][c], j.coef[1][c],
+                     j.coef[2][c], j.coef[3][c], ry, dr, j.stream)
 
 
 cdef inline void grad_coefficients(double count, double dbeta, double dgamma, double invstd,
@@ -214,14 +196,9 @@ cdef void backward_channel(const floating *x, void *job, intp c) noexcept nogil:
                       j.gamma, c, &a, &b, &k)
     for o in range(p.outer):
         off = (o * p.C + c) * p.inner
-        if floating is float:
-            run_grad_input_fused_f32(dy + off, x + off, dx + off, p.inner, j.mean[c], a, b, k,
-                                     ry + off if ry != NULL else ry,
-                                     dr + off if dr != NULL else dr, j.stream)
-        else:
-            run_grad_input_fused_f64(dy + off, x + off, dx + off, p.inner, j.mean[c], a, b, k,
-                                     ry + off if ry != NULL else ry,
-                                     dr + off if dr != NULL else dr, j.stream)
+        k_run_grad_input(dy + off, x + off, dx + off, p.inner, j.mean[c], a, b, k,
+                         ry + off if ry != NULL else ry, dr + off if dr != NULL else dr,
+                         j.stream)
 
 
 cdef int backward_impl(const floating *dy, const floating *x, floating *dx, const Plan *p,
@@ -284,12 +261,8 @@ cdef void masked_sums_task(const floating *dy, const floating *x, const floating
         for b in range(k * p.blocks_per_chunk, b1):
             run_block(p, b, &row0, &nrows, &start, &length)
             o = (row0 * p.C + t) * p.inner + start
-            if floating is float:
-                run_grad_sums_masked_f32(dy + o, x + o, ry + o, nrows, length, p.C * p.inner,
-                                         mean[t], &ba, &bb)
-            else:
-                run_grad_sums_masked_f64(dy + o, x + o, ry + o, nrows, length, p.C * p.inner,
-                                         mean[t], &ba, &bb)
+            k_run_grad_sums_masked(dy + o, x + o, ry + o, nrows, length, p.C * p.inner,
+                                   mean[t], &ba, &bb)
             sa[t] += ba
             sb[t] += bb
         return
@@ -305,12 +278,7 @@ cdef void masked_sums_task(const floating *dy, const floating *x, const floating
             c0 = tt * p.ctile
             nc = min(p.ctile, p.C - c0)
             o = row0 * p.C + c0
-            if floating is float:
-                tile_grad_sums_masked_f32(dy + o, x + o, ry + o, nrows, nc, p.C, mean + c0, ta,
-                                          tb)
-            else:
-                tile_grad_sums_masked_f64(dy + o, x + o, ry + o, nrows, nc, p.C, mean + c0, ta,
-                                          tb)
+            k_tile_grad_sums_masked(dy + o, x + o, ry + o, nrows, nc, p.C, mean + c0, ta, tb)
             for j in range(nc):
                 sa[c0 + j] += ta[j]
                 sb[c0 + j] += tb[j]

@@ -1,6 +1,8 @@
-/* Elementwise passes of bn_loops.h, a template body: included once with BN_T = float, once
- * with BN_T = double (before the reductions of bn_stats_impl.h).  Runs and tile rows are as
- * in bn_stats_impl.h.
+/* Elementwise passes of bn_loops.h, a template body: included once per element type, BN_T =
+ * float, double, bn_f16 or bn_bf16 (before the reductions of bn_stats_impl.h).  Runs and tile
+ * rows are as in bn_stats_impl.h.  Values are read with BN_LD (to double) or BN_LDF (to
+ * float) and written with BN_STD / BN_STF, which are plain conversions for float and double
+ * and the widening and rounding of bn_half.h for the half types.
  *
  * Elementwise loops may run in place (y == x exactly); the Python layer never passes
  * partially overlapping buffers, so they carry no dependence between iterations.
@@ -15,7 +17,7 @@
  * instead of 4, when the coefficients are in range (bn_f32_bad, bn_loops.h), else in float64
  * and rounded once at the end, like float64 data.  Tile rows: the Cython layer converts the
  * coefficients of a row to float32 once per operation (elementwise.pxi f32_coefficients) and
- * calls row_normalize_f32c / row_grad_input_f32c for rows of every width, or the float64 row
+ * calls row_normalize_c / row_grad_input_c for rows of every width, or the float64 row
  * loop for the whole pass when one coefficient is out of range.  (Converted here on every
  * call, for a segment of 4 to 16 rows, they cost about 7 cycles a column: more than wide rows
  * save, so row_normalize_ep still takes the float32 loop only up to BN_F32_ROW_COLS columns.)
@@ -88,68 +90,153 @@
  * instantiate the bodies once per combination, so no test is left in the inner loops.
  */
 
-#define BN_FORWARD_EPILOGUE(v, res, act, i)                                                  \
+/* LD / ST: the load and store conversions of the loop's arithmetic (BN_LDF and BN_STF in the
+ * float32 loops, BN_LD and BN_STD in the float64 ones).  The residual is added to v rounded to
+ * BN_T, and the sum rounded to BN_T, before the ReLU: for float and double the rounding of a
+ * value already in BN_T is nothing and LD(ST(a) + ...) rounds as BN_T arithmetic does. */
+#define BN_FORWARD_EPILOGUE(v, res, act, i, LD, ST)                                          \
     do {                                                                                     \
         if (res)                                                                             \
-            (v) = (BN_T)(v) + (res)[i];                                                      \
+            (v) = LD(ST(LD(ST(v)) + LD((res)[i])));                                          \
         if ((act) && (v) < 0)                                                                \
             (v) = 0;                                                                         \
     } while (0)
 
-#define BN_BACKWARD_PROLOGUE(g, relu_y, dres, i)                                             \
+#define BN_BACKWARD_PROLOGUE(g, relu_y, dres, i, ST)                                         \
     do {                                                                                     \
         if (relu_y)                                                                          \
-            (g) = BN_RELU_MASK((g), (relu_y)[i]);                                            \
+            (g) = BN_ZERO_UNLESS((g), BN_POS((relu_y)[i]));                                  \
         if (dres)                                                                            \
-            (dres)[i] = (BN_T)(g);                                                           \
+            (dres)[i] = ST(g);                                                               \
     } while (0)
 
-#if BN_F32
-BN_INLINE void bn_normalize_span_f32(const float *x, float *y, npy_intp len, float mh, float ml,
-                                     float s, float b, const float *res, int act)
+#if BN_LOWP
+#if BN_HALF && defined(BN_HALF_VECTORS)
+/* Half types: eight values a time in float32 vectors (bn_half.h's loads and stores), the
+ * scalar loop below for the rest; the same float32 operations in the same order. */
+#ifndef BN_VF8
+#define BN_VF8(s) ((bn_vf8){(s), (s), (s), (s), (s), (s), (s), (s)})
+#endif
+BN_INLINE bn_vf8 BN_FN(round8)(bn_vf8 v)
 {
+    BN_T t[8];
+    BN_FN(store8)(t, v);
+    return BN_FN(load8)(t);
+}
+
+BN_INLINE bn_vf8 BN_FN(epilogue8)(bn_vf8 v, const BN_T *res, int act)
+{
+    if (res)
+        v = BN_FN(round8)(BN_FN(round8)(v) + BN_FN(load8)(res));
+    if (act)
+        v = bn_vu8_as_f32(bn_vsel((bn_vi8)(v < BN_VF8(0.0f)), BN_VU8(0u), bn_vf8_bits(v)));
+    return v;
+}
+
+BN_INLINE bn_vf8 BN_FN(prologue8)(bn_vf8 g, const BN_T *relu_y, BN_T *dres)
+{
+    if (relu_y) {
+        const bn_vf8 y = BN_FN(load8)(relu_y);
+        g = bn_vu8_as_f32(bn_vsel((bn_vi8)(y > BN_VF8(0.0f)), bn_vf8_bits(g), BN_VU8(0u)));
+    }
+    if (dres)
+        BN_FN(store8)(dres, g);
+    return g;
+}
+#define BN_SPAN8 1
+#else
+#define BN_SPAN8 0
+#endif
+
+BN_INLINE void BN_FN(normalize_span_lp)(const BN_T *x, BN_T *y, npy_intp len, float mh,
+                                        float ml, float s, float b, const BN_T *res, int act)
+{
+    npy_intp i = 0;
+#if BN_SPAN8
+    for (; i + 8 <= len; i += 8) {
+        bn_vf8 v = ((BN_FN(load8)(x + i) - BN_VF8(mh)) - BN_VF8(ml)) * BN_VF8(s) + BN_VF8(b);
+        BN_FN(store8)(y + i, BN_FN(epilogue8)(v, res ? res + i : NULL, act));
+    }
+#endif
     BN_IVDEP
-    for (npy_intp i = 0; i < len; i++) {
-        float v = ((x[i] - mh) - ml) * s + b;
-        BN_FORWARD_EPILOGUE(v, res, act, i);
-        y[i] = v;
+    for (; i < len; i++) {
+        float v = ((BN_LDF(x[i]) - mh) - ml) * s + b;
+        BN_FORWARD_EPILOGUE(v, res, act, i, BN_LDF, BN_STF);
+        y[i] = BN_STF(v);
     }
 }
 
-BN_INLINE void bn_normalize_row_span_f32(const float *x, float *y, npy_intp ncols,
-                                         const float *mh, const float *ml, const float *s,
-                                         const float *b, const float *res, int act)
+BN_INLINE void BN_FN(normalize_row_span_lp)(const BN_T *x, BN_T *y, npy_intp ncols,
+                                            const float *mh, const float *ml, const float *s,
+                                            const float *b, const BN_T *res, int act)
 {
+    npy_intp c = 0;
+#if BN_SPAN8
+    for (; c + 8 <= ncols; c += 8) {
+        bn_vf8 m_h, m_l, sc, sh;
+        memcpy(&m_h, mh + c, sizeof m_h);
+        memcpy(&m_l, ml + c, sizeof m_l);
+        memcpy(&sc, s + c, sizeof sc);
+        memcpy(&sh, b + c, sizeof sh);
+        bn_vf8 v = ((BN_FN(load8)(x + c) - m_h) - m_l) * sc + sh;
+        BN_FN(store8)(y + c, BN_FN(epilogue8)(v, res ? res + c : NULL, act));
+    }
+#endif
     BN_IVDEP
-    for (npy_intp c = 0; c < ncols; c++) {
-        float v = ((x[c] - mh[c]) - ml[c]) * s[c] + b[c];
-        BN_FORWARD_EPILOGUE(v, res, act, c);
-        y[c] = v;
+    for (; c < ncols; c++) {
+        float v = ((BN_LDF(x[c]) - mh[c]) - ml[c]) * s[c] + b[c];
+        BN_FORWARD_EPILOGUE(v, res, act, c, BN_LDF, BN_STF);
+        y[c] = BN_STF(v);
     }
 }
 
-BN_INLINE void bn_grad_input_span_f32(const float *dy, const float *x, float *dx, npy_intp len,
-                                      float ah, float al, float k, float mh, float ml, float w,
-                                      const float *relu_y, float *dres)
+BN_INLINE void BN_FN(grad_input_span_lp)(const BN_T *dy, const BN_T *x, BN_T *dx, npy_intp len,
+                                         float ah, float al, float k, float mh, float ml,
+                                         float w, const BN_T *relu_y, BN_T *dres)
 {
+    npy_intp i = 0;
+#if BN_SPAN8
+    for (; i + 8 <= len; i += 8) {
+        const bn_vf8 g = BN_FN(prologue8)(BN_FN(load8)(dy + i), relu_y ? relu_y + i : NULL,
+                                          dres ? dres + i : NULL);
+        BN_FN(store8)(dx + i, ((g - BN_VF8(ah)) - BN_VF8(al)) * BN_VF8(k)
+                                  - ((BN_FN(load8)(x + i) - BN_VF8(mh)) - BN_VF8(ml))
+                                        * BN_VF8(w));
+    }
+#endif
     BN_IVDEP
-    for (npy_intp i = 0; i < len; i++) {
-        float g = dy[i];
-        BN_BACKWARD_PROLOGUE(g, relu_y, dres, i);
-        dx[i] = ((g - ah) - al) * k - ((x[i] - mh) - ml) * w;
+    for (; i < len; i++) {
+        float g = BN_LDF(dy[i]);
+        BN_BACKWARD_PROLOGUE(g, relu_y, dres, i, BN_STF);
+        dx[i] = BN_STF(((g - ah) - al) * k - ((BN_LDF(x[i]) - mh) - ml) * w);
     }
 }
 
-BN_INLINE void bn_grad_input_row_span_f32(const float *dy, const float *x, float *dx,
-                                          npy_intp ncols, const float *ah, const float *al,
-                                          const float *k, const float *mh, const float *ml,
-                                          const float *w, const float *relu_y, float *dres)
+BN_INLINE void BN_FN(grad_input_row_span_lp)(const BN_T *dy, const BN_T *x, BN_T *dx,
+                                             npy_intp ncols, const float *ah, const float *al,
+                                             const float *k, const float *mh, const float *ml,
+                                             const float *w, const BN_T *relu_y, BN_T *dres)
 {
+    npy_intp c = 0;
+#if BN_SPAN8
+    for (; c + 8 <= ncols; c += 8) {
+        bn_vf8 a_h, a_l, kv, m_h, m_l, wv;
+        memcpy(&a_h, ah + c, sizeof a_h);
+        memcpy(&a_l, al + c, sizeof a_l);
+        memcpy(&kv, k + c, sizeof kv);
+        memcpy(&m_h, mh + c, sizeof m_h);
+        memcpy(&m_l, ml + c, sizeof m_l);
+        memcpy(&wv, w + c, sizeof wv);
+        const bn_vf8 g = BN_FN(prologue8)(BN_FN(load8)(dy + c), relu_y ? relu_y + c : NULL,
+                                          dres ? dres + c : NULL);
+        BN_FN(store8)(dx + c, ((g - a_h) - a_l) * kv - ((BN_FN(load8)(x + c) - m_h) - m_l) * wv);
+    }
+#endif
     BN_IVDEP
-    for (npy_intp c = 0; c < ncols; c++) {
-        float g = dy[c];
-        BN_BACKWARD_PROLOGUE(g, relu_y, dres, c);
-        dx[c] = ((g - ah[c]) - al[c]) * k[c] - ((x[c] - mh[c]) - ml[c]) * w[c];
+    for (; c < ncols; c++) {
+        float g = BN_LDF(dy[c]);
+        BN_BACKWARD_PROLOGUE(g, relu_y, dres, c, BN_STF);
+        dx[c] = BN_STF(((g - ah[c]) - al[c]) * k[c] - ((BN_LDF(x[c]) - mh[c]) - ml[c]) * w[c]);
     }
 }
 #endif
@@ -162,9 +249,9 @@ BN_INLINE void BN_FN(normalize_span)(const BN_T *x, BN_T *y, npy_intp len, doubl
 {
     BN_IVDEP
     for (npy_intp i = 0; i < len; i++) {
-        double v = ((double)x[i] - mean) * scale + shift;
-        BN_FORWARD_EPILOGUE(v, res, act, i);
-        y[i] = (BN_T)v;
+        double v = (BN_LD(x[i]) - mean) * scale + shift;
+        BN_FORWARD_EPILOGUE(v, res, act, i, BN_LD, BN_STD);
+        y[i] = BN_STD(v);
     }
 }
 
@@ -174,9 +261,9 @@ BN_INLINE void BN_FN(normalize_row_span)(const BN_T *x, BN_T *y, npy_intp ncols,
 {
     BN_IVDEP
     for (npy_intp c = 0; c < ncols; c++) {
-        double v = ((double)x[c] - mean[c]) * scale[c] + shift[c];
-        BN_FORWARD_EPILOGUE(v, res, act, c);
-        y[c] = (BN_T)v;
+        double v = (BN_LD(x[c]) - mean[c]) * scale[c] + shift[c];
+        BN_FORWARD_EPILOGUE(v, res, act, c, BN_LD, BN_STD);
+        y[c] = BN_STD(v);
     }
 }
 
@@ -186,9 +273,9 @@ BN_INLINE void BN_FN(grad_input_span)(const BN_T *dy, const BN_T *x, BN_T *dx, n
 {
     BN_IVDEP
     for (npy_intp i = 0; i < len; i++) {
-        double g = (double)dy[i];
-        BN_BACKWARD_PROLOGUE(g, relu_y, dres, i);
-        dx[i] = (BN_T)(((g - a) - ((double)x[i] - mean) * b) * k);
+        double g = BN_LD(dy[i]);
+        BN_BACKWARD_PROLOGUE(g, relu_y, dres, i, BN_STD);
+        dx[i] = BN_STD(((g - a) - (BN_LD(x[i]) - mean) * b) * k);
     }
 }
 
@@ -199,9 +286,9 @@ BN_INLINE void BN_FN(grad_input_row_span)(const BN_T *dy, const BN_T *x, BN_T *d
 {
     BN_IVDEP
     for (npy_intp c = 0; c < ncols; c++) {
-        double g = (double)dy[c];
-        BN_BACKWARD_PROLOGUE(g, relu_y, dres, c);
-        dx[c] = (BN_T)(((g - a[c]) - ((double)x[c] - mean[c]) * b[c]) * k[c]);
+        double g = BN_LD(dy[c]);
+        BN_BACKWARD_PROLOGUE(g, relu_y, dres, c, BN_STD);
+        dx[c] = BN_STD(((g - a[c]) - (BN_LD(x[c]) - mean[c]) * b[c]) * k[c]);
     }
 }
 
@@ -215,7 +302,7 @@ BN_INLINE void BN_FN(run_normalize_ep)(const BN_T *x, BN_T *y, npy_intp len, dou
 {
     BN_T buf[BN_STREAM_BUF];
     const npy_intp step = stream ? BN_STREAM_BUF : len;
-#if BN_F32
+#if BN_LOWP
     float mh, ml, s, b;
     const int f32 = bn_f32_norm_coefs(&mean, &scale, &shift, 1, &mh, &ml, &s, &b);
 #endif
@@ -223,9 +310,9 @@ BN_INLINE void BN_FN(run_normalize_ep)(const BN_T *x, BN_T *y, npy_intp len, dou
         const npy_intp n = len - i < step ? len - i : step;
         BN_T *dst = stream ? buf : y + i;
         const BN_T *r = res ? res + i : NULL;
-#if BN_F32
+#if BN_LOWP
         if (f32)
-            bn_normalize_span_f32(x + i, dst, n, mh, ml, s, b, r, act);
+            BN_FN(normalize_span_lp)(x + i, dst, n, mh, ml, s, b, r, act);
         else
 #endif
             BN_FN(normalize_span)(x + i, dst, n, mean, scale, shift, r, act);
@@ -243,12 +330,12 @@ BN_INLINE void BN_FN(row_normalize_ep)(const BN_T *x, BN_T *y, npy_intp nrows, n
 {
     BN_T buf[BN_STREAM_BUF];
     npy_intp r = 0;
-#if BN_F32
+#if BN_LOWP
     float mh[BN_F32_ROW_COLS], ml[BN_F32_ROW_COLS], s[BN_F32_ROW_COLS], b[BN_F32_ROW_COLS];
     if (ncols <= BN_F32_ROW_COLS && bn_f32_norm_coefs(mean, scale, shift, ncols, mh, ml, s, b)) {
         for (; r < nrows; r++) {
             const npy_intp o = r * ncols;
-            bn_normalize_row_span_f32(x + o, stream ? buf : y + o, ncols, mh, ml, s, b,
+            BN_FN(normalize_row_span_lp)(x + o, stream ? buf : y + o, ncols, mh, ml, s, b,
                                       res ? res + o : NULL, act);
             if (stream)
                 BN_FN(bn_stream_store)(y + o, buf, ncols);
@@ -283,7 +370,7 @@ BN_INLINE void BN_FN(run_grad_input_ep)(const BN_T *dy, const BN_T *x, BN_T *dx,
 {
     BN_T buf[BN_STREAM_BUF];
     const npy_intp step = stream ? BN_STREAM_BUF : len;
-#if BN_F32
+#if BN_LOWP
     float ah, al, kf, mh, ml, w;
     const int f32 = bn_f32_grad_coefs(&mean, &a, &b, &k, 1, &ah, &al, &kf, &mh, &ml, &w);
 #endif
@@ -292,9 +379,9 @@ BN_INLINE void BN_FN(run_grad_input_ep)(const BN_T *dy, const BN_T *x, BN_T *dx,
         BN_T *dst = stream ? buf : dx + i;
         const BN_T *ry = relu_y ? relu_y + i : NULL;
         BN_T *dr = dres ? dres + i : NULL;
-#if BN_F32
+#if BN_LOWP
         if (f32)
-            bn_grad_input_span_f32(dy + i, x + i, dst, n, ah, al, kf, mh, ml, w, ry, dr);
+            BN_FN(grad_input_span_lp)(dy + i, x + i, dst, n, ah, al, kf, mh, ml, w, ry, dr);
         else
 #endif
             BN_FN(grad_input_span)(dy + i, x + i, dst, n, mean, a, b, k, ry, dr);
@@ -312,14 +399,14 @@ BN_INLINE void BN_FN(row_grad_input_ep)(const BN_T *dy, const BN_T *x, BN_T *dx,
 {
     BN_T buf[BN_STREAM_BUF];
     npy_intp r = 0;
-#if BN_F32
+#if BN_LOWP
     float ah[BN_F32_ROW_COLS], al[BN_F32_ROW_COLS], kf[BN_F32_ROW_COLS], mh[BN_F32_ROW_COLS],
         ml[BN_F32_ROW_COLS], w[BN_F32_ROW_COLS];
     if (ncols <= BN_F32_ROW_COLS
         && bn_f32_grad_coefs(mean, a, b, k, ncols, ah, al, kf, mh, ml, w)) {
         for (; r < nrows; r++) {
             const npy_intp o = r * ncols;
-            bn_grad_input_row_span_f32(dy + o, x + o, stream ? buf : dx + o, ncols, ah, al, kf,
+            BN_FN(grad_input_row_span_lp)(dy + o, x + o, stream ? buf : dx + o, ncols, ah, al, kf,
                                        mh, ml, w, relu_y ? relu_y + o : NULL,
                                        dres ? dres + o : NULL);
             if (stream)
@@ -452,79 +539,79 @@ BN_TARGET static void BN_FN(row_grad_input_fused)(const BN_T *dy, const BN_T *x,
 #undef BN_CALL
 }
 
-#if BN_F32
+#if BN_LOWP
 /* Tile rows of any width with coefficients already in float32 (bn_f32_norm_coefs /
  * bn_f32_grad_coefs, called once per operation by the Cython layer, which runs the float64
  * row loop instead when they report a coefficient out of range). */
-BN_INLINE void bn_row_normalize_f32c_ep(const float *x, float *y, npy_intp nrows,
+BN_INLINE void BN_FN(row_normalize_c_ep)(const BN_T *x, BN_T *y, npy_intp nrows,
                                         npy_intp ncols, const float *mh, const float *ml,
-                                        const float *s, const float *b, const float *res,
+                                        const float *s, const float *b, const BN_T *res,
                                         int act, int stream)
 {
-    float buf[BN_STREAM_BUF];
+    BN_T buf[BN_STREAM_BUF];
     for (npy_intp r = 0; r < nrows; r++) {
         const npy_intp o = r * ncols;
         if (!stream) {
-            bn_normalize_row_span_f32(x + o, y + o, ncols, mh, ml, s, b, res ? res + o : NULL,
+            BN_FN(normalize_row_span_lp)(x + o, y + o, ncols, mh, ml, s, b, res ? res + o : NULL,
                                       act);
             continue;
         }
         for (npy_intp i = 0; i < ncols; i += BN_STREAM_BUF) {
             const npy_intp n = ncols - i < BN_STREAM_BUF ? ncols - i : BN_STREAM_BUF;
-            bn_normalize_row_span_f32(x + o + i, buf, n, mh + i, ml + i, s + i, b + i,
+            BN_FN(normalize_row_span_lp)(x + o + i, buf, n, mh + i, ml + i, s + i, b + i,
                                       res ? res + o + i : NULL, act);
-            bn_stream_store_f32(y + o + i, buf, n);
+            BN_FN(bn_stream_store)(y + o + i, buf, n);
         }
     }
     if (stream)
         bn_stream_fence();
 }
 
-BN_TARGET static void row_normalize_f32c(const float *x, float *y, npy_intp nrows,
+BN_TARGET static void BN_FN(row_normalize_c)(const BN_T *x, BN_T *y, npy_intp nrows,
                                          npy_intp ncols, const float *mh, const float *ml,
-                                         const float *s, const float *b, const float *res,
+                                         const float *s, const float *b, const BN_T *res,
                                          int act, int stream)
 {
-#define BN_CALL(R, A) bn_row_normalize_f32c_ep(x, y, nrows, ncols, mh, ml, s, b, R, A, stream)
+#define BN_CALL(R, A) BN_FN(row_normalize_c_ep)(x, y, nrows, ncols, mh, ml, s, b, R, A, stream)
     BN_FWD_DISPATCH(BN_CALL);
 #undef BN_CALL
 }
 
-BN_INLINE void bn_row_grad_input_f32c_ep(const float *dy, const float *x, float *dx,
+BN_INLINE void BN_FN(row_grad_input_c_ep)(const BN_T *dy, const BN_T *x, BN_T *dx,
                                          npy_intp nrows, npy_intp ncols, const float *ah,
                                          const float *al, const float *kf, const float *mh,
-                                         const float *ml, const float *w, const float *relu_y,
-                                         float *dres, int stream)
+                                         const float *ml, const float *w, const BN_T *relu_y,
+                                         BN_T *dres, int stream)
 {
-    float buf[BN_STREAM_BUF];
+    BN_T buf[BN_STREAM_BUF];
     for (npy_intp r = 0; r < nrows; r++) {
         const npy_intp o = r * ncols;
         if (!stream) {
-            bn_grad_input_row_span_f32(dy + o, x + o, dx + o, ncols, ah, al, kf, mh, ml, w,
+            BN_FN(grad_input_row_span_lp)(dy + o, x + o, dx + o, ncols, ah, al, kf, mh, ml, w,
                                        relu_y ? relu_y + o : NULL, dres ? dres + o : NULL);
             continue;
         }
         for (npy_intp i = 0; i < ncols; i += BN_STREAM_BUF) {
             const npy_intp n = ncols - i < BN_STREAM_BUF ? ncols - i : BN_STREAM_BUF;
-            bn_grad_input_row_span_f32(dy + o + i, x + o + i, buf, n, ah + i, al + i, kf + i,
+            BN_FN(grad_input_row_span_lp)(dy + o + i, x + o + i, buf, n, ah + i, al + i, kf + i,
                                        mh + i, ml + i, w + i,
                                        relu_y ? relu_y + o + i : NULL,
                                        dres ? dres + o + i : NULL);
-            bn_stream_store_f32(dx + o + i, buf, n);
+            BN_FN(bn_stream_store)(dx + o + i, buf, n);
         }
     }
     if (stream)
         bn_stream_fence();
 }
 
-BN_TARGET static void row_grad_input_f32c(const float *dy, const float *x, float *dx,
+BN_TARGET static void BN_FN(row_grad_input_c)(const BN_T *dy, const BN_T *x, BN_T *dx,
                                           npy_intp nrows, npy_intp ncols, const float *ah,
                                           const float *al, const float *kf, const float *mh,
                                           const float *ml, const float *w,
-                                          const float *relu_y, float *dres, int stream)
+                                          const BN_T *relu_y, BN_T *dres, int stream)
 {
 #define BN_CALL(R, D) \
-    bn_row_grad_input_f32c_ep(dy, x, dx, nrows, ncols, ah, al, kf, mh, ml, w, R, D, stream)
+    BN_FN(row_grad_input_c_ep)(dy, x, dx, nrows, ncols, ah, al, kf, mh, ml, w, R, D, stream)
     BN_BWD_DISPATCH(BN_CALL);
 #undef BN_CALL
 }
@@ -532,6 +619,7 @@ BN_TARGET static void row_grad_input_f32c(const float *dy, const float *x, float
 
 #undef BN_FWD_DISPATCH
 #undef BN_BWD_DISPATCH
+#undef BN_SPAN8
 #undef BN_FORWARD_EPILOGUE
 #undef BN_BACKWARD_PROLOGUE
 

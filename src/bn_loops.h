@@ -1,4 +1,4 @@
-/* Innermost loops of the bnfast kernels, for float and double.
+/* Innermost loops of the bnfast kernels, for float, double, float16 and bfloat16.
  *
  * Everything here works on one block that fits in cache; the Cython layer (_kernels.pyx)
  * decides the blocking, the parallel split and the merge order.  Sums are kept in float64
@@ -8,6 +8,12 @@
  * Portable C: the compiler vectorizes the lane loops.  On x86-64 Linux with GCC the hot
  * functions are also cloned for AVX2 and picked at load time (ifunc), so wheels built for
  * baseline x86-64 still use 256-bit vectors where the CPU has them.
+ *
+ * Half types (bn_half.h) are loaded and stored by the same loops, widened to float32 in
+ * registers: the float32 elementwise loops and the float64 reductions are float32's, on
+ * the widened values.  On x86-64 with GCC or clang their loops are compiled twice, for
+ * x86-64-v3 (F16C converts eight values an instruction) and for baseline x86-64 (integer
+ * arithmetic on the bits), and the first call picks one (bn_half_inst.h).
  */
 #ifndef BN_LOOPS_H
 #define BN_LOOPS_H
@@ -18,10 +24,18 @@
 
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__) \
     && !defined(__AVX2__) && !defined(BNFAST_NO_DISPATCH) && !defined(__SANITIZE_ADDRESS__)
-#define BN_TARGET __attribute__((target_clones("avx2", "default")))
+#define BN_CLONES_AVX2 1
+#ifdef BNFAST_AVX512
+/* x86-64-v4 (AVX-512 F/BW/DQ/VL) clones as well: a build switch until they are measured on
+ * AVX-512 hardware (docs/design.md §3, "Instruction sets"). */
+#define BN_CLONES __attribute__((target_clones("arch=x86-64-v4", "avx2", "default")))
 #else
-#define BN_TARGET
+#define BN_CLONES __attribute__((target_clones("avx2", "default")))
 #endif
+#else
+#define BN_CLONES
+#endif
+#define BN_TARGET BN_CLONES
 
 #include <string.h>
 
@@ -252,46 +266,105 @@ BN_INLINE int bn_f32_grad_coefs(const double *mean, const double *a, const doubl
 }
 
 /* The ReLU's gradient mask, g where y > 0 else +0 (also for y NaN), as an and of the bits:
- * no branch and no conditional load, so the loops that use it stay vectorized. */
+ * no branch and no conditional load, so the loops that use it stay vectorized.  pos is
+ * (y > 0), BN_POS(y) of the element type. */
 #include <stdint.h>
-static inline float bn_relu_mask_f(float g, float y)
+#include "bn_half.h"
+static inline float bn_zero_unless_f(float g, int pos)
 {
     uint32_t b;
     memcpy(&b, &g, sizeof b);
-    b &= (uint32_t)0 - (uint32_t)(y > 0);
+    b &= (uint32_t)0 - (uint32_t)pos;
     memcpy(&g, &b, sizeof g);
     return g;
 }
-static inline double bn_relu_mask_d(double g, double y)
+static inline double bn_zero_unless_d(double g, int pos)
 {
     uint64_t b;
     memcpy(&b, &g, sizeof b);
-    b &= (uint64_t)0 - (uint64_t)(y > 0);
+    b &= (uint64_t)0 - (uint64_t)pos;
     memcpy(&g, &b, sizeof g);
     return g;
 }
-#define BN_RELU_MASK(g, y) _Generic((g), float: bn_relu_mask_f, double: bn_relu_mask_d)((g), (y))
+#define BN_ZERO_UNLESS(g, pos) \
+    _Generic((g), float: bn_zero_unless_f, double: bn_zero_unless_d)((g), (pos))
 
+/* y > 0 for the half types: 0 < bits <= +infinity's (NaN and negative values are not). */
+static inline int bn_pos_f16(bn_f16 y) { return (uint16_t)(y.bits - 1u) < 0x7c00u; }
+static inline int bn_pos_bf16(bn_bf16 y) { return (uint16_t)(y.bits - 1u) < 0x7f80u; }
+static inline bn_f16 bn_masked_f16(bn_f16 g, bn_f16 y)
+{
+    g.bits &= (uint16_t)(0u - (unsigned)bn_pos_f16(y));
+    return g;
+}
+static inline bn_bf16 bn_masked_bf16(bn_bf16 g, bn_bf16 y)
+{
+    g.bits &= (uint16_t)(0u - (unsigned)bn_pos_bf16(y));
+    return g;
+}
+
+/* Non-temporal stores of 16-bit values (the half types). */
+static inline void bn_stream_store_u16(uint16_t *dst, const uint16_t *src, npy_intp n)
+{
+#if defined(__SSE2__) || defined(_M_X64)
+    npy_intp i = 0;
+    for (; i < n && ((uintptr_t)(dst + i) & 15); i++)
+        dst[i] = src[i];
+    for (; i + 8 <= n; i += 8)
+        _mm_stream_si128((__m128i *)(void *)(dst + i),
+                         _mm_loadu_si128((const __m128i *)(const void *)(src + i)));
+    for (; i < n; i++)
+        dst[i] = src[i];
+#else
+    memcpy(dst, src, (size_t)n * sizeof *dst);
+#endif
+}
+
+/* The instantiations.  BN_LD / BN_LDF read an element as double / float, BN_STD / BN_STF
+ * store a double / float result; BN_LOWP: the float32 elementwise loops exist (float32 and
+ * the half types); BN_HALF: a half type (bn_half_inst.h). */
 #define BN_T float
 #define BN_F32 1
+#define BN_LOWP 1
+#define BN_HALF 0
 #define BN_FN(name) name##_f32
 #define BN_VLOAD BN_VLOAD_f32
+#define BN_LD(v) ((double)(v))
+#define BN_LDF(v) (v)
+#define BN_STD(d) ((float)(d))
+#define BN_STF(f) (f)
+#define BN_POS(y) ((y) > 0)
+#define BN_MASKED(g, y) BN_ZERO_UNLESS((g), (y) > 0)
 #include "bn_elementwise_impl.h"
 #include "bn_stats_impl.h"
 #undef BN_T
 #undef BN_F32
+#undef BN_LOWP
 #undef BN_FN
 #undef BN_VLOAD
+#undef BN_STD
+#undef BN_LDF
+#undef BN_STF
 
 #define BN_T double
 #define BN_F32 0
+#define BN_LOWP 0
 #define BN_FN(name) name##_f64
 #define BN_VLOAD BN_VLOAD_f64
+#define BN_STD(d) ((double)(d))
 #include "bn_elementwise_impl.h"
 #include "bn_stats_impl.h"
 #undef BN_T
 #undef BN_F32
+#undef BN_LOWP
+#undef BN_HALF
 #undef BN_FN
 #undef BN_VLOAD
+#undef BN_LD
+#undef BN_STD
+#undef BN_POS
+#undef BN_MASKED
+
+#include "bn_half_inst.h"
 
 #endif

@@ -43,6 +43,7 @@
 #include <stdint.h>
 #include <stddef.h>
 #include <numpy/npy_common.h>
+#include "bn_half.h"
 
 typedef void (*bn_task_fn)(void *ctx, npy_intp i);
 
@@ -362,6 +363,8 @@ typedef struct {
     }
 BN_TASK_TRAMPOLINE(bn_call_f32, float)
 BN_TASK_TRAMPOLINE(bn_call_f64, double)
+BN_TASK_TRAMPOLINE(bn_call_f16, bn_f16)
+BN_TASK_TRAMPOLINE(bn_call_bf16, bn_bf16)
 #undef BN_TASK_TRAMPOLINE
 
 #endif

@@ -1,5 +1,6 @@
-/* Reductions of bn_loops.h, a template body: included once with BN_T = float, once with
- * BN_T = double (after the elementwise passes of bn_elementwise_impl.h).
+/* Reductions of bn_loops.h, a template body: included once per element type, BN_T = float,
+ * double, bn_f16 or bn_bf16 (after the elementwise passes of bn_elementwise_impl.h).  Values
+ * are read with BN_LD and BN_VLOAD, exactly widened to double.
  *
  * Vocabulary: a "run" is `len` contiguous elements of one channel (the inner > 1 layout);
  * a block of runs is `nrows` such runs, `stride` elements apart.  A "tile row" is `ncols`
@@ -45,14 +46,14 @@ BN_TARGET static void BN_FN(run_shifted_sums)(const BN_T *x, npy_intp nrows, npy
             q3 += v3 * v3;
 #else
             for (int j = 0; j < BN_LANES; j++) {
-                const double dev = (double)row[i + j] - shift;
+                const double dev = BN_LD(row[i + j]) - shift;
                 d[j] += dev;
                 q[j] += dev * dev;
             }
 #endif
         }
         for (; i < len; i++) {
-            const double dev = (double)row[i] - shift;
+            const double dev = BN_LD(row[i]) - shift;
             tail_d += dev;
             tail_q += dev * dev;
         }
@@ -142,8 +143,8 @@ BN_TARGET static void BN_FN(tile_shifted_sums)(const BN_T *x, npy_intp nrows, np
 #endif
         for (; c < ncols; c++) {
             const double k = shift[c];
-            const double a = (double)x0[c] - k, b = (double)x1[c] - k;
-            const double e = (double)x2[c] - k, f = (double)x3[c] - k;
+            const double a = BN_LD(x0[c]) - k, b = BN_LD(x1[c]) - k;
+            const double e = BN_LD(x2[c]) - k, f = BN_LD(x3[c]) - k;
             s[c] += (a + b) + (e + f);
             q[c] += (a * a + b * b) + (e * e + f * f);
         }
@@ -151,7 +152,7 @@ BN_TARGET static void BN_FN(tile_shifted_sums)(const BN_T *x, npy_intp nrows, np
     for (; r < nrows; r++) {
         const BN_T *row = x + r * stride;
         for (npy_intp c = 0; c < ncols; c++) {
-            const double d = (double)row[c] - shift[c];
+            const double d = BN_LD(row[c]) - shift[c];
             s[c] += d;
             q[c] += d * d;
         }
@@ -199,6 +200,7 @@ static void BN_FN(tile_moments)(const BN_T *x, npy_intp nrows, npy_intp ncols, n
     }
 }
 
+#if !BN_HALF /* the scaler's statistics: float32 and float64 data only */
 /* Weighted, NaN-skipping shifted sums over a block of tile rows (the scaler's statistics):
  * count[c] = sum of the weights of the non-NaN values, s[c] and q[c] the weighted sums of
  * d = x - shift[c] and d^2 over them.  w is the per-row weight (NULL: all ones). */
@@ -216,7 +218,7 @@ BN_TARGET static void BN_FN(tile_shifted_sums_masked)(const BN_T *x, const doubl
         const BN_T *row = x + r * stride;
         const double wr = w ? w[r] : 1.0;
         for (npy_intp c = 0; c < ncols; c++) {
-            const double v = (double)row[c];
+            const double v = BN_LD(row[c]);
             const int ok = v == v;
             const double d = ok ? v - shift[c] : 0.0;
             count[c] += ok ? wr : 0.0;
@@ -263,6 +265,8 @@ static void BN_FN(tile_moments_masked)(const BN_T *x, const double *w, npy_intp 
     }
 }
 
+#endif
+
 /* Backward reductions of a block of runs: sum(dy) and sum(dy * (x - mean)), in one pass and
  * 16 lanes, like run_shifted_sums. */
 BN_TARGET static void BN_FN(run_grad_sums)(const BN_T *dy, const BN_T *x, npy_intp nrows,
@@ -301,16 +305,16 @@ BN_TARGET static void BN_FN(run_grad_sums)(const BN_T *dy, const BN_T *x, npy_in
             b3 += g3 * (v3 - m);
 #else
             for (int j = 0; j < BN_LANES; j++) {
-                const double gj = (double)g[i + j];
+                const double gj = BN_LD(g[i + j]);
                 a[j] += gj;
-                b[j] += gj * ((double)v[i + j] - mean);
+                b[j] += gj * (BN_LD(v[i + j]) - mean);
             }
 #endif
         }
         for (; i < len; i++) {
-            const double gi = (double)g[i];
+            const double gi = BN_LD(g[i]);
             tail_a += gi;
-            tail_b += gi * ((double)v[i] - mean);
+            tail_b += gi * (BN_LD(v[i]) - mean);
         }
     }
 #ifdef BN_VECTOR_TYPES
@@ -364,19 +368,19 @@ BN_TARGET static void BN_FN(tile_grad_sums)(const BN_T *dy, const BN_T *x, npy_i
 #endif
         for (; c < ncols; c++) {
             const double m = mean[c];
-            const double a = (double)g0[c], b = (double)g1[c];
-            const double e = (double)g2[c], f = (double)g3[c];
+            const double a = BN_LD(g0[c]), b = BN_LD(g1[c]);
+            const double e = BN_LD(g2[c]), f = BN_LD(g3[c]);
             sum_dy[c] += (a + b) + (e + f);
-            sum_dy_xmu[c] += (a * ((double)v0[c] - m) + b * ((double)v1[c] - m))
-                             + (e * ((double)v2[c] - m) + f * ((double)v3[c] - m));
+            sum_dy_xmu[c] += (a * (BN_LD(v0[c]) - m) + b * (BN_LD(v1[c]) - m))
+                             + (e * (BN_LD(v2[c]) - m) + f * (BN_LD(v3[c]) - m));
         }
     }
     for (; r < nrows; r++) {
         const BN_T *g = dy + r * stride, *v = x + r * stride;
         for (npy_intp c = 0; c < ncols; c++) {
-            const double gc = (double)g[c];
+            const double gc = BN_LD(g[c]);
             sum_dy[c] += gc;
-            sum_dy_xmu[c] += gc * ((double)v[c] - mean[c]);
+            sum_dy_xmu[c] += gc * (BN_LD(v[c]) - mean[c]);
         }
     }
 }
@@ -402,7 +406,7 @@ BN_TARGET static void BN_FN(run_grad_sums_masked)(const BN_T *dy, const BN_T *x,
 #define BN_VLOAD_MASKED_ALL(g, y)                                                            \
     do {                                                                                     \
         for (int j = 0; j < BN_LANES; j++) {                                                 \
-            gm[j] = BN_RELU_MASK((g)[j], (y)[j]);                                            \
+            gm[j] = BN_MASKED((g)[j], (y)[j]);                                            \
         }                                                                                    \
     } while (0)
 #else
@@ -434,16 +438,16 @@ BN_TARGET static void BN_FN(run_grad_sums_masked)(const BN_T *dy, const BN_T *x,
             b3 += g3 * (v3 - m);
 #else
             for (int j = 0; j < BN_LANES; j++) {
-                const double gj = (double)BN_RELU_MASK(g[i + j], yy[i + j]);
+                const double gj = BN_LD(BN_MASKED(g[i + j], yy[i + j]));
                 a[j] += gj;
-                b[j] += gj * ((double)v[i + j] - mean);
+                b[j] += gj * (BN_LD(v[i + j]) - mean);
             }
 #endif
         }
         for (; i < len; i++) {
-            const double gi = (double)BN_RELU_MASK(g[i], yy[i]);
+            const double gi = BN_LD(BN_MASKED(g[i], yy[i]));
             tail_a += gi;
-            tail_b += gi * ((double)v[i] - mean);
+            tail_b += gi * (BN_LD(v[i]) - mean);
         }
     }
 #ifdef BN_VECTOR_TYPES
@@ -480,21 +484,21 @@ BN_TARGET static void BN_FN(tile_grad_sums_masked)(const BN_T *dy, const BN_T *x
                    *y3 = y2 + stride;
         for (npy_intp c = 0; c < ncols; c++) {
             const double m = mean[c];
-            const double a = (double)BN_RELU_MASK(g0[c], y0[c]);
-            const double b = (double)BN_RELU_MASK(g1[c], y1[c]);
-            const double e = (double)BN_RELU_MASK(g2[c], y2[c]);
-            const double f = (double)BN_RELU_MASK(g3[c], y3[c]);
+            const double a = BN_LD(BN_MASKED(g0[c], y0[c]));
+            const double b = BN_LD(BN_MASKED(g1[c], y1[c]));
+            const double e = BN_LD(BN_MASKED(g2[c], y2[c]));
+            const double f = BN_LD(BN_MASKED(g3[c], y3[c]));
             sum_dy[c] += (a + b) + (e + f);
-            sum_dy_xmu[c] += (a * ((double)v0[c] - m) + b * ((double)v1[c] - m))
-                             + (e * ((double)v2[c] - m) + f * ((double)v3[c] - m));
+            sum_dy_xmu[c] += (a * (BN_LD(v0[c]) - m) + b * (BN_LD(v1[c]) - m))
+                             + (e * (BN_LD(v2[c]) - m) + f * (BN_LD(v3[c]) - m));
         }
     }
     for (; r < nrows; r++) {
         const BN_T *g = dy + r * stride, *v = x + r * stride, *yy = relu_y + r * stride;
         for (npy_intp c = 0; c < ncols; c++) {
-            const double gc = (double)BN_RELU_MASK(g[c], yy[c]);
+            const double gc = BN_LD(BN_MASKED(g[c], yy[c]));
             sum_dy[c] += gc;
-            sum_dy_xmu[c] += gc * ((double)v[c] - mean[c]);
+            sum_dy_xmu[c] += gc * (BN_LD(v[c]) - mean[c]);
         }
     }
 }

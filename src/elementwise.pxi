@@ -70,7 +70,7 @@ cdef int elementwise(void (*task)(const floating *, void *, intp) noexcept nogil
     if p.tiled:
         j.r = row_plan(p)
         replicate(j.coef, j.rep, n_coef, p.C, j.r.span)
-        if floating is float:
+        if floating is not double:
             f32_coefficients(j, n_coef)
     n = elementwise_tasks(p, &j.r)
     run_tasks(task, x, j, n, n_threads_for(n_threads, work, n), GUIDED)
@@ -117,19 +117,12 @@ cdef void normalize_body(const floating *x, void *job, intp seg) noexcept nogil:
         row_segment(&j.r, seg, &off, &nrows, &ncols)
         if res != NULL:
             res = res + off
-        if floating is float:
-            if j.f32:
-                row_normalize_f32c(x + off, y + off, nrows, ncols, j.frep[0], j.frep[1],
-                                   j.frep[2], j.frep[3], res,
-                                   j.act, j.stream)
-            else:
-                row_normalize_fused_f32(x + off, y + off, nrows, ncols, j.rep[0], j.rep[1],
-                                        j.rep[2], res, j.act,
-                                        j.stream)
+        if floating is not double and j.f32:
+            k_row_normalize_c(x + off, y + off, nrows, ncols, j.frep[0], j.frep[1], j.frep[2],
+                              j.frep[3], res, j.act, j.stream)
         else:
-            row_normalize_fused_f64(x + off, y + off, nrows, ncols, j.rep[0], j.rep[1],
-                                    j.rep[2], res, j.act,
-                                    j.stream)
+            k_row_normalize(x + off, y + off, nrows, ncols, j.rep[0], j.rep[1], j.rep[2], res,
+                            j.act, j.stream)
         return
     row = seg // p.pieces
     c = row % p.C
@@ -138,14 +131,8 @@ cdef void normalize_body(const floating *x, void *job, intp seg) noexcept nogil:
     off += row * p.inner
     if res != NULL:
         res = res + off
-    if floating is float:
-        run_normalize_fused_f32(x + off, y + off, length, j.coef[0][c], j.coef[1][c],
-                                j.coef[2][c], res, j.act,
-                                j.stream)
-    else:
-        run_normalize_fused_f64(x + off, y + off, length, j.coef[0][c], j.coef[1][c],
-                                j.coef[2][c], res, j.act,
-                                j.stream)
+    k_run_normalize(x + off, y + off, length, j.coef[0][c], j.coef[1][c], j.coef[2][c], res,
+                    j.act, j.stream)
 
 
 cdef int normalize(const floating *x, floating *y, const Plan *p, const double *mean,
@@ -200,12 +187,8 @@ cdef void forward_channel(const floating *x, void *job, intp c) noexcept nogil:
     scale_shift(j.invstd[c], j.gamma, j.beta, c, &scale, &shift)
     for o in range(p.outer):
         off = (o * p.C + c) * p.inner
-        if floating is float:
-            run_normalize_fused_f32(x + off, y + off, p.inner, j.mean[c], scale, shift,
-                                    res + off if res != NULL else res, j.act, j.stream)
-        else:
-            run_normalize_fused_f64(x + off, y + off, p.inner, j.mean[c], scale, shift,
-                                    res + off if res != NULL else res, j.act, j.stream)
+        k_run_normalize(x + off, y + off, p.inner, j.mean[c], scale, shift,
+                        res + off if res != NULL else res, j.act, j.stream)
 
 
 cdef int train_impl(const floating *x, floating *y, const Plan *p, const double *gamma,
@@ -249,10 +232,10 @@ cdef int infer_impl(const floating *x, floating *y, const Plan *p, const double 
     return normalize(x, y, p, rm, scratch, scratch + p.C, res, act, n_threads)
 
 
-cdef void update_running_impl(floating *running, const double *batch, intp C,
+cdef void update_running_impl(real *running, const double *batch, intp C,
                               double momentum, double factor) noexcept nogil:
     """running = (1 - momentum) * running + momentum * (factor * batch), in float64 and then
     stored in running's dtype: the one place this rule's arithmetic is written."""
     cdef intp c
     for c in range(C):
-        running[c] = <floating>((1.0 - momentum) * running[c] + momentum * (factor * batch[c]))
+        running[c] = <real>((1.0 - momentum) * running[c] + momentum * (factor * batch[c]))

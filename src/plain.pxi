@@ -1,6 +1,46 @@
 # Recognizing the plain case (included by _kernels.pyx, whose docstring defines it): these
 # helpers look at types, flags and shapes only, and never raise.
 
+# The element types of x: what plain_call returns, and what the entry points dispatch on.
+cdef enum:
+    K_F32 = 0
+    K_F64 = 1
+    K_F16 = 2
+    K_BF16 = 3
+
+# bfloat16 arrays come as NumPy's user dtype of ml_dtypes (its type number, once the Python
+# layer has seen one: set_bfloat16) or as the structured dtype of their bits that
+# bnfast.torch views tensors with (bnfast._dtypes.BFLOAT16_BITS): neither needs ml_dtypes here.
+cdef int bf16_typenum = -1
+cdef object bf16_bits = None
+
+
+def set_bfloat16(object dtype, object bits_dtype):
+    """Tell the kernels which dtypes hold bfloat16: ml_dtypes' (or None) and the structured
+    dtype of the bits (or None to keep the one set)."""
+    global bf16_typenum, bf16_bits
+    if dtype is not None:
+        bf16_typenum = (<cnp.dtype>dtype).type_num
+    if bits_dtype is not None:
+        bf16_bits = bits_dtype
+
+
+cdef int array_kind(cnp.ndarray arr) noexcept:
+    """K_* of arr's element type, or -1 for a type the kernels do not take."""
+    cdef int t = cnp.PyArray_TYPE(arr)
+    if t == cnp.NPY_FLOAT32:
+        return K_F32
+    if t == cnp.NPY_FLOAT64:
+        return K_F64
+    if t == cnp.NPY_FLOAT16:
+        return K_F16
+    if t == bf16_typenum:
+        return K_BF16
+    if (t == cnp.NPY_VOID and bf16_bits is not None
+            and cnp.PyArray_EquivTypes(arr.descr, <cnp.dtype>bf16_bits)):
+        return K_BF16
+    return -1
+
 cdef bint plain_array(object a, int typenum, int ndim) noexcept:
     """a is exactly an ndarray of typenum, ndim dimensions, C-contiguous, aligned, native."""
     cdef cnp.ndarray arr
@@ -16,6 +56,9 @@ cdef bint plain_like(object a, cnp.ndarray like) noexcept:
     """a is a plain array of like's dtype and shape."""
     cdef int i, ndim = cnp.PyArray_NDIM(like)
     if not plain_array(a, cnp.PyArray_TYPE(like), ndim):
+        return False
+    if (cnp.PyArray_TYPE(like) == cnp.NPY_VOID
+            and not cnp.PyArray_EquivTypes((<cnp.ndarray>a).descr, like.descr)):
         return False
     for i in range(ndim):
         if (<cnp.ndarray>a).shape[i] != like.shape[i]:
@@ -62,18 +105,18 @@ cdef bint plain_float(object v, double lo, double hi, bint lo_open, double *out)
 
 cdef int plain_call(object x, object axis, object n_threads, intp *outer, intp *C,
                     intp *inner, int *nt) noexcept:
-    """typenum of x when x, axis and n_threads are plain and x has at least one channel and
+    """x's kind (K_*) when x, axis and n_threads are plain and x has at least one channel and
     one element per channel, else -1; fills the (outer, C, inner) view's shape."""
     cdef cnp.ndarray arr
-    cdef int typenum, ndim, ax, i
+    cdef int kind, ndim, ax, i
     if type(x) is not cnp.ndarray:
         return -1
     arr = <cnp.ndarray>x
-    typenum = cnp.PyArray_TYPE(arr)
-    if typenum != cnp.NPY_FLOAT32 and typenum != cnp.NPY_FLOAT64:
+    kind = array_kind(arr)
+    if kind < 0:
         return -1
     ndim = cnp.PyArray_NDIM(arr)
-    if not plain_array(x, typenum, ndim) or ndim < 2 or type(axis) is not int:
+    if not plain_array(x, cnp.PyArray_TYPE(arr), ndim) or ndim < 2 or type(axis) is not int:
         return -1
     if not plain_threads(n_threads, nt) or not -ndim <= axis < ndim:
         return -1
@@ -88,7 +131,15 @@ cdef int plain_call(object x, object axis, object n_threads, intp *outer, intp *
     C[0] = arr.shape[ax]
     if C[0] < 1 or outer[0] * inner[0] < 1:
         return -1
-    return typenum
+    return kind
+
+
+cdef object new_like(cnp.ndarray like):
+    """A new C-contiguous array of like's shape and dtype."""
+    cdef int t = cnp.PyArray_TYPE(like)
+    if t == cnp.NPY_FLOAT32 or t == cnp.NPY_FLOAT64 or t == cnp.NPY_FLOAT16:
+        return cnp.PyArray_EMPTY(cnp.PyArray_NDIM(like), like.shape, t, 0)
+    return np.empty_like(like, order="C")  # bfloat16: like's own dtype object
 
 
 cdef object plain_out(object out, cnp.ndarray like, object other):
@@ -99,7 +150,7 @@ cdef object plain_out(object out, cnp.ndarray like, object other):
     cdef char *ys
     cdef char *xs
     if out is None:
-        return cnp.PyArray_EMPTY(cnp.PyArray_NDIM(like), like.shape, cnp.PyArray_TYPE(like), 0)
+        return new_like(like)
     if not plain_like(out, like) or not cnp.PyArray_ISWRITEABLE(<cnp.ndarray>out):
         return None
     nbytes = cnp.PyArray_NBYTES(like)

@@ -272,8 +272,12 @@ cdef void run_tasks(void (*task)(const floating *, void *, intp) noexcept nogil,
         per = 1 if schedule == DYNAMIC else max(1, n_tasks // (16 * nt))
         if floating is float:
             bn_pool_run(bn_call_f32, &call, n_tasks, nt, per)
-        else:
+        elif floating is double:
             bn_pool_run(bn_call_f64, &call, n_tasks, nt, per)
+        elif floating is bn_f16:
+            bn_pool_run(bn_call_f16, &call, n_tasks, nt, per)
+        else:
+            bn_pool_run(bn_call_bf16, &call, n_tasks, nt, per)
     elif schedule == GUIDED:
         for i in prange(n_tasks, num_threads=nt, schedule='guided'):
             task(x, job, i)

@@ -35,7 +35,7 @@ cdef inline double first_values_mean(const floating *x, intp n) noexcept nogil:
     cdef double s = 0.0
     cdef intp i
     for i in range(n):
-        s += x[i]
+        s += to_double(x[i])
     return s / n
 
 
@@ -44,10 +44,10 @@ cdef inline void first_rows_mean(const floating *x, intp nrows, intp ncols, intp
     """Per-column mean of the first nrows (>= 1) tile rows: the tiles' shift guess."""
     cdef intp r, c
     for c in range(ncols):
-        out[c] = x[c]
+        out[c] = to_double(x[c])
     for r in range(1, nrows):
         for c in range(ncols):
-            out[c] += x[r * stride + c]
+            out[c] += to_double(x[r * stride + c])
     for c in range(ncols):
         out[c] /= nrows
 
@@ -78,10 +78,7 @@ cdef inline void tile_block_moments(const floating *x, const Plan *p, intp b, in
             shift[j] = mean[j]
     else:
         first_rows_mean(ptr, min(nrows, SHIFT_PROBE), nc, p.C, shift)
-    if floating is float:
-        tile_moments_f32(ptr, nrows, nc, p.C, shift, tmean, tm2, scratch)
-    else:
-        tile_moments_f64(ptr, nrows, nc, p.C, shift, tmean, tm2, scratch)
+    k_tile_moments(ptr, nrows, nc, p.C, shift, tmean, tm2, scratch)
     chan_weights(n, <double>nrows, &wb, &wab)
     for j in range(nc):
         chan_apply(&mean[j], &m2[j], tmean[j], tm2[j], wb, wab)
@@ -111,10 +108,7 @@ cdef void moments_task(const floating *x, const Plan *p, intp k, intp t, double 
             run_block(p, b, &row0, &nrows, &start, &length)
             ptr = x + (row0 * p.C + t) * p.inner + start
             shift = mean[0] if n > 0 else first_values_mean(ptr, min(length, SHIFT_PROBE))
-            if floating is float:
-                run_moments_f32(ptr, nrows, length, p.C * p.inner, shift, &bmean, &bm2)
-            else:
-                run_moments_f64(ptr, nrows, length, p.C * p.inner, shift, &bmean, &bm2)
+            k_run_moments(ptr, nrows, length, p.C * p.inner, shift, &bmean, &bm2)
             nb = <double>(nrows * length)
             chan_weights(n, nb, &wb, &wab)
             chan_apply(mean, m2, bmean, bm2, wb, wab)
@@ -242,7 +236,7 @@ cdef int channel_moments(const floating *x, const Plan *p, double *mean, double 
 
 # --- Weighted, NaN-skipping statistics of a (N, C) sample matrix ----------------------------
 
-cdef void masked_task(const floating *x, const double *w, const Plan *p, intp k, intp t,
+cdef void masked_task(const real *x, const double *w, const Plan *p, intp k, intp t,
                       double *st_n, double *st_mean, double *st_m2) noexcept nogil:
     """Weighted NaN-skipping Welford state of chunk k of channel tile t (shifted like
     moments_task: by the chunk's mean so far, else the block's first value, NaN: 0)."""
@@ -251,7 +245,7 @@ cdef void masked_task(const floating *x, const double *w, const Plan *p, intp k,
     cdef intp nc = min(p.ctile, p.C - c0)
     cdef intp base = k * p.C + c0
     cdef double wb, wab, v
-    cdef const floating *ptr
+    cdef const real *ptr
     cdef double shift[MASKED_TILE_C]
     cdef double tn[MASKED_TILE_C]
     cdef double tmean[MASKED_TILE_C]
@@ -269,7 +263,7 @@ cdef void masked_task(const floating *x, const double *w, const Plan *p, intp k,
         for j in range(nc):
             v = <double>ptr[j]
             shift[j] = st_mean[base + j] if st_n[base + j] != 0 else (v if v == v else 0.0)
-        if floating is float:
+        if real is float:
             tile_moments_masked_f32(ptr, w + row0 if w != NULL else NULL, nrows, nc, p.C, shift,
                                     tn, tmean, tm2, scratch)
         else:
@@ -282,12 +276,12 @@ cdef void masked_task(const floating *x, const double *w, const Plan *p, intp k,
                 st_n[base + j] += tn[j]
 
 
-cdef void masked_body(const floating *x, void *job, intp task) noexcept nogil:
+cdef void masked_body(const real *x, void *job, intp task) noexcept nogil:
     cdef Reduction *j = <Reduction *>job
     masked_task(x, j.w, j.p, task // j.per, task % j.per, j.st[0], j.st[1], j.st[2])
 
 
-cdef int masked_moments(const floating *x, const double *w, const Plan *p, double *count,
+cdef int masked_moments(const real *x, const double *w, const Plan *p, double *count,
                         double *mean, double *m2, int n_threads) except -1 nogil:
     """Per-column weighted Welford state of the (N, C) rows x (tiled plan), NaN skipped."""
     cdef Reduction j
@@ -296,7 +290,7 @@ cdef int masked_moments(const floating *x, const double *w, const Plan *p, doubl
     j.w = w
     j.per = p.n_ctasks
     alloc_states(p, j.st)
-    run_tasks(masked_body[floating], x, &j, n_tasks,
+    run_tasks(masked_body[real], x, &j, n_tasks,
               n_threads_for(n_threads, p.outer * p.C, n_tasks), DYNAMIC)
     merge_chunks(p, j.st, count, mean, m2, n_threads)
     free(j.st[0])

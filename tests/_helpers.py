@@ -43,8 +43,16 @@ INPUT_KINDS = ["float64", "float32", "float16", "int64", "int32", "uint8", "bool
 # (float32 rounding of a float64 result ~1e-7, ddof off by one ~1/n, a wrong eps ~1e-5).
 
 
+def is_bfloat16(dtype):
+    """ml_dtypes' bfloat16 (recognized by name, as bnfast does: no ml_dtypes import here)."""
+    dtype = np.dtype(dtype)
+    return dtype.kind == "V" and dtype.itemsize == 2 and dtype.name == "bfloat16"
+
+
 def unit_roundoff(dtype=np.float64):
     """u = eps / 2: the largest relative error of one rounding to nearest in dtype."""
+    if is_bfloat16(dtype):
+        return 2.0 ** -8  # 8 significant bits
     return float(np.finfo(dtype).eps) / 2
 
 
@@ -76,7 +84,7 @@ def output_rtol(dtype, n=0):
     stat_rtol(n) (n = values per channel; 0 when the statistics are given), 8 roundings of the
     pass in its arithmetic dtype (float32 for float16), and the final rounding to dtype."""
     dtype = np.dtype(dtype)
-    work = np.float32 if dtype == np.float16 else dtype
+    work = np.float32 if dtype == np.float16 or is_bfloat16(dtype) else dtype
     return (stat_rtol(n) if n else 0.0) + 8.0 * unit_roundoff(work) + unit_roundoff(dtype)
 
 
@@ -137,6 +145,8 @@ def working_dtype(x):
     dtype = np.asarray(x).dtype
     if dtype.kind == "f" and dtype.itemsize in (2, 4):
         return np.dtype(dtype.type).newbyteorder("=")
+    if is_bfloat16(dtype):
+        return dtype
     return np.dtype(np.float64)
 
 

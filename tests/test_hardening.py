@@ -137,8 +137,11 @@ def test_sixteen_threads_get_the_serial_bits(rng):
 
 
 def test_kernels_release_the_gil():
-    """While one thread is inside a kernel, another runs Python code: no gap in its
-    progress as long as the call."""
+    """While one thread is inside a kernel, another runs Python code: it makes progress in
+    the middle of the call (a kernel holding the GIL would let it run only before and after).
+
+    The other thread needs the CPU too: on a loaded machine the scheduler may keep it off
+    for a whole call, so each call gets three tries to show one step in its middle 80%."""
     x = np.ones(1 << 25, np.float32)  # 128 MiB: tens of milliseconds per call
     x[::3] = 4.0
     dy = np.full_like(x, 0.5)
@@ -163,13 +166,16 @@ def test_kernels_release_the_gil():
     try:
         time.sleep(0.01)
         for name, call in calls.items():
-            t0 = time.perf_counter()
-            call()
-            t1 = time.perf_counter()
-            inside = [t0] + [s for s in list(stamps) if t0 < s < t1] + [t1]
-            gap = max(b - a for a, b in zip(inside, inside[1:]))
-            # Holding the GIL would stop the ticker for the whole call.
-            assert gap < 0.5 * (t1 - t0), (name, gap, t1 - t0)
+            tries = []
+            for _ in range(3):
+                t0 = time.perf_counter()
+                call()
+                t1 = time.perf_counter()
+                margin = 0.1 * (t1 - t0)
+                tries.append(sum(t0 + margin < s < t1 - margin for s in list(stamps)))
+                if tries[-1]:
+                    break
+            assert tries[-1] > 0, (name, tries)
     finally:
         stop.set()
         thread.join()
