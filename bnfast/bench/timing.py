@@ -16,6 +16,8 @@ QUICK_MIN_TIME = 0.002
 #: Timing rounds per row.
 REPEATS = 7
 QUICK_REPEATS = 3
+#: Most calls per batch of :func:`measure_calls` (tiny calls: enough samples, bounded time).
+MAX_BATCH = 50
 
 Timing = Dict[str, Union[float, int]]
 
@@ -86,5 +88,66 @@ def measure(calls: Mapping[str, Callable[[], object]], repeats: int = REPEATS,
     return {
         name: {"median": statistics.median(s), "min": min(s), "max": max(s),
                "number": numbers[name], "repeats": repeats}
+        for name, s in samples.items()
+    }
+
+
+def quantile(samples: List[float], q: float) -> float:
+    """The ``q`` quantile of ``samples`` (linear between order statistics, as NumPy's
+    default), e.g. ``q=0.9`` for the 90th percentile."""
+    if not samples:
+        raise ValueError("samples: expected at least one sample")
+    s = sorted(samples)
+    pos = q * (len(s) - 1)
+    lo = int(pos)
+    hi = min(lo + 1, len(s) - 1)
+    return s[lo] + (s[hi] - s[lo]) * (pos - lo)
+
+
+def measure_calls(calls: Mapping[str, Callable[[], object]], rounds: int,
+                  min_time: float) -> Dict[str, Timing]:
+    """Time every single call of callables side by side: medians and 90th percentiles.
+
+    Unlike :func:`measure`, which times loops and reports the mean call of each loop, this
+    times each call on its own, so that a call that waited (for a thread the system was not
+    running, say) shows in the upper percentiles instead of being averaged away. Each
+    callable is warmed up with three calls, which also size its batch: as many calls as
+    take about ``min_time`` (1 to :data:`MAX_BATCH`). Then ``rounds`` rounds each run every
+    callable's batch, in an order that rotates from round to round. Garbage collection is
+    off while timing.
+
+    Returns
+    -------
+    dict of str to dict
+        For each name: ``median``, ``p25``, ``p75``, ``p90``, ``min`` and ``max`` seconds
+        per call over all ``calls`` timed calls, and the ``batch`` size.
+    """
+    names = list(calls)
+    batches = {}
+    for name in names:
+        warm = []
+        for _ in range(3):
+            warm.append(_loop_time(calls[name], 1))
+        batches[name] = max(1, min(MAX_BATCH, round(min_time / max(min(warm), 1e-9))))
+    samples: Dict[str, List[float]] = {name: [] for name in names}
+    timer = time.perf_counter
+    gc_was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        for r in range(rounds):
+            k = r % len(names)
+            for name in names[k:] + names[:k]:
+                fn, out = calls[name], samples[name]
+                for _ in range(batches[name]):
+                    t0 = timer()
+                    fn()
+                    out.append(timer() - t0)
+    finally:
+        if gc_was_enabled:
+            gc.enable()
+    return {
+        name: {"median": statistics.median(s), "p25": quantile(s, 0.25),
+               "p75": quantile(s, 0.75), "p90": quantile(s, 0.9), "min": min(s),
+               "max": max(s), "calls": len(s), "batch": batches[name]}
         for name, s in samples.items()
     }
