@@ -333,9 +333,12 @@ def test_quantile_matches_numpy_and_measure_calls_times_every_call(rng):
 
     times = timing.measure_calls({"a": count("a"), "b": count("b")}, rounds=4, min_time=0)
     for name, t in times.items():
-        assert t["batch"] == 1 and t["calls"] == 4
-        assert counter[name] == 3 + 4  # three warm-up calls, then one per round
+        assert t["calls"] == 4
+        assert counter[name] == 1 + 4  # a warm-up call, then one per round
         assert t["min"] <= t["p25"] <= t["median"] <= t["p75"] <= t["p90"] <= t["max"]
+    # A turn lasts min_time, and never more than MAX_BATCH calls.
+    times = timing.measure_calls({"a": count("a")}, rounds=2, min_time=10.0)
+    assert times["a"]["calls"] == 2 * timing.MAX_BATCH
 
 
 def test_busy_levels_and_grid():

@@ -33,8 +33,8 @@ from .rows import Call, Problem, import_torch
 from .spinners import LIFETIME_S, Spinners, usable_cpus
 from .timing import measure_calls
 
-#: Rounds of the busy bench (every contender's batch once per round), and the time a
-#: batch aims for: many single calls per contender, each timed on its own.
+#: Rounds of the busy bench (a turn of each contender per round), and how long a turn lasts:
+#: single calls, each timed on its own, until this time has passed (at most 50 calls).
 ROUNDS = 30
 QUICK_ROUNDS = 10
 MIN_TIME = 0.005
@@ -231,7 +231,8 @@ def format_busy(result: Dict[str, Any], targets: bool = False) -> str:
         + ("not installed" if torch_threads is None
            else f"PyTorch at its default threads ({torch_threads} here)"),
         "calls as users make them: no out=, running statistics updated; "
-        f"{result['rounds']} rounds, each timing a batch of single calls per contender",
+        f"{result['rounds']} rounds; each gives every contender single calls for "
+        f"{result['min_time_s'] * 1e3:g} ms (at least one, at most 50)",
         "def/1t: default median over 1-thread median; p90/def: default p90 over its median; "
         "def/torch: default median over PyTorch's (below 1: bnfast is faster)",
         f"load average per level: {levels}",

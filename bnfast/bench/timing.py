@@ -16,7 +16,7 @@ QUICK_MIN_TIME = 0.002
 #: Timing rounds per row.
 REPEATS = 7
 QUICK_REPEATS = 3
-#: Most calls per batch of :func:`measure_calls` (tiny calls: enough samples, bounded time).
+#: Most calls per turn of :func:`measure_calls` (tiny calls: enough samples, bounded time).
 MAX_BATCH = 50
 
 Timing = Dict[str, Union[float, int]]
@@ -111,24 +111,22 @@ def measure_calls(calls: Mapping[str, Callable[[], object]], rounds: int,
     Unlike :func:`measure`, which times loops and reports the mean call of each loop, this
     times each call on its own, so that a call that waited (for a thread the system was not
     running, say) shows in the upper percentiles instead of being averaged away. Each
-    callable is warmed up with three calls, which also size its batch: as many calls as
-    take about ``min_time`` (1 to :data:`MAX_BATCH`). Then ``rounds`` rounds each run every
-    callable's batch, in an order that rotates from round to round. Garbage collection is
-    off while timing.
+    callable is warmed up with one call. Then ``rounds`` rounds each give every callable, in
+    an order that rotates from round to round, a turn of single calls that lasts until
+    ``min_time`` has passed (at least one call, at most :data:`MAX_BATCH`). A turn that
+    ends at a slow call samples slow calls at their true rate (the turn ends at the first
+    slow call, after as many fast ones as its odds give), and a busy machine cannot stretch
+    a row beyond ``rounds`` slow calls per callable. Garbage collection is off while timing.
 
     Returns
     -------
     dict of str to dict
         For each name: ``median``, ``p25``, ``p75``, ``p90``, ``min`` and ``max`` seconds
-        per call over all ``calls`` timed calls, and the ``batch`` size.
+        per call over its ``calls`` timed calls.
     """
     names = list(calls)
-    batches = {}
-    for name in names:
-        warm = []
-        for _ in range(3):
-            warm.append(_loop_time(calls[name], 1))
-        batches[name] = max(1, min(MAX_BATCH, round(min_time / max(min(warm), 1e-9))))
+    for fn in calls.values():
+        fn()
     samples: Dict[str, List[float]] = {name: [] for name in names}
     timer = time.perf_counter
     gc_was_enabled = gc.isenabled()
@@ -138,16 +136,21 @@ def measure_calls(calls: Mapping[str, Callable[[], object]], rounds: int,
             k = r % len(names)
             for name in names[k:] + names[:k]:
                 fn, out = calls[name], samples[name]
-                for _ in range(batches[name]):
+                spent = 0.0
+                for _ in range(MAX_BATCH):
                     t0 = timer()
                     fn()
-                    out.append(timer() - t0)
+                    t = timer() - t0
+                    out.append(t)
+                    spent += t
+                    if spent >= min_time:
+                        break
     finally:
         if gc_was_enabled:
             gc.enable()
     return {
         name: {"median": statistics.median(s), "p25": quantile(s, 0.25),
                "p75": quantile(s, 0.75), "p90": quantile(s, 0.9), "min": min(s),
-               "max": max(s), "calls": len(s), "batch": batches[name]}
+               "max": max(s), "calls": len(s)}
         for name, s in samples.items()
     }
