@@ -535,6 +535,20 @@ def test_half_rows_time_each_op_against_float32():
         assert all(case.nbytes // 2 >= 2**20 for case in half.half_cases(quick))
 
 
+def test_bench_half_prints_only_the_half_table(monkeypatch, capsys, tmp_path):
+    monkeypatch.setattr(cli, "half_cases",
+                        lambda quick: [cases.Case((16, 4, 3, 5), "NHWC", "float32")])
+    path = tmp_path / "half.json"
+    args = cli.build_parser().parse_args(["--half", "--threads", "1", "--repeats", "1",
+                                          "--targets", "--json", str(path)])
+    assert cli.run(args) == 0
+    out = capsys.readouterr().out
+    assert "half precision" in out and "bn/floor" not in out and "fused" not in out
+    assert "bf16/f32 <= 0.6" in out
+    document = json.loads(path.read_text())
+    assert document["settings"]["half"] is True and len(document["half"]["rows"]) == 3
+
+
 def test_half_check_catches_a_wrong_half_result():
     problems = {d: bench.Problem(cases.Case((64, 8), "NC", d), threads=1)
                 for d in ("float32", "float16")}

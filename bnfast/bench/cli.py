@@ -38,7 +38,7 @@ the plain forward (3 cases; --quick: 2 smaller ones).
 
 Then a "half precision" table times each call on float16 and bfloat16 data against the
 same call on float32 data (bfloat16: ml_dtypes arrays; skipped, with the reason, when
-ml_dtypes is missing or this bnfast does not accept them).
+ml_dtypes is missing or this bnfast does not accept them). --half prints only that table.
 
 The full grid has 33 rows of 64 KiB to 64 MiB arrays and takes minutes. --quick times 12
 rows of smaller arrays (up to 6 MiB) with 3 repeats and skips the scaler: a glance, not
@@ -95,6 +95,9 @@ def configure_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
                       help=f"the same with P spinning processes per usable CPU "
                            f"(e.g. --busy-per-core 1 2: the targets' two levels; "
                            f"{_busy.usable_cpus()} CPUs usable here)")
+    busy.add_argument("--half", action="store_true",
+                      help="only the half-precision table: float16 and bfloat16 calls "
+                           "against float32 ones")
     parser.add_argument("--scaler-processes", type=_count, default=None, metavar="P",
                         help=f"fresh processes per scaler for the scaler figure (default "
                              f"{SCALER_PROCESSES}, 0 with --quick; 0 skips it)")
@@ -133,6 +136,8 @@ def run(args: argparse.Namespace, out: Optional[TextIO] = None,
     grid = quick_grid() if args.quick else full_grid()
     repeats = args.repeats or (QUICK_REPEATS if args.quick else REPEATS)
     min_time = QUICK_MIN_TIME if args.quick else MIN_TIME
+    if args.half:
+        return _run_half(args, threads, repeats, min_time, out, err)
     n_scaler = args.scaler_processes
     if n_scaler is None:
         n_scaler = 0 if args.quick else SCALER_PROCESSES
@@ -210,6 +215,28 @@ def _write_json(path: str, document: Dict[str, Any], err: TextIO) -> None:
         json.dump(document, f, indent=1)
         f.write("\n")
     print(f"wrote {path}", file=err)
+
+
+def _run_half(args: argparse.Namespace, threads: int, repeats: int, min_time: float,
+              out: TextIO, err: TextIO) -> int:
+    """``bench --half``: only the half-precision table."""
+    info, machine_load = _start(threads, err)
+    started = time.perf_counter()
+    half = run_half(half_cases(args.quick), threads, repeats, min_time, progress=err,
+                    warmup=not args.quick, check=args.targets or not args.quick)
+    elapsed = time.perf_counter() - started
+    load_after = report.load_average()
+    _print_load_note(machine_load, threads, BENCH_HINT, out)
+    print(format_half(half, targets=args.targets), file=out)
+    print(f"{info['cpu']}, {info['cores']} cores; {elapsed:.0f} s; "
+          f"load average {info['load_average']} before, {load_after} after", file=out)
+    if args.json:
+        settings = {"quick": args.quick, "half": True, "repeats": repeats,
+                    "min_time_s": min_time, "eps": EPS, "momentum": MOMENTUM,
+                    "elapsed_s": elapsed, "load_average_after": load_after}
+        _write_json(args.json, {"machine": info, "load": machine_load, "settings": settings,
+                                "half": half}, err)
+    return 0
 
 
 def _run_busy(args: argparse.Namespace, levels: List[int], out: TextIO, err: TextIO) -> int:
