@@ -77,13 +77,14 @@ def sample(duration: float = SAMPLE_S, reads: int = SAMPLE_READS) -> Dict[str, A
     if first is None:
         return result
     counts = [first[1]]
+    last = first
     for _ in range(max(1, reads - 1)):
         time.sleep(duration / max(1, reads - 1))
         now = _read_proc_stat()
         if now is None:
             return result
         counts.append(now[1])
-    last = now
+        last = now
     # The thread reading /proc/stat is itself running when it reads: one less.
     result["runnable_others"] = round(max(0.0, sum(counts) / len(counts) - 1.0), 2)
     before, after = first[0], last[0]

@@ -132,8 +132,9 @@ def format_scaler(summary: Optional[Mapping[str, Any]], reason: str = "") -> str
     ])
 
 
-def machine_info(threads: int, torch_version: Optional[str]) -> Dict[str, Any]:
-    """Return a dict describing this machine and the software measured."""
+def machine_info(threads: Optional[int], torch_version: Optional[str]) -> Dict[str, Any]:
+    """Return a dict describing this machine and the software measured (``threads``: the
+    threads the figures use, None for the busy table's default threads and one thread)."""
     import bnfast
 
     cpu = platform.processor() or platform.machine()
