@@ -36,8 +36,8 @@ activation="relu", with residual=r and activation="relu", and the unfused NumPy 
 (bn, then np.maximum; bn, then y += r and np.maximum), side by side, with each one's ratio to
 the plain forward (3 cases; --quick: 2 smaller ones).
 
-Then a "half precision" table times each call on float16 and bfloat16 data against the
-same call on float32 data (bfloat16: ml_dtypes arrays; skipped, with the reason, when
+After the fused table, a "half precision" table times each call on float16 and bfloat16 data
+against the same call on float32 data (bfloat16: ml_dtypes arrays; skipped, with the reason, when
 ml_dtypes is missing or this bnfast does not accept them). --half prints only that table.
 
 The full grid has 33 rows of 64 KiB to 64 MiB arrays and takes minutes. --quick times 12

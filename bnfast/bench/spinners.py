@@ -7,7 +7,8 @@ loader, another user's job). They are bounded three ways, so that none outlives 
 - the benchmark stops them when it leaves the ``with`` block, also on Ctrl-C or an
   exception (:meth:`Spinners.stop`: terminate, then kill what is left);
 - each one checks, every few milliseconds, that the process that started it is still its
-  parent, and exits when it is not (the benchmark died without stopping them);
+  parent, and exits when it is not (the benchmark died without stopping them; POSIX only: on
+  Windows a process keeps its dead parent's id, and the deadline alone applies);
 - each one exits by itself at a deadline (``lifetime`` seconds after it started).
 
 This module needs the standard library only: the asv suite loads it by file path
