@@ -142,7 +142,6 @@ def run(args: argparse.Namespace, out: Optional[TextIO] = None,
     if n_scaler is None:
         n_scaler = 0 if args.quick else SCALER_PROCESSES
     info, machine_load = _start(threads, err)
-    load_before = info["load_average"]
     started = time.perf_counter()
     # --quick: the first timing trial is each callable's warm-up, and bnfast is checked
     # against NumPy only for the --targets verdict.
@@ -157,8 +156,6 @@ def run(args: argparse.Namespace, out: Optional[TextIO] = None,
     if n_scaler:
         scaler = fresh_processes(n_scaler, threads, progress=err)
         why = "scikit-learn not installed"
-    elapsed = time.perf_counter() - started
-    load_after = report.load_average()
 
     _print_load_note(machine_load, threads, BENCH_HINT, out)
     print(report.format_table(rows, targets=args.targets), file=out)
@@ -181,16 +178,9 @@ def run(args: argparse.Namespace, out: Optional[TextIO] = None,
             ok = scaler["speedup"]["median"] >= targets.SCALER_TARGET
             line += f"; scaler {'PASS' if ok else 'miss'}"
         print(line, file=out)
-    print(f"{info['cpu']}, {info['cores']} cores; {elapsed:.0f} s; "
-          f"load average {load_before} before, {load_after} after", file=out)
-    if args.json:
-        settings = {"quick": args.quick, "repeats": repeats, "min_time_s": min_time,
-                    "eps": EPS, "momentum": MOMENTUM, "elapsed_s": elapsed,
-                    "scaler_processes": n_scaler, "load_average_after": load_after}
-        _write_json(args.json, {"machine": info, "load": machine_load, "settings": settings,
-                                "rows": rows, "fused": fused, "half": half,
-                                "scaler": scaler}, err)
-    return 0
+    settings = {"repeats": repeats, "min_time_s": min_time, "scaler_processes": n_scaler}
+    return _finish(args, info, machine_load, started, settings,
+                   {"rows": rows, "fused": fused, "half": half, "scaler": scaler}, out, err)
 
 
 def _start(threads: Optional[int], err: TextIO) -> Tuple[Dict[str, Any], Dict[str, Any]]:
@@ -210,11 +200,24 @@ def _print_load_note(machine_load: Dict[str, Any], threads: Optional[int], hint:
         print(note + "\n", file=out)
 
 
-def _write_json(path: str, document: Dict[str, Any], err: TextIO) -> None:
-    with open(path, "w") as f:
-        json.dump(document, f, indent=1)
-        f.write("\n")
-    print(f"wrote {path}", file=err)
+def _finish(args: argparse.Namespace, info: Dict[str, Any], machine_load: Dict[str, Any],
+            started: float, settings: Dict[str, Any], results: Dict[str, Any], out: TextIO,
+            err: TextIO) -> int:
+    """Print the closing line (the machine, the time taken, the load before and after) and
+    write ``--json``: the machine, its load, the settings and ``results``. Returns 0."""
+    elapsed = time.perf_counter() - started
+    load_after = report.load_average()
+    print(f"{info['cpu']}, {info['cores']} cores; {elapsed:.0f} s; "
+          f"load average {info['load_average']} before, {load_after} after", file=out)
+    if args.json:
+        settings = dict(settings, quick=args.quick, eps=EPS, momentum=MOMENTUM,
+                        elapsed_s=elapsed, load_average_after=load_after)
+        document = {"machine": info, "load": machine_load, "settings": settings, **results}
+        with open(args.json, "w") as f:
+            json.dump(document, f, indent=1)
+            f.write("\n")
+        print(f"wrote {args.json}", file=err)
+    return 0
 
 
 def _run_half(args: argparse.Namespace, threads: int, repeats: int, min_time: float,
@@ -224,19 +227,10 @@ def _run_half(args: argparse.Namespace, threads: int, repeats: int, min_time: fl
     started = time.perf_counter()
     half = run_half(half_cases(args.quick), threads, repeats, min_time, progress=err,
                     warmup=not args.quick, check=args.targets or not args.quick)
-    elapsed = time.perf_counter() - started
-    load_after = report.load_average()
     _print_load_note(machine_load, threads, BENCH_HINT, out)
     print(format_half(half, targets=args.targets), file=out)
-    print(f"{info['cpu']}, {info['cores']} cores; {elapsed:.0f} s; "
-          f"load average {info['load_average']} before, {load_after} after", file=out)
-    if args.json:
-        settings = {"quick": args.quick, "half": True, "repeats": repeats,
-                    "min_time_s": min_time, "eps": EPS, "momentum": MOMENTUM,
-                    "elapsed_s": elapsed, "load_average_after": load_after}
-        _write_json(args.json, {"machine": info, "load": machine_load, "settings": settings,
-                                "half": half}, err)
-    return 0
+    settings = {"half": True, "repeats": repeats, "min_time_s": min_time}
+    return _finish(args, info, machine_load, started, settings, {"half": half}, out, err)
 
 
 def _run_busy(args: argparse.Namespace, levels: List[int], out: TextIO, err: TextIO) -> int:
@@ -247,19 +241,11 @@ def _run_busy(args: argparse.Namespace, levels: List[int], out: TextIO, err: Tex
     started = time.perf_counter()
     result = _busy.run_busy(levels, _busy.busy_grid(args.quick), rounds, min_time,
                             progress=err)
-    elapsed = time.perf_counter() - started
     # The note judges the machine before the spinners: they are the point of this table.
     _print_load_note(machine_load, None, "", out)
     print(_busy.format_busy(result, targets=args.targets), file=out)
-    print(f"{info['cpu']}, {info['cores']} cores; {elapsed:.0f} s; load average "
-          f"{info['load_average']} before", file=out)
-    if args.json:
-        settings = {"quick": args.quick, "busy": levels, "rounds": rounds,
-                    "min_time_s": min_time, "eps": EPS, "momentum": MOMENTUM,
-                    "elapsed_s": elapsed}
-        _write_json(args.json, {"machine": info, "load": machine_load, "settings": settings,
-                                "busy": result}, err)
-    return 0
+    settings = {"busy": levels, "rounds": rounds, "min_time_s": min_time}
+    return _finish(args, info, machine_load, started, settings, {"busy": result}, out, err)
 
 
 def main(argv: Optional[List[str]] = None) -> int:
