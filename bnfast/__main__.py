@@ -110,7 +110,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
     if args.command == "bench":
         from bnfast.bench import cli as bench_cli
-        return bench_cli.run(args)
+        try:
+            return bench_cli.run(args)
+        except KeyboardInterrupt:  # the bench has stopped its spinners on the way out
+            print("bench: interrupted", file=sys.stderr)
+            return 130
     bnfast.show_config()
     print()
     ok = self_check()

@@ -1,13 +1,19 @@
 """The benchmark package runs and its NumPy twin computes batch norm (no timing asserts)."""
 import json
+import os
+import re
+import sys
+import time
 
 import numpy as np
 import pytest
 
 import bnfast
+from _helpers import run_python
 from bnfast import bench
 from bnfast import reference as ref
-from bnfast.bench import cases, cli, fused, report, scaler, targets
+from bnfast.bench import busy, cases, cli, fused, half, load, report, scaler, spinners
+from bnfast.bench import targets, timing
 
 F64_EPS = np.finfo(np.float64).eps
 
@@ -142,6 +148,8 @@ def test_bench_run_writes_json_and_prints_no_verdict(tmp_path, monkeypatch, caps
                         lambda: [(cases.Case((32, 4), "NC", "float64"), op) for op in cases.OPS])
     monkeypatch.setattr(cli, "fused_cases",
                         lambda quick: [cases.Case((16, 4, 3, 5), "NHWC", "float32")])
+    monkeypatch.setattr(cli, "half_cases",
+                        lambda quick: [cases.Case((16, 4, 3, 5), "NCHW", "float32")])
     path = tmp_path / "bench.json"
     args = cli.build_parser().parse_args(["--quick", "--threads", "1", "--repeats", "1",
                                           "--json", str(path)])
@@ -154,6 +162,10 @@ def test_bench_run_writes_json_and_prints_no_verdict(tmp_path, monkeypatch, caps
     assert len(document["rows"]) == 3 and document["settings"]["quick"] is True
     assert len(document["fused"]) == 1
     assert document["fused"][0]["relu_over_plain"] > 0
+    assert "half precision" in out and "f16/f32" in out
+    assert len(document["half"]["rows"]) == 3
+    assert document["half"]["rows"][0]["float16_over_float32"] > 0
+    assert set(document["load"]) == {"load_average", "cpus", "runnable_others", "steal"}
     args = cli.build_parser().parse_args(["--quick", "--threads", "1", "--repeats", "1",
                                           "--targets"])
     assert cli.run(args) == 0
@@ -161,6 +173,8 @@ def test_bench_run_writes_json_and_prints_no_verdict(tmp_path, monkeypatch, caps
     assert "rows meet every target" in out and "| targets" in out
     assert "fused relu 0/1" in out or "fused relu 1/1" in out
     assert "relu/p <= 1.05" in out
+    assert re.search(r"; half precision [0-3]/3", out)
+    assert "bf16/f32 <= 0.6" in out
     assert ">= 10" not in out  # the NumPy target is withdrawn
 
 
@@ -201,3 +215,353 @@ def test_fused_cases_are_float32_and_quick_ones_are_smaller():
     assert 1 <= len(quick) <= 2
     assert all(c.dtype == "float32" for c in full + quick)
     assert max(c.nbytes for c in quick) < min(c.nbytes for c in full)
+
+
+# -- the busy machine: spinners, the load note, per-call timing, the busy table -----------
+
+def _alive(pid):
+    """Whether process ``pid`` still runs (a zombie, exited but not yet reaped, does not)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def _wait_gone(pid, timeout=30.0):
+    deadline = time.monotonic() + timeout
+    while _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return not _alive(pid)
+
+
+linux_only = pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="reads /proc")
+
+
+@linux_only
+def test_spinners_run_until_stopped_also_on_ctrl_c():
+    with spinners.Spinners(2) as s:
+        pids = [p.pid for p in s.processes]
+        assert len(pids) == 2 and s.running() == 2
+        assert all(_alive(pid) for pid in pids)
+    assert s.processes == [] and not any(_alive(pid) for pid in pids)
+    with pytest.raises(KeyboardInterrupt):
+        with spinners.Spinners(1) as s:
+            pid = s.processes[0].pid
+            raise KeyboardInterrupt
+    assert not _alive(pid)
+    with spinners.Spinners(0) as s:
+        assert s.running() == 0
+    with pytest.raises(ValueError, match="k:"):
+        spinners.Spinners(-1)
+
+
+@linux_only
+def test_spinners_stop_by_themselves_at_their_deadline_and_when_the_parent_dies():
+    s = spinners.Spinners(1, lifetime=0.2).start()
+    try:
+        assert s.processes[0].wait(timeout=30) == 0  # exited by itself, not killed
+    finally:
+        s.stop()
+    # A parent that dies without stopping its spinner (os._exit skips every cleanup).
+    done = run_python("import os\nfrom bnfast.bench.spinners import Spinners\n"
+                      "s = Spinners(1, lifetime=60).start()\n"
+                      "print(s.processes[0].pid, flush=True)\nos._exit(0)\n")
+    assert done.returncode == 0, done.stderr
+    assert _wait_gone(int(done.stdout.split()[0]))
+
+
+def test_busy_note_words_with_injected_loads():
+    # Idle: nothing to say.
+    assert load.busy_note(0.1, 2) == ""
+    assert load.busy_note(None, 2) == ""
+    assert load.level(0.49, 2) == "idle"
+    # Not idle: from a quarter of a CPU's load per CPU.
+    note = load.busy_note(0.6, 2, threads=2)
+    assert note.startswith("This machine is not idle: load 0.6 on 2 CPUs.")
+    assert "slower and noisier" in note and "bnfast's 2 threads" in note
+    assert "\n" not in note
+    # Busy: the issue's case, load 6.8 on 2 CPUs.
+    note = load.busy_note(6.8, 2, hint="Try this.")
+    lines = note.splitlines()
+    assert lines[0].startswith("This machine is busy: load 6.8 on 2 CPUs.")
+    assert "slower and noisier than on an idle machine" in lines[0]
+    assert "bnfast's default threads" in lines[1] and "single-threaded NumPy" in lines[1]
+    assert lines[2] == "Try this."
+    # One thread: nothing said about threads.
+    assert "several threads" not in load.busy_note(6.8, 2, threads=1)
+    # Load exactly at the CPU count is not over it; just over is.
+    assert load.level(2.0, 2) == "not idle" and load.level(2.01, 2) == "busy"
+    assert load.level(1.0, 1) == "not idle" and load.level(1.5, 1) == "busy"
+    # Runnable tasks measured now count like the load average; the larger one is said.
+    assert load.level(0.1, 2, runnable_others=3.0) == "busy"
+    assert "3.0 other tasks ready to run" in load.busy_note(0.1, 2, runnable_others=3.0)
+    assert "other tasks" not in load.busy_note(6.8, 2, runnable_others=3.0)
+    # A hypervisor taking CPU time (steal) makes a quiet-looking VM busy.
+    assert load.level(0.0, 2, steal=0.02) == "not idle"
+    assert load.level(0.0, 2, steal=0.15) == "busy"
+    assert "host took 15% of its CPU time" in load.busy_note(0.0, 2, steal=0.15)
+    assert load.busy_note(0.0, 1, steal=0.15).startswith("This machine is busy: ")
+
+
+def test_load_sample_reports_what_it_measured():
+    measured = load.sample(duration=0.01, reads=2)
+    assert set(measured) == {"load_average", "cpus", "runnable_others", "steal"}
+    assert measured["cpus"] >= 1
+    if measured["runnable_others"] is not None:
+        assert measured["runnable_others"] >= 0
+    if measured["steal"] is not None:
+        assert 0 <= measured["steal"] <= 1
+    assert isinstance(load.note_for(measured), str)
+
+
+def test_quantile_matches_numpy_and_measure_calls_times_every_call(rng):
+    samples = list(rng.standard_normal(37))
+    for q in (0, 0.25, 0.5, 0.9, 1):
+        # Linear interpolation between order statistics, like NumPy: equal up to the
+        # rounding of one interpolation (a few ulps of the samples' magnitude).
+        assert timing.quantile(samples, q) == pytest.approx(np.percentile(samples, 100 * q),
+                                                            rel=0, abs=1e-14)
+    with pytest.raises(ValueError):
+        timing.quantile([], 0.5)
+    counter = {"a": 0, "b": 0}
+
+    def count(name):
+        def call():
+            counter[name] += 1
+        return call
+
+    times = timing.measure_calls({"a": count("a"), "b": count("b")}, rounds=4, min_time=0)
+    for name, t in times.items():
+        assert t["calls"] == 4
+        assert counter[name] == 1 + 4  # a warm-up call, then one per round
+        assert t["min"] <= t["p25"] <= t["median"] <= t["p75"] <= t["p90"] <= t["max"]
+    # A turn lasts min_time, and never more than MAX_BATCH calls.
+    times = timing.measure_calls({"a": count("a")}, rounds=2, min_time=10.0)
+    assert times["a"]["calls"] == 2 * timing.MAX_BATCH
+
+
+def test_busy_levels_and_grid():
+    assert busy.spinner_levels([0, 2, 4], None) == [0, 2, 4]
+    assert busy.spinner_levels(None, [1, 2], cpus=2) == [2, 4]
+    assert busy.spinner_levels(None, [1], cpus=3) == [3]
+    full, quick = busy.busy_grid(), busy.busy_grid(quick=True)
+    assert len(full) == 18 and len(quick) == 9
+    sizes = [case.nbytes / 2**20 for case, _ in full]
+    assert min(sizes) == 0.25 and max(sizes) == 50
+    assert {case.layout for case, _ in full} == {"NC", "NCHW"}
+
+
+def test_busy_targets_name_what_a_row_misses():
+    row = {"default_over_one": 1.4, "default_p90_over_median": 2.9, "default_over_torch": 0.9}
+    assert targets.missed_busy_targets(row) == []
+    row.update(default_over_one=1.6, default_p90_over_median=3.1, default_over_torch=1.1)
+    assert targets.missed_busy_targets(row) == ["1thread", "p90", "torch"]
+    row.update(default_over_torch=None)  # no PyTorch: no verdict against it
+    assert targets.missed_busy_targets(row) == ["1thread", "p90"]
+
+
+def _tiny_busy_grid(quick=False):
+    return [(cases.Case((64, 8), "NC", "float64"), op) for op in cases.OPS] + [
+        (cases.Case((2, 4, 3, 5), "NCHW", "float32"), "train")]
+
+
+def test_run_busy_times_each_contender_beside_spinners():
+    result = busy.run_busy([0, 1], _tiny_busy_grid(), rounds=2, min_time=0)
+    rows = result["rows"]
+    assert [row["spinners"] for row in rows] == [0] * 4 + [1] * 4
+    assert [lv["spinners"] for lv in result["levels"]] == [0, 1]
+    assert result["levels"][1]["spinners_running_at_end"] == 1
+    for row in rows:
+        assert row["default_over_one"] == pytest.approx(row["default_s"] / row["one_s"])
+        assert row["default_p90_over_median"] == pytest.approx(
+            row["default_p90_s"] / row["default_s"])
+        if row["torch_s"] is None:
+            assert row["default_over_torch"] is None
+        else:
+            assert row["default_over_torch"] == pytest.approx(row["default_s"] / row["torch_s"])
+        assert row["missed"] == targets.missed_busy_targets(row)
+    json.dumps(result)  # it goes into --json as it is
+    table = busy.format_busy(result)
+    assert "| k | op" in table and "def/1t" in table and "p90/def" in table
+    assert "PASS" not in table and "miss" not in table
+    verdicts = busy.format_busy(result, targets=True)
+    assert "| targets" in verdicts and "def/1t <= 1.5" in verdicts
+    assert "rows meeting every busy target: k=0: " in verdicts
+
+
+def test_busy_users_calls_update_running_statistics_and_match_the_reference():
+    problem = bench.Problem(cases.Case((64, 8), "NC", "float64"), threads=1)
+    calls = busy.user_calls(problem, "train", torch=None)
+    assert set(calls) == {"default", "1 thread"}
+    rm, rv = problem.running["bnfast"]
+    rm0 = rm.copy()
+    y, _, _ = calls["1 thread"]()
+    assert y is not problem.out["bnfast"]  # no out=: a fresh result, as users call it
+    ry, _, _, rrm, _ = ref.batch_norm_forward(problem.x, problem.gamma, problem.beta, axis=1,
+                                              running_mean=rm0, running_var=rv.copy(),
+                                              momentum=cases.MOMENTUM, eps=cases.EPS)
+    # float64 against the float64 reference over m = 64 values: a few eps of the scale
+    # times m (naive summation bound), far below any real mistake.
+    tol = 64 * 16 * F64_EPS
+    np.testing.assert_allclose(y, ry, rtol=0, atol=tol * np.max(np.abs(ry)))
+    np.testing.assert_allclose(rm, rrm, rtol=0, atol=tol * np.max(np.abs(rrm)))
+
+
+def test_busy_spinners_are_stopped_when_the_bench_fails(monkeypatch):
+    started = []
+    real = spinners.Spinners
+
+    class Recorded(real):
+        def start(self):
+            started.append(self)
+            return super().start()
+
+    def fail(*args, **kwargs):
+        raise RuntimeError("failed in the middle")
+
+    monkeypatch.setattr(busy, "Spinners", Recorded)
+    monkeypatch.setattr(busy, "measure_calls", fail)
+    with pytest.raises(RuntimeError, match="middle"):
+        busy.run_busy([1], _tiny_busy_grid(), rounds=1, min_time=0)
+    assert len(started) == 1 and started[0].processes == []
+
+
+def test_bench_busy_prints_only_the_busy_table(monkeypatch, capsys, tmp_path):
+    monkeypatch.setattr(busy, "busy_grid", _tiny_busy_grid)
+    monkeypatch.setattr(load, "sample", lambda *a, **k: {
+        "load_average": 0.0, "cpus": 2, "runnable_others": 0.0, "steal": 0.0})
+    path = tmp_path / "busy.json"
+    args = cli.build_parser().parse_args(["--busy", "0", "--repeats", "1", "--json",
+                                          str(path)])
+    assert cli.run(args) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("busy machine:")  # idle: no note above the table
+    assert "| k | op" in out and "bn/floor" not in out and "half precision" not in out
+    assert "PASS" not in out
+    document = json.loads(path.read_text())
+    assert document["settings"]["busy"] == [0] and len(document["busy"]["rows"]) == 4
+    args = cli.build_parser().parse_args(["--busy-per-core", "0", "--repeats", "1",
+                                          "--targets"])
+    assert cli.run(args) == 0
+    assert "rows meeting every busy target: k=0: " in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="--threads does not apply"):
+        cli.run(cli.build_parser().parse_args(["--busy", "0", "--threads", "2"]))
+
+
+def test_bench_and_short_table_say_when_the_machine_is_busy(monkeypatch, capsys):
+    monkeypatch.setattr(load, "sample", lambda *a, **k: {
+        "load_average": 6.8, "cpus": 2, "runnable_others": 5.0, "steal": 0.0})
+    monkeypatch.setattr(cli, "short_grid",
+                        lambda: [(cases.Case((32, 4), "NC", "float32"), "train")])
+    cli.short_table(threads=2)
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    assert lines[0].startswith("This machine is busy: load 6.8 on 2 CPUs.")
+    assert "bnfast's 2 threads" in lines[1] and lines[2] == cli.MAIN_HINT
+    assert lines[4].startswith("| op")  # the note is the table's header
+    monkeypatch.setattr(cli, "quick_grid",
+                        lambda: [(cases.Case((32, 4), "NC", "float32"), "train")])
+    monkeypatch.setattr(cli, "fused_cases", lambda quick: [])
+    monkeypatch.setattr(cli, "half_cases", lambda quick: [])
+    args = cli.build_parser().parse_args(["--quick", "--threads", "1", "--repeats", "1"])
+    assert cli.run(args) == 0
+    out, err = capsys.readouterr()
+    assert out.startswith("This machine is busy: load 6.8 on 2 CPUs.")
+    assert "several threads" not in out and cli.BENCH_HINT in out
+    assert "warning" not in err
+
+
+# -- half precision ----------------------------------------------------------------------
+
+def test_half_support_is_found_by_trying_a_call():
+    assert half.unsupported("float16") is None
+    try:
+        import ml_dtypes
+    except ImportError:
+        assert "ml_dtypes is not installed" in half.unsupported("bfloat16")
+        return
+    x = np.ones((4, 2), dtype=ml_dtypes.bfloat16)
+    one = np.ones(2, np.float32)
+    try:
+        y = bnfast.batch_norm_forward(x, one, one, axis=1)[0]
+    except TypeError as e:
+        assert half.unsupported("bfloat16") == (
+            f"this bnfast rejects bfloat16 arrays (TypeError: {e})")
+    else:
+        assert (half.unsupported("bfloat16") is None) == (y.dtype == x.dtype)
+
+
+def test_importing_bnfast_and_its_bench_needs_no_ml_dtypes():
+    done = run_python("import sys\nsys.modules['ml_dtypes'] = None\n"
+                      "import bnfast, bnfast.bench, bnfast.bench.cli, bnfast.bench.half\n"
+                      "print(bnfast.bench.half.unsupported('bfloat16'))\n")
+    assert done.returncode == 0, done.stderr
+    assert "ml_dtypes is not installed" in done.stdout
+
+
+def test_half_rows_skip_bfloat16_without_ml_dtypes(monkeypatch):
+    monkeypatch.setitem(sys.modules, "ml_dtypes", None)  # import ml_dtypes: ImportError
+    assert half.unsupported("bfloat16") == "ml_dtypes is not installed (pip install ml_dtypes)"
+    result = half.run_half([cases.Case((64, 8), "NC", "float32")], threads=1, repeats=1,
+                           min_time=0, warmup=False)
+    assert set(result["skipped"]) == {"bfloat16"}
+    assert all(row["bfloat16_s"] is None for row in result["rows"])
+    text = half.format_half(result)
+    assert "bfloat16: skipped: ml_dtypes is not installed" in text
+
+
+def test_half_rows_time_each_op_against_float32():
+    grid = [cases.Case((64, 8), "NC", "float32"), cases.Case((2, 4, 3, 5), "NCHW", "float32"),
+            cases.Case((2, 4, 3, 5), "NHWC", "float32")]
+    result = half.run_half(grid, threads=1, repeats=1, min_time=0, warmup=False)
+    rows = result["rows"]
+    assert [(row["layout"], row["op"]) for row in rows] == [
+        (case.layout, op) for case in grid for op in cases.OPS]
+    for row in rows:
+        assert row["agrees"] is True
+        for d in cases.HALF_DTYPES:
+            if d in result["skipped"]:
+                assert row[d + "_s"] is None and row[d + "_over_float32"] is None
+                continue
+            assert row[d + "_over_float32"] == pytest.approx(row[d + "_s"] / row["float32_s"])
+            assert (d in row["missed"]) == (row[d + "_over_float32"] > targets.HALF_TARGET)
+    json.dumps(result)
+    table = half.format_half(result)
+    assert "f16/f32" in table and "bf16/f32" in table and "PASS" not in table
+    assert "| targets" in half.format_half(result, targets=True)
+    # Every case of the section is 1 MiB or more in half precision (the target's arrays).
+    for quick in (False, True):
+        assert all(case.nbytes // 2 >= 2**20 for case in half.half_cases(quick))
+
+
+def test_bench_half_prints_only_the_half_table(monkeypatch, capsys, tmp_path):
+    monkeypatch.setattr(cli, "half_cases",
+                        lambda quick: [cases.Case((16, 4, 3, 5), "NHWC", "float32")])
+    path = tmp_path / "half.json"
+    args = cli.build_parser().parse_args(["--half", "--threads", "1", "--repeats", "1",
+                                          "--targets", "--json", str(path)])
+    assert cli.run(args) == 0
+    out = capsys.readouterr().out
+    assert "half precision" in out and "bn/floor" not in out and "fused" not in out
+    assert "bf16/f32 <= 0.6" in out
+    document = json.loads(path.read_text())
+    assert document["settings"]["half"] is True and len(document["half"]["rows"]) == 3
+
+
+def test_half_check_catches_a_wrong_half_result():
+    problems = {d: bench.Problem(cases.Case((64, 8), "NC", d), threads=1)
+                for d in ("float32", "float16")}
+    assert half.agrees_with_float32(problems, "train")
+    problems["float16"].beta += 1  # a shifted output, as a kernel mistake would give
+    assert not half.agrees_with_float32(problems, "train")
+
+
+def test_make_inputs_draws_the_same_values_in_half_precision():
+    a = cases.make_inputs(cases.Case((6, 3, 4, 5), "NCHW", "float32"), seed=5)
+    h = cases.make_inputs(cases.Case((6, 3, 4, 5), "NCHW", "float16"), seed=5)
+    assert h.x.dtype == np.float16 and h.dy.dtype == np.float16
+    assert h.gamma.dtype == h.running_var.dtype == np.float32  # as in PyTorch
+    np.testing.assert_array_equal(h.x, a.x.astype(np.float16))
+    np.testing.assert_array_equal(h.gamma, a.gamma)
+    assert cases.Case((4, 8), "NC", "bfloat16").nbytes == 64

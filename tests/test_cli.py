@@ -43,7 +43,8 @@ def test_help_is_plain_text_listing_the_commands(tmp_path):
 def test_bench_help_lists_its_options(tmp_path):
     done = _run(["bench", "--help"], tmp_path)
     assert done.returncode == 0, done.stderr
-    for option in ("--quick", "--threads", "--json", "--targets", "--scaler-processes"):
+    for option in ("--quick", "--threads", "--json", "--targets", "--scaler-processes",
+                   "--busy", "--busy-per-core"):
         assert option in done.stdout, option
     assert "``" not in done.stdout
 
@@ -70,8 +71,13 @@ def test_bench_quick_prints_the_table(tmp_path):
     assert columns == ["op", "layout", "shape", "dtype", "MiB", "bnfast", "NumPy", "torch",
                        "floor", "bn/floor", "bn/torch", "np/bn"]
     lines = out.splitlines()
-    # The main table, then the fused activation table (header and 2 quick cases).
-    assert sum(line.startswith("| ") for line in lines) == (1 + 12) + (1 + 2)
+    # The main table, the fused activation table (header and 2 quick cases), then the half
+    # precision table (header and 3 quick cases of 3 ops).
+    assert sum(line.startswith("| ") for line in lines) == (1 + 12) + (1 + 2) + (1 + 9)
+    half_title = next(line for line in lines if line.startswith("half precision"))
+    half_header = [c.strip() for c in lines[lines.index(half_title) + 1].strip("|").split("|")]
+    assert half_header == ["op", "layout", "shape", "MiB f16", "float32", "float16",
+                           "bfloat16", "f16/f32", "bf16/f32"]
     title = lines.index(next(line for line in lines if line.startswith("fused activation")))
     fused_header = [c.strip() for c in lines[title + 1].strip("|").split("|")]
     assert fused_header == ["layout", "shape", "MiB", "plain", "relu", "res+relu", "bn;max",
@@ -83,6 +89,32 @@ def test_bench_quick_prints_the_table(tmp_path):
         assert all(math.isfinite(r) and r > 0 for r in ratios), line
     assert "miss" not in out and "rows meet every target" not in out
     assert "scaler fit_transform: n/a" in out
+
+
+def test_bench_busy_prints_the_busy_table(tmp_path):
+    done = _run(["bench", "--busy", "0", "--quick", "--repeats", "1"], tmp_path)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    header = next(line for line in lines if line.startswith("| k "))
+    columns = [c.strip() for c in header.strip("|").split("|")]
+    assert columns == ["k", "op", "layout", "shape", "dtype", "MiB", "default", "def p90",
+                       "1 thread", "1t p90", "torch", "torch p90", "def/1t", "p90/def",
+                       "def/torch"]
+    rows = [line for line in lines if line.startswith("| 0 ")]
+    assert len(rows) == 9  # the quick busy grid, one level
+    for line in rows:
+        ratios = [c.strip() for c in line.strip("|").split("|")][-3:]
+        assert all(r == "n/a" or float(r) > 0 for r in ratios), line
+    assert "bn/floor" not in done.stdout and "PASS" not in done.stdout
+
+
+def test_bench_busy_options_are_checked(tmp_path):
+    done = _run(["bench", "--busy", "1", "--busy-per-core", "1"], tmp_path)
+    assert done.returncode == 2 and "not allowed with" in done.stderr
+    done = _run(["bench", "--busy", "-1"], tmp_path)
+    assert done.returncode == 2 and "expected an integer >= 0" in done.stderr
+    done = _run(["bench", "--busy", "0", "--threads", "1"], tmp_path)
+    assert done.returncode != 0 and "--threads does not apply" in done.stderr
 
 
 # Importing a module set to None in sys.modules raises ImportError: torch and scikit-learn

@@ -34,6 +34,7 @@ def _load(name):
 
 cases = _load("cases")
 numpy_twin = _load("numpy_twin")
+spinners = _load("spinners")
 
 EPS = cases.EPS
 MOMENTUM = cases.MOMENTUM
@@ -56,6 +57,16 @@ THREADS = [1, 2]
 SHAPE_LAYOUTS = [((256, 64), "NC"), ((4096, 1024), "NC"), ((32, 64, 56, 56), "NCHW"),
                  ((32, 64, 56, 56), "NHWC")]
 SCALER_SHAPE = cases.SCALER_SHAPE
+#: (shape, layout) rows of the busy-machine suite (bench_threads.py): (N, C) float32 of 0.25
+#: and 1 MiB and a 24.5 MiB NCHW batch, rows of ``python -m bnfast bench --busy``.
+BUSY_SHAPE_LAYOUTS = [((1024, 64), "NC"), ((4096, 64), "NC"), ((32, 64, 56, 56), "NCHW")]
+#: Spinning processes per usable CPU beside the timed calls (bench_threads.py).
+BUSY_PER_CORE = [0, 1, 2]
+#: (shape, layout) rows of the half-precision suite (bench_half.py): 8 and 12.25 MiB in
+#: float16, an (N, C), an NCHW and an NHWC batch.
+HALF_SHAPE_LAYOUTS = [((4096, 1024), "NC"), ((32, 64, 56, 56), "NCHW"),
+                      ((32, 64, 56, 56), "NHWC")]
+HALF_DTYPES = ["float32", "float16", "bfloat16"]
 
 if SMOKE:
     SHAPES_2D = [(64, 8)]
@@ -63,6 +74,9 @@ if SMOKE:
     THREADS = [2]
     SHAPE_LAYOUTS = [((64, 8), "NC"), ((2, 8, 5, 5), "NCHW"), ((2, 8, 5, 5), "NHWC")]
     SCALER_SHAPE = (512, 16)
+    BUSY_SHAPE_LAYOUTS = [((64, 8), "NC"), ((2, 8, 5, 5), "NCHW")]
+    BUSY_PER_CORE = [0, 1]
+    HALF_SHAPE_LAYOUTS = SHAPE_LAYOUTS
 
 
 def Inputs(shape, layout, dtype, op):

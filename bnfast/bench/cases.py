@@ -34,7 +34,30 @@ PASSES = {"train": 1.5, "infer": 1.0, "backward": 2.5}
 #: The scaler row: ``BatchNormScaler().fit_transform`` against ``StandardScaler``.
 SCALER_SHAPE = (65536, 256)
 
-DTYPE_ABBREV = {"float32": "f32", "float64": "f64"}
+DTYPE_ABBREV = {"float32": "f32", "float64": "f64", "float16": "f16", "bfloat16": "bf16"}
+
+#: Half-precision dtypes: their per-channel vectors and running statistics are float32, as
+#: in PyTorch. ``bfloat16`` is ``ml_dtypes.bfloat16`` (an optional dependency).
+HALF_DTYPES = ("float16", "bfloat16")
+_ITEMSIZE = {"float16": 2, "bfloat16": 2, "float32": 4, "float64": 8}
+
+
+def resolve_dtype(name: str) -> np.dtype:
+    """The NumPy dtype of a case's dtype name.
+
+    ``"bfloat16"`` imports ml_dtypes (ImportError when it is not installed), which
+    registers the dtype with NumPy; nothing else here needs it.
+    """
+    if name == "bfloat16":
+        import ml_dtypes
+
+        return np.dtype(ml_dtypes.bfloat16)
+    return np.dtype(name)
+
+
+def param_dtype(name: str) -> np.dtype:
+    """The dtype of gamma, beta and the running statistics of a case of dtype ``name``."""
+    return np.dtype(np.float32) if name in HALF_DTYPES else np.dtype(name)
 
 
 @dataclass(frozen=True)
@@ -48,8 +71,8 @@ class Case:
         ``(N, H, W, C)``.
     layout : {"NC", "NCHW", "NHWC"}
         Memory layout; ``NHWC`` means channels last (``axis=-1``).
-    dtype : {"float32", "float64"}
-        Working dtype.
+    dtype : {"float32", "float64", "float16", "bfloat16"}
+        Working dtype (``bfloat16``: ``ml_dtypes.bfloat16``).
     """
 
     shape: Tuple[int, ...]
@@ -77,7 +100,7 @@ class Case:
     @property
     def nbytes(self) -> int:
         """Size of one array of the case, in bytes."""
-        return math.prod(self.shape) * np.dtype(self.dtype).itemsize
+        return math.prod(self.shape) * _ITEMSIZE[self.dtype]
 
     def label(self) -> str:
         """Short description, e.g. ``NCHW (32,64,56,56) f32``."""
@@ -128,10 +151,10 @@ def short_grid() -> List[Row]:
 class Inputs:
     """The arrays of one :class:`Case` (see :func:`make_inputs`).
 
-    ``x`` and ``dy`` have the case's stored shape; the others have shape (C,), all in the
-    case's dtype. ``mean`` and ``invstd`` (float64) are the batch statistics of ``x`` that
-    a training forward saves for backward; ``dy``, ``mean`` and ``invstd`` are None
-    unless asked for.
+    ``x`` and ``dy`` have the case's stored shape and dtype; the others have shape (C,),
+    in the case's dtype (float32 for half-precision data, :func:`param_dtype`). ``mean``
+    and ``invstd`` (float64) are the batch statistics of ``x`` that a training forward
+    saves for backward; ``dy``, ``mean`` and ``invstd`` are None unless asked for.
     """
 
     case: Case
@@ -168,20 +191,25 @@ def make_inputs(case: Case, seed: int = 0, backward: bool = True,
     -------
     Inputs
     """
-    dtype = np.dtype(case.dtype)
+    dtype = resolve_dtype(case.dtype)
+    # NumPy draws normal numbers in float32 or float64 only: half data is drawn in float32.
+    drawn = dtype if case.dtype in ("float32", "float64") else np.dtype(np.float32)
     c = case.channels
     rng = np.random.default_rng(seed)
-    x = rng.standard_normal(case.stored_shape, dtype=dtype)
+    x = rng.standard_normal(case.stored_shape, dtype=drawn)
     x *= 2
     x += 0.5
-    gamma = rng.uniform(0.5, 1.5, c).astype(dtype)
-    beta = rng.uniform(-0.5, 0.5, c).astype(dtype)
-    # Running buffers in the working dtype, like a PyTorch BatchNorm module's.
-    running_mean = rng.uniform(0.0, 1.0, c).astype(dtype)
-    running_var = rng.uniform(3.0, 5.0, c).astype(dtype)
+    x = x.astype(dtype, copy=False)
+    params = param_dtype(case.dtype)
+    gamma = rng.uniform(0.5, 1.5, c).astype(params)
+    beta = rng.uniform(-0.5, 0.5, c).astype(params)
+    # Running buffers in the parameters' dtype, like a PyTorch BatchNorm module's.
+    running_mean = rng.uniform(0.0, 1.0, c).astype(params)
+    running_var = rng.uniform(3.0, 5.0, c).astype(params)
     inputs = Inputs(case, x, gamma, beta, running_mean, running_var)
     if backward:
-        inputs.dy = rng.standard_normal(case.stored_shape, dtype=dtype)
+        dy = rng.standard_normal(case.stored_shape, dtype=drawn)
+        inputs.dy = dy.astype(dtype, copy=False)
         if moments is not None:
             mean, var = moments(x, axis=case.axis)
         else:

@@ -24,7 +24,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, TextIO
 import numpy as np
 
 from .cases import EPS, MOMENTUM, Case, make_inputs
-from .report import format_time
+from .report import format_time, markdown_table
 from .timing import measure
 
 #: The fused training forward with the ReLU costs at most this many times the plain one.
@@ -199,21 +199,12 @@ def format_fused(rows: Sequence[Mapping[str, Any]], targets: bool = False) -> st
         if targets:
             cells.append("PASS" if not row["missed"] else "miss " + ",".join(row["missed"]))
         lines.append(cells)
-    left = {"layout", "shape", "targets"}
-    widths = [max([len(h)] + [len(line[j]) for line in lines]) for j, h in enumerate(header)]
-
-    def fmt(cells: List[str]) -> str:
-        padded = [c.ljust(w) if h in left else c.rjust(w)
-                  for c, w, h in zip(cells, widths, header)]
-        return "| " + " | ".join(padded) + " |"
-
-    rule = "|" + "|".join(("-" * (w + 2)) if h in left else ("-" * (w + 1) + ":")
-                          for w, h in zip(widths, header)) + "|"
+    right = set(header) - {"layout", "shape", "targets"}
     threads = rows[0]["threads"] if rows else "?"
     notes = [
         f"fused activation, float32 training forward (running statistics, out=), "
         f"bnfast n_threads={threads}; medians per call, timed side by side:",
-        fmt(header), rule, *(fmt(line) for line in lines),
+        markdown_table(header, lines, right),
         "relu: activation=\"relu\"; res+relu: residual=r, activation=\"relu\"; "
         "bn;max: plain, then np.maximum(y, 0, out=y);",
         "bn;+r;max: plain, then y += r and np.maximum (NumPy, single-threaded); "

@@ -8,11 +8,12 @@ from __future__ import annotations
 import datetime
 import os
 import platform
-from typing import Any, Dict, List, Mapping, Optional, Sequence
+from typing import Any, Collection, Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 
 from .cases import DTYPE_ABBREV
+from .load import load_average
 
 NA = "n/a"
 
@@ -53,7 +54,7 @@ def format_table(rows: Sequence[Mapping[str, Any]], targets: bool = False) -> st
     str
     """
     header = COLUMNS + (["targets"] if targets else [])
-    lines = []
+    lines: List[List[str]] = []
     for row in rows:
         cells = [
             row["op"], row["layout"], "(" + ",".join(map(str, row["shape"])) + ")",
@@ -66,14 +67,23 @@ def format_table(rows: Sequence[Mapping[str, Any]], targets: bool = False) -> st
         if targets:
             cells.append("PASS" if not row["missed"] else "miss " + ",".join(row["missed"]))
         lines.append(cells)
-    widths = [max(len(h), *(len(line[j]) for line in lines)) for j, h in enumerate(header)]
+    return markdown_table(header, lines, right=_RIGHT)
 
-    def fmt(cells: List[str]) -> str:
-        padded = [c.rjust(w) if h in _RIGHT else c.ljust(w)
+
+def markdown_table(header: Sequence[str], lines: Sequence[Sequence[str]],
+                   right: Collection[str]) -> str:
+    """Return a fixed-width, Markdown-compatible table of text cells.
+
+    Columns named in ``right`` are right-aligned (numbers), the others left-aligned.
+    """
+    widths = [max([len(h)] + [len(line[j]) for line in lines]) for j, h in enumerate(header)]
+
+    def fmt(cells: Sequence[str]) -> str:
+        padded = [c.rjust(w) if h in right else c.ljust(w)
                   for c, w, h in zip(cells, widths, header)]
         return "| " + " | ".join(padded) + " |"
 
-    rule = "|" + "|".join(("-" * (w + 1) + ":") if h in _RIGHT else ("-" * (w + 2))
+    rule = "|" + "|".join(("-" * (w + 1) + ":") if h in right else ("-" * (w + 2))
                           for w, h in zip(widths, header)) + "|"
     return "\n".join([fmt(header), rule] + [fmt(line) for line in lines])
 
@@ -122,16 +132,9 @@ def format_scaler(summary: Optional[Mapping[str, Any]], reason: str = "") -> str
     ])
 
 
-def load_average() -> Optional[float]:
-    """1-minute load average (None where the OS has none): other processes skew timings."""
-    try:
-        return round(os.getloadavg()[0], 2)
-    except (AttributeError, OSError):
-        return None
-
-
-def machine_info(threads: int, torch_version: Optional[str]) -> Dict[str, Any]:
-    """Return a dict describing this machine and the software measured."""
+def machine_info(threads: Optional[int], torch_version: Optional[str]) -> Dict[str, Any]:
+    """Return a dict describing this machine and the software measured (``threads``: the
+    threads the figures use, None for the busy table's default threads and one thread)."""
     import bnfast
 
     cpu = platform.processor() or platform.machine()

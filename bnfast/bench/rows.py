@@ -34,7 +34,7 @@ from typing import Any, Callable, Dict, List, Optional, TextIO
 import numpy as np
 
 from . import targets as _targets
-from .cases import EPS, MOMENTUM, PASSES, Case, Row, make_inputs
+from .cases import EPS, HALF_DTYPES, MOMENTUM, PASSES, Case, Row, make_inputs
 from .numpy_twin import (numpy_batch_norm_backward, numpy_batch_norm_forward,
                          numpy_batch_norm_inference)
 from .timing import MIN_TIME, REPEATS, measure
@@ -52,11 +52,25 @@ def import_torch() -> Optional[ModuleType]:
     return torch
 
 
+class _Buffers(Dict[str, np.ndarray]):
+    """Output buffers by implementation ("bnfast", "numpy", "torch", "copy"), each allocated
+    and touched (filled with ones) when first asked for, before anything is timed."""
+
+    def __init__(self, like: np.ndarray) -> None:
+        super().__init__()
+        self.like = like
+
+    def __missing__(self, name: str) -> np.ndarray:
+        buffer = self[name] = np.ones_like(self.like)
+        return buffer
+
+
 class Problem:
     """The arrays of one :class:`Case`, and zero-argument callables that time each op.
 
-    Every implementation gets its own output buffer and its own copy of the running
-    statistics, allocated and touched here so that no page fault is timed.
+    Every implementation gets its own output buffer (allocated and touched when its first
+    callable is made, so that no page fault is timed) and its own copy of the running
+    statistics.
 
     Parameters
     ----------
@@ -77,33 +91,42 @@ class Problem:
         self.case = case
         self.threads = threads
         self.copy_pool = copy_pool
-        inputs = make_inputs(case, seed, moments=bnfast.moments)
+        # Half data: NumPy's float64 statistics (bnfast may not accept bfloat16 yet).
+        moments = None if case.dtype in HALF_DTYPES else bnfast.moments
+        inputs = make_inputs(case, seed, moments=moments)
         assert inputs.dy is not None and inputs.mean is not None and inputs.invstd is not None
         self.x, self.dy, self.gamma, self.beta = inputs.x, inputs.dy, inputs.gamma, inputs.beta
         self.mean, self.invstd = inputs.mean, inputs.invstd
         self.running_mean0, self.running_var0 = inputs.running_mean, inputs.running_var
-        self.out = {name: np.ones_like(self.x) for name in ("bnfast", "numpy", "torch", "copy")}
+        self.out = _Buffers(self.x)
         self.running = {
             name: (self.running_mean0.copy(), self.running_var0.copy())
             for name in ("bnfast", "numpy", "torch")
         }
         self._torch_state: Optional[Dict[str, Any]] = None
 
-    def bnfast_call(self, op: str) -> Call:
-        """Return a callable running bnfast's ``op`` with ``out=`` and ``n_threads``."""
-        bn, case, out, threads = self.bnfast, self.case, self.out["bnfast"], self.threads
+    def bnfast_call(self, op: str, n_threads: Any = "row", out: bool = True) -> Call:
+        """Return a callable running bnfast's ``op`` with ``out=`` and ``n_threads``.
+
+        ``n_threads`` defaults to the row's threads (``None``: bnfast's default); with
+        ``out=False`` every call allocates its result, as a user's call without ``out=``.
+        """
+        bn, case = self.bnfast, self.case
+        threads = self.threads if n_threads == "row" else n_threads
+        out_array = self.out["bnfast"] if out else None
         x, dy, gamma, beta = self.x, self.dy, self.gamma, self.beta
         rm, rv = self.running["bnfast"]
         if op == "train":
             return lambda: bn.batch_norm_forward(
                 x, gamma, beta, axis=case.axis, eps=EPS, running_mean=rm, running_var=rv,
-                momentum=MOMENTUM, out=out, n_threads=threads)
+                momentum=MOMENTUM, out=out_array, n_threads=threads)
         if op == "infer":
             return lambda: bn.batch_norm_inference(
-                x, rm, rv, gamma, beta, axis=case.axis, eps=EPS, out=out, n_threads=threads)
+                x, rm, rv, gamma, beta, axis=case.axis, eps=EPS, out=out_array,
+                n_threads=threads)
         mean, invstd = self.mean, self.invstd
         return lambda: bn.batch_norm_backward(
-            dy, x, mean, invstd, gamma, axis=case.axis, out=out, n_threads=threads)
+            dy, x, mean, invstd, gamma, axis=case.axis, out=out_array, n_threads=threads)
 
     def numpy_call(self, op: str) -> Call:
         """Return a callable running the NumPy twin of ``op``."""

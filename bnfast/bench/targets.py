@@ -58,3 +58,47 @@ def describe() -> str:
     return (f"targets (development, docs/design.md §6): bn/floor <= {FLOOR_TARGET} "
             f"(>= 1 MiB), bn/torch <= {TORCH_TARGET} ({TORCH_TARGET_NCHW_TRAIN} NCHW train), "
             f"(256,64) f32 train < 10 us, scaler median >= {SCALER_TARGET:g}x StandardScaler")
+
+
+#: Busy machine (issue 18), with 1 and 2 spinning processes per core: bnfast's median at
+#: its default threads at most this many times its one-thread median, ...
+BUSY_ONE_THREAD_TARGET = 1.5
+#: ... its 90th percentile at most this many times its median, ...
+BUSY_TAIL_TARGET = 3.0
+#: ... and its median at most PyTorch's, at PyTorch's default threads.
+BUSY_TORCH_TARGET = 1.0
+#: Half precision (issue 19): a float16 or bfloat16 call on an array of 1 MiB or more takes
+#: at most this many times the same call on float32 data (the floor is 0.5: half the bytes).
+HALF_TARGET = 0.6
+
+
+def missed_busy_targets(row: Mapping[str, Any]) -> List[str]:
+    """Return the busy-machine targets a row of the busy bench misses.
+
+    Parameters
+    ----------
+    row : dict
+        As :func:`bnfast.bench.busy.run_busy` makes it.
+
+    Returns
+    -------
+    list of str
+        Subset of ``1thread`` (default-thread median over one-thread median above
+        :data:`BUSY_ONE_THREAD_TARGET`), ``p90`` (default-thread p90 over its median above
+        :data:`BUSY_TAIL_TARGET`) and ``torch`` (over PyTorch's median, when measured).
+    """
+    missed = []
+    if row["default_over_one"] > BUSY_ONE_THREAD_TARGET:
+        missed.append("1thread")
+    if row["default_p90_over_median"] > BUSY_TAIL_TARGET:
+        missed.append("p90")
+    if row["default_over_torch"] is not None and row["default_over_torch"] > BUSY_TORCH_TARGET:
+        missed.append("torch")
+    return missed
+
+
+def describe_busy() -> str:
+    """The line naming the busy-machine targets, printed under the busy table."""
+    return (f"targets (development, issue 18; stated for 1 and 2 spinners per core): "
+            f"def/1t <= {BUSY_ONE_THREAD_TARGET}, p90/def <= {BUSY_TAIL_TARGET:g}, "
+            f"def/torch <= {BUSY_TORCH_TARGET}")

@@ -16,6 +16,8 @@ QUICK_MIN_TIME = 0.002
 #: Timing rounds per row.
 REPEATS = 7
 QUICK_REPEATS = 3
+#: Most calls per turn of :func:`measure_calls` (tiny calls: enough samples, bounded time).
+MAX_BATCH = 50
 
 Timing = Dict[str, Union[float, int]]
 
@@ -86,5 +88,69 @@ def measure(calls: Mapping[str, Callable[[], object]], repeats: int = REPEATS,
     return {
         name: {"median": statistics.median(s), "min": min(s), "max": max(s),
                "number": numbers[name], "repeats": repeats}
+        for name, s in samples.items()
+    }
+
+
+def quantile(samples: List[float], q: float) -> float:
+    """The ``q`` quantile of ``samples`` (linear between order statistics, as NumPy's
+    default), e.g. ``q=0.9`` for the 90th percentile."""
+    if not samples:
+        raise ValueError("samples: expected at least one sample")
+    s = sorted(samples)
+    pos = q * (len(s) - 1)
+    lo = int(pos)
+    hi = min(lo + 1, len(s) - 1)
+    return s[lo] + (s[hi] - s[lo]) * (pos - lo)
+
+
+def measure_calls(calls: Mapping[str, Callable[[], object]], rounds: int,
+                  min_time: float) -> Dict[str, Timing]:
+    """Time every single call of callables side by side: medians and 90th percentiles.
+
+    Unlike :func:`measure`, which times loops and reports the mean call of each loop, this
+    times each call on its own, so that a call that waited (for a thread the system was not
+    running, say) shows in the upper percentiles instead of being averaged away. Each
+    callable is warmed up with one call. Then ``rounds`` rounds each give every callable, in
+    an order that rotates from round to round, a turn of single calls that lasts until
+    ``min_time`` has passed (at least one call, at most :data:`MAX_BATCH`). A turn that
+    ends at a slow call samples slow calls at their true rate (the turn ends at the first
+    slow call, after as many fast ones as its odds give), and a busy machine cannot stretch
+    a row beyond ``rounds`` slow calls per callable. Garbage collection is off while timing.
+
+    Returns
+    -------
+    dict of str to dict
+        For each name: ``median``, ``p25``, ``p75``, ``p90``, ``min`` and ``max`` seconds
+        per call over its ``calls`` timed calls.
+    """
+    names = list(calls)
+    for fn in calls.values():
+        fn()
+    samples: Dict[str, List[float]] = {name: [] for name in names}
+    timer = time.perf_counter
+    gc_was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        for r in range(rounds):
+            k = r % len(names)
+            for name in names[k:] + names[:k]:
+                fn, out = calls[name], samples[name]
+                spent = 0.0
+                for _ in range(MAX_BATCH):
+                    t0 = timer()
+                    fn()
+                    t = timer() - t0
+                    out.append(t)
+                    spent += t
+                    if spent >= min_time:
+                        break
+    finally:
+        if gc_was_enabled:
+            gc.enable()
+    return {
+        name: {"median": statistics.median(s), "p25": quantile(s, 0.25),
+               "p75": quantile(s, 0.75), "p90": quantile(s, 0.9), "min": min(s),
+               "max": max(s), "calls": len(s)}
         for name, s in samples.items()
     }
