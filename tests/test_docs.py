@@ -44,6 +44,7 @@ import subprocess
 import sys
 import textwrap
 
+import numpy as np
 import pytest
 
 import bnfast
@@ -524,3 +525,53 @@ def test_relative_links_resolve():
                 if anchor not in slugs:
                     broken.append(f"{where} (no heading with that anchor)")
     assert not broken, "\n".join(broken)
+
+
+# ---------------------------------------------------------------- the README's dtype table
+
+DTYPE_TABLE_HEADER = "| input `x` | computed in | `y` and `dx` |"
+# The words of the table, as dtypes.
+TABLE_DTYPES = {
+    "float16": [np.float16], "float32": [np.float32], "float64": [np.float64],
+    "integers": [np.int8, np.uint8, np.int32, np.int64, np.uint64], "bool": [np.bool_],
+}
+
+
+def _readme_dtype_table():
+    with open(README, encoding="utf-8") as f:
+        lines = f.read().splitlines()
+    start = lines.index(DTYPE_TABLE_HEADER) + 2  # past the header and its rule
+    rows = []
+    for line in lines[start:]:
+        if not line.startswith("|"):
+            break
+        inputs, computed, output = (cell.strip() for cell in line.strip("|").split("|"))
+        rows.append(([t for word in inputs.split(", ") for t in TABLE_DTYPES[word]],
+                     computed, output))
+    return rows
+
+
+def test_readme_dtype_table_is_what_bnfast_does(rng):
+    """Every row of the README's dtype table, for the forward, the inference and the backward:
+    y and dx of the dtype the table says, with the bits of the same call on the input cast to
+    the dtype it says they are computed in; statistics, dgamma and dbeta float64."""
+    rows = _readme_dtype_table()
+    assert len(rows) >= 3, rows
+    for dtypes, computed, output in rows:
+        for dtype in dtypes:
+            x = (rng.random((40, 3)) < 0.4 if dtype is np.bool_
+                 else rng.integers(0, 100, (40, 3)) if np.dtype(dtype).kind in "iu"
+                 else rng.standard_normal((40, 3)) * 3 + 5).astype(dtype)
+            dy = rng.standard_normal(x.shape).astype(x.dtype if x.dtype.kind == "f" else "f8")
+            y, mean, invstd = bnfast.batch_norm_forward(x)
+            yi = bnfast.batch_norm_inference(x, mean, 1 / invstd**2)
+            dx, dgamma, dbeta = bnfast.batch_norm_backward(dy, x, mean, invstd)
+            want = x.dtype if output.startswith("the input's dtype") else np.dtype(output)
+            assert y.dtype == yi.dtype == dx.dtype == want, (dtype, y.dtype, dx.dtype)
+            assert {a.dtype for a in (mean, invstd, dgamma, dbeta, *bnfast.moments(x))} \
+                == {np.dtype(np.float64)}, dtype
+            if computed != "its own dtype":
+                w = np.dtype(computed)
+                assert np.array_equal(y, bnfast.batch_norm_forward(x.astype(w))[0].astype(want))
+                assert np.array_equal(dx, bnfast.batch_norm_backward(
+                    dy.astype(w), x.astype(w), mean, invstd)[0].astype(want))
