@@ -9,6 +9,7 @@ BNFAST_DEBUG=1      turn Cython's bounds/wraparound checks back on and build wit
 BNFAST_SANITIZE=1   build with AddressSanitizer and UndefinedBehaviorSanitizer.
 """
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -46,6 +47,13 @@ def _compiler_argv():
     return cc.split()
 
 
+def _env_flags(*names):
+    """The flags of these environment variables, which setuptools adds to the real build too:
+    the probe must see the same include and library paths (Homebrew's libomp) and, on macOS,
+    the same ARCHFLAGS (a cross build for x86_64 on arm64 must not pass an arm64 probe)."""
+    return [flag for name in names for flag in shlex.split(os.environ.get(name, ""))]
+
+
 def openmp_flags():
     """Return (compile_args, link_args) for OpenMP, or None when the probe fails."""
     if os.environ.get("BNFAST_OPENMP", "").strip() == "0":
@@ -63,7 +71,9 @@ def openmp_flags():
         with open(src, "w") as f:
             f.write(OPENMP_PROBE)
         for cflags, lflags in candidates:
-            cmd = _compiler_argv() + cflags + [src, "-o", exe] + lflags
+            arch = _env_flags("ARCHFLAGS") if sys.platform == "darwin" else []
+            cmd = (_compiler_argv() + _env_flags("CPPFLAGS", "CFLAGS") + arch + cflags
+                   + [src, "-o", exe] + _env_flags("LDFLAGS") + lflags)
             try:
                 subprocess.run(cmd, check=True, capture_output=True, timeout=120)
                 subprocess.run([exe], check=True, capture_output=True, timeout=60)

@@ -26,6 +26,7 @@ from ._validation import (
     check_eps,
     check_momentum,
     check_out,
+    check_running_pair,
     check_sample_weight,
     contiguous,
     dtype_policy,
@@ -316,6 +317,7 @@ def batch_norm_forward(
     >>> round(float(y.mean()), 12), round(float(y.var()), 4)
     (0.0, 1.0)
     """
+    check_running_pair(running_mean, running_var)  # before the fast path, which takes one
     if virtual_batch_size is not None:  # ghost batch norm (bnfast/_variants.py)
         from ._variants import ghost_batch_norm_forward
         _plain_variant("batch_norm_forward", activation=activation, residual=residual)

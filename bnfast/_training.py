@@ -30,6 +30,7 @@ from ._validation import (
     check_eps,
     check_momentum,
     check_out,
+    check_running_pair,
     contiguous,
     dtype_policy,
     finish_output,
@@ -81,6 +82,7 @@ def training_stats_from_state(
     C = mean.shape[0]
     eps = check_eps(eps)
     momentum = check_momentum(momentum)
+    check_running_pair(running_mean, running_var)
     rm, rm_back = running_buffer(running_mean, C, "running_mean")
     rv, rv_back = running_buffer(running_var, C, "running_var")
     m = float(count[0]) if C else 0.0

@@ -53,12 +53,22 @@ def check_real_dtype(dtype: np.dtype[Any], name: str = "x") -> None:
             f"got an array of dtype {dtype}")
 
 
+def _asarray(x: Any, name: str) -> np.ndarray:
+    """np.asarray(x), with NumPy's ValueError (a ragged nested list) naming the argument."""
+    try:
+        return np.asarray(x)
+    except ValueError as exc:
+        raise ValueError(f"{name}: expected an array-like of real numbers with a regular shape, "
+                         f"got one NumPy cannot make an array of ({exc})") from exc
+
+
 def as_array(x: npt.ArrayLike, name: str = "x") -> np.ndarray:
     """``x`` as an ndarray of a real dtype (no copy when it already is one).
 
-    Raises TypeError for complex, object, string, datetime and other non-real dtypes.
+    Raises TypeError for complex, object, string, datetime and other non-real dtypes, and
+    ValueError for a ragged nested sequence.
     """
-    a = x if type(x) is np.ndarray else np.asarray(x)
+    a = x if type(x) is np.ndarray else _asarray(x, name)
     check_real_dtype(a.dtype, name)
     return a
 
@@ -75,10 +85,41 @@ def dtype_policy(dtype: np.dtype[Any]) -> tuple[np.dtype[Any], np.dtype[Any]]:
         return _F64, _F64
 
 
+class _Channels(int):
+    """A channel count (an int for every other purpose) that remembers where it was read: the
+    input's name and shape and the ``axis`` as given. A per-channel argument of the wrong
+    length then gets an error that points at the channel axis (``channel_mismatch``) without
+    every caller passing the input along."""
+
+    source: tuple[str, tuple[int, ...], int]
+
+
+def channel_mismatch(name: str, C: int, shape: tuple[int, ...]) -> str:
+    """The message for a per-channel argument ``name`` of ``shape`` where ``(C,)`` is expected:
+    which axis of which input has the C channels and, when another axis has the argument's
+    length (the last one: channels-last data), the ``axis`` to pass instead."""
+    msg = f"{name}: expected shape ({C},), got shape {shape}"
+    source = getattr(C, "source", None)
+    if source is None:
+        return msg
+    x_name, x_shape, axis = source
+    msg += (f": one value per channel, and the channel axis of {x_name} (shape {x_shape}), "
+            f"axis={axis}, has {C}")
+    if len(shape) == 1:
+        others = [k for k, n in enumerate(x_shape) if n == shape[0] and k != axis % len(x_shape)]
+        if len(x_shape) - 1 in others:
+            msg += (f"; for channels-last data (NHWC, NLC, ...), whose last axis has "
+                    f"{shape[0]}, pass axis=-1")
+        elif others:
+            msg += f"; axis={others[0]} has {shape[0]}: is that the channel axis?"
+    return msg
+
+
 def channel_shape(a: np.ndarray, axis: Any, name: str = "x") -> tuple[int, int, int]:
     """The (outer, C, inner) shape of ``a`` viewed with its channel axis in the middle.
 
-    1-D input (or ``axis=None``) is a single channel.
+    1-D input (or ``axis=None``) is a single channel. C remembers ``a``'s shape and ``axis``
+    for the messages of ``channel_mismatch``.
     """
     ndim = a.ndim
     if ndim == 0:
@@ -95,9 +136,13 @@ def channel_shape(a: np.ndarray, axis: Any, name: str = "x") -> tuple[int, int, 
         return 1, 1, a.size
     if not -ndim <= ax < ndim:
         raise AxisError(ax, ndim, name)  # "x: axis 5 is out of bounds for array of dimension 4"
-    ax %= ndim
     shape = a.shape
-    return math.prod(shape[:ax]), shape[ax], math.prod(shape[ax + 1:])
+    C = shape[ax]
+    if type(C) is int:  # not a dask array's NaN (an unknown size), which bnfast.dask reports
+        C = _Channels(C)
+        C.source = (name, shape, ax)
+    ax %= ndim
+    return math.prod(shape[:ax]), C, math.prod(shape[ax + 1:])
 
 
 def plain(a: npt.ArrayLike, dtype: np.dtype[Any]) -> np.ndarray:
@@ -121,12 +166,22 @@ def channel_vector(v: Any, C: int, name: str) -> np.ndarray | None:
     if (type(v) is np.ndarray and v.dtype is _F64 and v.shape == (C,) and v.flags.c_contiguous
             and v.flags.aligned):
         return v  # the common case, cheaply
-    a = np.asarray(v)
+    a = _asarray(v, name)
     if not is_real_dtype(a.dtype):
         raise ValueError(f"{name}: expected real numbers of shape ({C},), got dtype {a.dtype}")
     if a.shape != (C,):
-        raise ValueError(f"{name}: expected shape ({C},), got shape {a.shape}")
+        raise ValueError(channel_mismatch(name, C, a.shape))
     return plain(a, _F64)
+
+
+def check_running_pair(running_mean: Any, running_var: Any) -> None:
+    """ValueError unless both running statistics are given or neither (PyTorch's rule in
+    training: updating one of them alone would leave the pair inconsistent)."""
+    if (running_mean is None) != (running_var is None):
+        given, missing = (("running_mean", "running_var") if running_var is None
+                          else ("running_var", "running_mean"))
+        raise ValueError(f"running_mean, running_var: expected both or neither (they are "
+                         f"updated together), got {given} without {missing}")
 
 
 def running_stats(running_mean: Any, running_var: Any, C: int) -> tuple[np.ndarray, np.ndarray]:
@@ -160,7 +215,7 @@ def running_buffer(v: Any, C: int, name: str,
         raise ValueError(f"{name}: expected a float ndarray of shape ({C},) (it is updated in "
                          f"place), got dtype {v.dtype}")
     if v.shape != (C,):
-        raise ValueError(f"{name}: expected shape ({C},), got shape {v.shape}")
+        raise ValueError(channel_mismatch(name, C, v.shape))
     if not v.flags.writeable:
         raise ValueError(f"{name}: expected a writeable array (it is updated in place)")
     if v.dtype in (_F32, _F64) and v.flags.c_contiguous and v.flags.aligned:

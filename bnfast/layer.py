@@ -280,7 +280,9 @@ class BatchNorm:
                            residual is not None)
             self._saved_kw = kw
             return y
-        assert self.running_mean is not None and self.running_var is not None  # eval, tracked
+        if self.running_mean is None or self.running_var is None:  # set to None by hand
+            raise ValueError("running_mean, running_var: expected both in eval mode (they "
+                             "normalize the input), got None")
         y = batch_norm_inference(a, self.running_mean, self.running_var, self.weight,
                                  self.bias, axis=self.axis, eps=self.eps,
                                  n_threads=self.n_threads, activation=self.activation,

@@ -128,15 +128,18 @@ def _check_against_whole_batch(x, gamma, beta, eps, y, mean, invstd, rm, rv, y_r
 def test_sync_batch_norm_forward_errors(rng):
     parts = [np.ones((1, 3)), np.ones((0, 3))]  # one value per channel over both ranks
     rms = [np.zeros(3), np.zeros(3)]
+    rvs = [np.ones(3), np.ones(3)]  # both or neither (tests/test_first_use.py)
 
     def rank_fn(rank, all_gather):
         with pytest.raises(ValueError, match="more than 1 value per channel"):
-            sync_batch_norm_forward(parts[rank], all_gather=all_gather, running_mean=rms[rank])
+            sync_batch_norm_forward(parts[rank], all_gather=all_gather, running_mean=rms[rank],
+                                    running_var=rvs[rank])
         return True
 
     assert all(_run_ranks(2, rank_fn))
-    for rm in rms:
+    for rm, rv in zip(rms, rvs):
         np.testing.assert_array_equal(rm, 0.0)
+        np.testing.assert_array_equal(rv, 1.0)
     never = lambda packed: pytest.fail("all_gather must not be reached")  # noqa: E731
     with pytest.raises(ValueError, match=r"gamma: expected shape \(3,\)"):
         sync_batch_norm_forward(np.ones((4, 3)), np.ones(2), all_gather=never)

@@ -13,6 +13,14 @@ Conventions for code in README.md and docs/*.md (write new examples this way):
   tells the reader to save it as ``NAME.py`` and run ``python NAME.py``, and the test does
   exactly that, in a fresh folder, in a fresh process; the text must contain
   ``python NAME.py``.
+- Every ``python`` block (scripts too) also pastes into the Python 3.11 REPL as it stands:
+  the REPL ends an indented block only at a blank line, so a statement back at the top level
+  needs a blank line before it, and a blank line inside an indented block ends that block
+  early. The test feeds each block to ``codeop`` line by line, as the REPL does, and fails on
+  the SyntaxError the REPL would print.
+- Each block stands on its own, so that a reader can paste any one of them: it imports and
+  makes what it uses, or its first line is a comment naming what it takes from the blocks
+  before it (``# continues the example above: uses x, gamma from it``).
 - Blocks in any other language (``bash``, ``text``, ...) are not run.
 - A block that needs an optional package that is not installed (torch, dask, scikit-learn,
   ...) is reported as skipped, naming the package; so is a block of the same file that then
@@ -25,6 +33,9 @@ upper-case word such as a DESIGN, or a file name such as notes.md) cites a docum
 repository does not have, and fails the test.
 """
 import ast
+import builtins
+import codeop
+import doctest
 import importlib.util
 import json
 import os
@@ -33,6 +44,7 @@ import subprocess
 import sys
 import textwrap
 
+import numpy as np
 import pytest
 
 import bnfast
@@ -300,6 +312,107 @@ def test_script_block_runs_as_told(block, jobs):
     assert code == 0, f"{_block_id(block)}: `python {name}` exited with {code}\n{output[-4000:]}"
 
 
+# ---------------------------------------------------------------- pasted into the REPL
+
+def repl_syntax_errors(source):
+    """The errors the Python REPL (3.11's, line by line) prints for ``source`` pasted into it.
+
+    Each line is added to the pending input and compiled as the REPL compiles it
+    (``codeop.CommandCompiler`` in "single" mode, which remembers ``from __future__``
+    imports): incomplete input waits for more lines, complete input runs (here: is dropped),
+    and a SyntaxError is printed and drops the pending input, as in the REPL. Returns
+    ``(line number in the block, message, line)`` for each error.
+    """
+    compiler = codeop.CommandCompiler()
+    errors, pending = [], []
+    for number, line in enumerate(source.splitlines(), 1):
+        pending.append(line)
+        try:
+            code = compiler("\n".join(pending), "<stdin>", "single")
+        except (SyntaxError, OverflowError, ValueError) as exc:
+            errors.append((number, f"{type(exc).__name__}: {getattr(exc, 'msg', exc)}", line))
+            pending = []
+            continue
+        if code is not None:
+            pending = []
+    return errors
+
+
+def test_repl_check_catches_what_the_repl_rejects():
+    """The check itself: what the REPL rejects fails it, the fixed forms pass."""
+    after_loop = "total = 0\nfor i in range(3):\n    total += i\nprint(total)\n"
+    assert [e[0] for e in repl_syntax_errors(after_loop)] == [4]
+    assert repl_syntax_errors(after_loop.replace("\nprint", "\n\nprint")) == []
+    blank_in_body = "def f():\n    x = 1\n\n    return x\n"
+    assert [e[0] for e in repl_syntax_errors(blank_in_body)] == [4]
+    # Blank lines inside brackets and strings do not end anything.
+    assert repl_syntax_errors('x = (1,\n\n     2)\ny = """a\n\nb"""\n') == []
+
+
+@pytest.mark.parametrize("block", [b for b in ALL_BLOCKS if b["kind"] != "doctest"],
+                         ids=_block_id)
+def test_block_pastes_into_the_repl(block):
+    errors = repl_syntax_errors(block["source"])
+    assert not errors, (
+        f"{_block_id(block)}: pasted into the Python REPL, this block fails (a statement back "
+        "at the top level needs a blank line before it; a blank line inside an indented block "
+        "ends it):\n" + "\n".join(f"  {block['file']}:{block['line'] + n - 1}: {msg}: {line!r}"
+                                  for n, msg, line in errors))
+
+
+# ---------------------------------------------------------------- each block on its own
+
+# First line of a block that takes names from the blocks before it, naming them.
+USES_EARLIER = re.compile(r"^#.*\buses ([\w, ]+?) from ")
+
+
+def _block_code(block):
+    """A block's Python source (the examples of a doctest session, joined)."""
+    if block["kind"] == "doctest":
+        examples = doctest.DocTestParser().get_examples(block["source"])
+        return "".join(example.source for example in examples)
+    return block["source"]
+
+
+def unbound_names(source):
+    """The names ``source`` reads but never binds (assigns, imports, defines, takes as an
+    argument) and that are not builtins: what it needs from code that ran before it."""
+    bound, read = set(), set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Name):
+            (read if isinstance(node.ctx, ast.Load) else bound).add(node.id)
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            bound.update((alias.asname or alias.name).split(".")[0] for alias in node.names)
+        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            bound.add(node.name)
+        elif isinstance(node, ast.arg):
+            bound.add(node.arg)
+        elif isinstance(node, ast.ExceptHandler) and node.name:
+            bound.add(node.name)
+    return read - bound - set(dir(builtins))
+
+
+def test_unbound_names_finds_what_a_block_takes_from_earlier_ones():
+    source = "import numpy as np\ny = np.ones(3) + x\ndef f(a):\n    return a + len(y)\n"
+    assert unbound_names(source) == {"x"}
+    assert USES_EARLIER.match("# continues the example above: uses x, gamma from it")[1] \
+        == "x, gamma"
+
+
+@pytest.mark.parametrize("block", ALL_BLOCKS, ids=_block_id)
+def test_block_is_self_contained(block):
+    """A reader may paste any one block alone: it imports and makes what it uses, or its first
+    line says which names it takes from the blocks before it (``# ... uses x, y from ...``)."""
+    source = _block_code(block)
+    declared = USES_EARLIER.match(source.lstrip().split("\n", 1)[0])
+    allowed = {n.strip() for n in declared[1].split(",")} if declared else set()
+    missing = sorted(unbound_names(source) - allowed)
+    assert not missing, (
+        f"{_block_id(block)} uses {', '.join(missing)} without defining or importing them: "
+        "import and make them in the block, or start it with a comment such as "
+        f"'# continues the example above: uses {', '.join(missing)} from it'")
+
+
 # ---------------------------------------------------------------- § citations
 
 SECTION_HEADING = re.compile(r"^## (\d+)\. \S", re.M)
@@ -412,3 +525,53 @@ def test_relative_links_resolve():
                 if anchor not in slugs:
                     broken.append(f"{where} (no heading with that anchor)")
     assert not broken, "\n".join(broken)
+
+
+# ---------------------------------------------------------------- the README's dtype table
+
+DTYPE_TABLE_HEADER = "| input `x` | computed in | `y` and `dx` |"
+# The words of the table, as dtypes.
+TABLE_DTYPES = {
+    "float16": [np.float16], "float32": [np.float32], "float64": [np.float64],
+    "integers": [np.int8, np.uint8, np.int32, np.int64, np.uint64], "bool": [np.bool_],
+}
+
+
+def _readme_dtype_table():
+    with open(README, encoding="utf-8") as f:
+        lines = f.read().splitlines()
+    start = lines.index(DTYPE_TABLE_HEADER) + 2  # past the header and its rule
+    rows = []
+    for line in lines[start:]:
+        if not line.startswith("|"):
+            break
+        inputs, computed, output = (cell.strip() for cell in line.strip("|").split("|"))
+        rows.append(([t for word in inputs.split(", ") for t in TABLE_DTYPES[word]],
+                     computed, output))
+    return rows
+
+
+def test_readme_dtype_table_is_what_bnfast_does(rng):
+    """Every row of the README's dtype table, for the forward, the inference and the backward:
+    y and dx of the dtype the table says, with the bits of the same call on the input cast to
+    the dtype it says they are computed in; statistics, dgamma and dbeta float64."""
+    rows = _readme_dtype_table()
+    assert len(rows) >= 3, rows
+    for dtypes, computed, output in rows:
+        for dtype in dtypes:
+            x = (rng.random((40, 3)) < 0.4 if dtype is np.bool_
+                 else rng.integers(0, 100, (40, 3)) if np.dtype(dtype).kind in "iu"
+                 else rng.standard_normal((40, 3)) * 3 + 5).astype(dtype)
+            dy = rng.standard_normal(x.shape).astype(x.dtype if x.dtype.kind == "f" else "f8")
+            y, mean, invstd = bnfast.batch_norm_forward(x)
+            yi = bnfast.batch_norm_inference(x, mean, 1 / invstd**2)
+            dx, dgamma, dbeta = bnfast.batch_norm_backward(dy, x, mean, invstd)
+            want = x.dtype if output.startswith("the input's dtype") else np.dtype(output)
+            assert y.dtype == yi.dtype == dx.dtype == want, (dtype, y.dtype, dx.dtype)
+            assert {a.dtype for a in (mean, invstd, dgamma, dbeta, *bnfast.moments(x))} \
+                == {np.dtype(np.float64)}, dtype
+            if computed != "its own dtype":
+                w = np.dtype(computed)
+                assert np.array_equal(y, bnfast.batch_norm_forward(x.astype(w))[0].astype(want))
+                assert np.array_equal(dx, bnfast.batch_norm_backward(
+                    dy.astype(w), x.astype(w), mean, invstd)[0].astype(want))
