@@ -534,7 +534,13 @@ DTYPE_TABLE_HEADER = "| input `x` | computed in | `y` and `dx` |"
 TABLE_DTYPES = {
     "float16": [np.float16], "float32": [np.float32], "float64": [np.float64],
     "integers": [np.int8, np.uint8, np.int32, np.int64, np.uint64], "bool": [np.bool_],
+    "bfloat16": [],
 }
+try:  # ml_dtypes is a test dependency; without it the bfloat16 row is read but not run
+    import ml_dtypes
+    TABLE_DTYPES["bfloat16"] = [ml_dtypes.bfloat16]
+except ImportError:
+    pass
 
 
 def _readme_dtype_table():
@@ -562,7 +568,7 @@ def test_readme_dtype_table_is_what_bnfast_does(rng):
             x = (rng.random((40, 3)) < 0.4 if dtype is np.bool_
                  else rng.integers(0, 100, (40, 3)) if np.dtype(dtype).kind in "iu"
                  else rng.standard_normal((40, 3)) * 3 + 5).astype(dtype)
-            dy = rng.standard_normal(x.shape).astype(x.dtype if x.dtype.kind == "f" else "f8")
+            dy = rng.standard_normal(x.shape).astype(x.dtype if x.dtype.kind in "fV" else "f8")
             y, mean, invstd = bnfast.batch_norm_forward(x)
             yi = bnfast.batch_norm_inference(x, mean, 1 / invstd**2)
             dx, dgamma, dbeta = bnfast.batch_norm_backward(dy, x, mean, invstd)
