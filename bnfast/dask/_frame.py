@@ -114,6 +114,14 @@ def _channels_first(a: np.ndarray, ch: int | None) -> tuple[np.ndarray, int | No
     return a, ch
 
 
+def _columns_apart(a: np.ndarray, ch: int | None) -> bool:
+    """Whether the channels of ``a`` are its columns, each contiguous, but not one block:
+    a row slice of a pandas block (``dd.from_pandas`` cuts a frame so). The kernels then take
+    it column by column rather than copy it."""
+    return (ch == 1 and a.ndim == 2 and a.shape[1] > 1 and a.strides[0] == a.itemsize
+            and not a.flags.f_contiguous)
+
+
 # -- sample weights, partition by partition ---------------------------------------------------
 
 def partition_weights(x: Frame, ch: int | None, sample_weight: Any,
@@ -189,9 +197,15 @@ def _partition_state(part: Any, weights: Any, i: int, ch: int | None, skipna: bo
     """(packed state, rows, whether a weight is non-zero) of one partition, by the kernels."""
     a = _partition_array(part, dtype)
     w = _weights_of(weights, part, i, finite_weights)
-    if w is None:
-        a, ch = _channels_first(a, ch)
-    state = block_state(a, ch, w, skipna, n_threads)
+    if w is None and _columns_apart(a, ch):
+        columns = [block_state(a[:, j], None, None, skipna, n_threads)
+                   for j in range(a.shape[1])]
+        count, mean, m2 = (np.concatenate(parts) for parts in zip(*columns))
+        state = count, mean, m2
+    else:
+        if w is None:  # the weighted kernel takes (n, C) rows, copied if need be
+            a, ch = _channels_first(a, ch)
+        state = block_state(a, ch, w, skipna, n_threads)
     nonzero = len(part) > 0 if w is None else bool(np.any(w != 0))
     return _pack(state, state[1].shape), len(part), nonzero
 
@@ -241,10 +255,21 @@ def _normalize_partition(part: Any, ch: int | None, dtype: np.dtype[Any], center
                          eps: float, n_threads: int | None) -> Any:
     """The inference kernel on one partition; the result has its index and columns."""
     a = _partition_array(part, dtype)
-    a_in, ch_in = _channels_first(a, ch)
-    y = _inference(a_in, center, var, gamma, beta, axis=ch_in, eps=eps, n_threads=n_threads)
-    if a_in is not a:  # computed on the (C, n) transpose: y is (C, n) too
-        y = y.T
+    if _columns_apart(a, ch):  # column by column into a (C, n) block: no copy of a
+        out = np.empty(a.shape[::-1], dtype_policy(dtype)[1])
+        for j in range(a.shape[1]):
+            pick = slice(j, j + 1)
+            _inference(a[:, j], center[pick], var[pick],
+                       None if gamma is None else gamma[pick],
+                       None if beta is None else beta[pick], axis=None, eps=eps, out=out[j],
+                       n_threads=n_threads)
+        y = out.T
+    else:
+        a_in, ch_in = _channels_first(a, ch)
+        y = _inference(a_in, center, var, gamma, beta, axis=ch_in, eps=eps,
+                       n_threads=n_threads)
+        if a_in is not a:  # computed on the (C, n) transpose: y is (C, n) too
+            y = y.T
     if isinstance(part, pd.Series):
         return pd.Series(y, index=part.index, name=part.name, copy=False)
     return pd.DataFrame(y, index=part.index, columns=part.columns, copy=False)
