@@ -218,6 +218,8 @@ def test_frame_errors(client, rng):
         bd.moments_state(num["a"], sample_weight=np.ones(6))
     with pytest.raises(ValueError, match=r"sample_weight: expected shape \(6,\)"):
         bd.moments_state(num, sample_weight=np.ones(5))
+    with pytest.raises(ValueError, match=r"sample_weight: expected one weight per row"):
+        bd.moments_state(num, sample_weight=2.0)
     other = dd.from_pandas(pd.Series(np.ones(6)), npartitions=3)
     with pytest.raises(ValueError, match="3 partitions for a frame of 2"):
         bd.moments_state(num, sample_weight=other)

@@ -162,6 +162,9 @@ def partition_weights(x: Frame, ch: int | None, sample_weight: Any,
         w = sample_weight
     else:
         w = as_array(sample_weight, "sample_weight")
+        if w.ndim != 1:  # before the pass over the frame below
+            raise ValueError(f"sample_weight: expected one weight per row (a 1-D array), got "
+                             f"shape {w.shape}")
     # Weights by position: the partitions' lengths cut them (one pass over the frame, cheap
     # when it is persisted).
     lengths = tuple(int(v) for v in x.map_partitions(len).compute())
