@@ -423,6 +423,12 @@ def is_dask_array(x: Any) -> bool:
     return da is not None and isinstance(x, da.Array)
 
 
+def is_dask_frame(x: Any) -> bool:
+    """True when ``x`` is a dask DataFrame or Series; never imports dask."""
+    dd = sys.modules.get("dask.dataframe")
+    return dd is not None and isinstance(x, (dd.DataFrame, dd.Series))
+
+
 
 def check_activation(activation: Any) -> str | None:
     """The fused activation: None or ``"relu"``."""

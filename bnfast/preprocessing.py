@@ -1,8 +1,9 @@
 """scikit-learn transformer: ``BatchNormScaler``, StandardScaler on bnfast's Welford kernels.
 
 scikit-learn is optional: this module imports without it, and constructing the scaler then
-raises an ImportError that says what to install. Dask arrays are fitted through their
-scheduler and transformed lazily (``bnfast.dask``); dask is imported only when given one.
+raises an ImportError that says what to install. Dask arrays and DataFrames are fitted
+through their scheduler and transformed lazily (``bnfast.dask``); dask is imported only when
+given one.
 
 Where scikit-learn has the callback API (``set_callbacks``, scikit-learn 1.9), the scaler
 takes part in it as StandardScaler does: one fit task per ``fit`` / ``partial_fit`` /
@@ -26,6 +27,7 @@ from ._validation import (
     check_n_threads,
     check_sample_weight,
     is_dask_array,
+    is_dask_frame,
     is_real_dtype,
 )
 
@@ -37,6 +39,7 @@ _SKLEARN_IMPORT_ERROR: ImportError | None
 _BASES: tuple[type, ...]
 _sk_validate_data: Callable[..., Any] | None = None
 _sk_check_sample_weight: Callable[..., Any] | None = None
+_sk_output_config: Callable[..., Any] | None = None
 _PARAMETER_CONSTRAINTS: dict[str, list[Any]] = {}
 
 
@@ -88,6 +91,12 @@ else:
             "copy": ["boolean"],
             "n_threads": [Interval(numbers.Integral, 1, None, closed="left"), None],
         }
+    try:  # the output configuration set_output reads (scikit-learn >= 1.2)
+        from sklearn.utils._set_output import _get_output_config
+    except ImportError:
+        pass
+    else:
+        _sk_output_config = _get_output_config
     try:  # the callback API (scikit-learn 1.9): detected by feature, not by version
         from sklearn.callback import CallbackSupportMixin, with_callbacks
     except ImportError:
@@ -244,6 +253,16 @@ class BatchNormScaler(*_BASES):  # type: ignore[misc]
       ``fit`` on the whole array in memory up to rounding. ``transform``,
       ``inverse_transform`` and ``fit_transform`` return lazy dask arrays. ``sample_weight``
       may be a NumPy or a dask array. ``copy`` has no effect (dask arrays are immutable).
+    - Dask DataFrames (``bnfast.dask``): ``fit`` / ``partial_fit`` compute each partition's
+      state on the workers and merge the states there; only O(n_features) numbers reach
+      the driver, which never holds the frame. ``transform``, ``inverse_transform`` and
+      ``fit_transform`` return lazy dask DataFrames with the frame's columns, index and
+      divisions, also under ``set_output(transform="pandas")`` ("polars" raises
+      ValueError). Feature names, dtypes and errors are StandardScaler's, checked on the
+      frame's metadata without computing it; a column that is not numeric raises ValueError
+      naming it. ``sample_weight`` may be a dask Series with the frame's partitions and
+      index (a column of the frame), a dask or NumPy array, or a scalar. A dask Series as X
+      raises ValueError (use ``X.to_frame()``).
 
     Examples
     --------
@@ -254,6 +273,18 @@ class BatchNormScaler(*_BASES):  # type: ignore[misc]
     ([2.0, 10.0], [0.816497, 1.0], [3, 4])
     >>> scaler.transform(X).round(4).tolist()
     [[-1.2247, 0.0], [0.0, 0.0], [1.2247, 0.0], [nan, 0.0]]
+
+    A dask DataFrame is fitted where its partitions are, and transformed lazily:
+
+    >>> import dask.dataframe as dd, pandas as pd
+    >>> df = dd.from_pandas(pd.DataFrame({"a": [1.0, 2.0, 3.0, 4.0], "b": [0, 0, 1, 1]}),
+    ...                     npartitions=2)
+    >>> scaler = BatchNormScaler(eps=0).fit(df)
+    >>> scaler.mean_.tolist(), scaler.var_.tolist(), scaler.feature_names_in_.tolist()
+    ([2.5, 0.5], [1.25, 0.25], ['a', 'b'])
+    >>> out = scaler.transform(df)
+    >>> type(out).__name__, out.divisions == df.divisions, out.compute()["b"].tolist()
+    ('DataFrame', True, [-1.0, -1.0, 1.0, 1.0])
     """
 
     _parameter_constraints: dict[str, list[Any]] = _PARAMETER_CONSTRAINTS
@@ -409,6 +440,13 @@ class BatchNormScaler(*_BASES):  # type: ignore[misc]
                              f"expecting {self.n_features_in_} features as input.")
         return X if X.dtype in _FLOAT_DTYPES else X.astype(np.float64)
 
+    @staticmethod
+    def _check_frame(X: Any, check: Callable[[Any], Any]) -> Any:
+        """A dask DataFrame checked by ``check`` on a two-row pandas stand-in (names, number
+        of features, dtype), without computing it: ``bnfast.dask``'s ``scaler_frame``."""
+        from .dask._frame import scaler_frame
+        return scaler_frame(X, check)
+
     def _dask_batch_state(self, X: Any, sample_weight: Any, n_threads: int | None) -> Any:
         """Welford state of a dask X, computed through its scheduler (NaN skipped)."""
         import dask
@@ -457,8 +495,12 @@ class BatchNormScaler(*_BASES):  # type: ignore[misc]
         check_bool(self.copy, "copy")
         n_threads = check_n_threads(self.n_threads) or None
         first_call = not hasattr(self, "n_samples_seen_")
+        frame_input = is_dask_frame(X)
         dask_input = is_dask_array(X)
-        if dask_input:
+        if frame_input:
+            X = self._check_frame(X, lambda meta: _validate_data(
+                self, meta, dtype=_FLOAT_DTYPES, ensure_all_finite=False, reset=first_call))
+        elif dask_input:
             X = self._check_dask(X, reset=first_call)
         else:
             # Infinity is rejected from the statistics (see _batch_state): no extra pass here.
@@ -470,7 +512,10 @@ class BatchNormScaler(*_BASES):  # type: ignore[misc]
             callback_ctx.call_on_fit_task_begin(
                 estimator=self, X=X, y=y, metadata={"sample_weight": sample_weight})
         w = sample_weight
-        if dask_input:
+        if frame_input:
+            from .dask._frame import scaler_state
+            count, mean, m2 = scaler_state(X, sample_weight, n_threads)
+        elif dask_input:
             count, mean, m2 = self._dask_batch_state(X, sample_weight, n_threads)
         else:
             w = self._sample_weight(sample_weight, X)
@@ -536,7 +581,7 @@ class BatchNormScaler(*_BASES):  # type: ignore[misc]
         """The (inverse) transform of a validated float array, by one inference-kernel pass."""
         with_mean = check_bool(self.with_mean, "with_mean")
         with_std = check_bool(self.with_std, "with_std")
-        dask_input = is_dask_array(X)
+        dask_input = is_dask_array(X) or is_dask_frame(X)
         if not dask_input:
             copy = copy or not X.flags.writeable  # read-only input: a new array, never an error
         if not with_mean and not with_std:
@@ -554,7 +599,7 @@ class BatchNormScaler(*_BASES):  # type: ignore[misc]
             center = zeros if mean is None else mean
             gamma, beta = (1.0 / scale if with_std else None), None
         n_threads = check_n_threads(self.n_threads) or None
-        if dask_input:  # lazy: one map_blocks of the same kernel
+        if dask_input:  # lazy: one map_blocks (map_partitions) of the same kernel
             from .dask import batch_norm_inference as dask_batch_norm_inference
             return dask_batch_norm_inference(X, center, ones, gamma, beta, axis=1, eps=0.0,
                                              n_threads=n_threads)
@@ -580,6 +625,10 @@ class BatchNormScaler(*_BASES):  # type: ignore[misc]
         copy = check_bool(self.copy if copy is None else copy, "copy")
         if is_dask_array(X):
             return self._transform_array(self._check_dask(X, reset=False), copy)
+        if is_dask_frame(X):
+            return self._transform_array(self._check_frame(X, lambda meta: _validate_data(
+                self, meta, reset=False, dtype=_FLOAT_DTYPES, ensure_all_finite="allow-nan")),
+                copy)
         Xv = _validate_data(self, X, reset=False, dtype=_FLOAT_DTYPES, copy=False,
                             force_writeable=not copy, ensure_all_finite="allow-nan")
         return self._transform_array(Xv, copy and not _owned_copy(Xv, X))
@@ -602,9 +651,48 @@ class BatchNormScaler(*_BASES):  # type: ignore[misc]
         if is_dask_array(X):
             return self._transform_array(self._check_dask(X, reset=False), copy,
                                          inverse=True)
-        Xv = _check_array(X, dtype=_FLOAT_DTYPES, copy=False, force_writeable=not copy,
-                          ensure_all_finite="allow-nan", estimator=self)
-        if Xv.shape[1] != self.n_features_in_:
-            raise ValueError(f"X has {Xv.shape[1]} features, but {type(self).__name__} is "
-                             f"expecting {self.n_features_in_} features as input")
+
+        def check(X: Any) -> Any:
+            Xv = _check_array(X, dtype=_FLOAT_DTYPES, copy=False, force_writeable=not copy,
+                              ensure_all_finite="allow-nan", estimator=self)
+            if Xv.shape[1] != self.n_features_in_:
+                raise ValueError(f"X has {Xv.shape[1]} features, but {type(self).__name__} "
+                                 f"is expecting {self.n_features_in_} features as input")
+            return Xv
+
+        if is_dask_frame(X):
+            return self._transform_array(self._check_frame(X, check), copy, inverse=True)
+        Xv = check(X)
         return self._transform_array(Xv, copy and not _owned_copy(Xv, X), inverse=True)
+
+
+def _lazy_frames_stay_lazy(method: _F) -> _F:
+    """``transform`` / ``fit_transform`` as scikit-learn's set_output wrapped them, except
+    that a dask DataFrame's output stays a lazy dask DataFrame (the wrapper would compute it
+    into pandas): it is the output for "default" and "pandas"; "polars" raises before fitting.
+    """
+    unwrapped = getattr(method, "__wrapped__", None)  # functools.wraps of sklearn's wrapper
+    output_config = _sk_output_config
+    if unwrapped is None or output_config is None:
+        return method
+
+    @functools.wraps(method)
+    def dispatch(self: Any, X: Any, *args: Any, **kwargs: Any) -> Any:
+        if not is_dask_frame(X):
+            return method(self, X, *args, **kwargs)
+        dense = output_config("transform", self)["dense"]
+        if dense not in ("default", "pandas"):
+            raise ValueError(f"set_output(transform={dense!r}): the output of a dask "
+                             f"DataFrame is a lazy dask DataFrame; use 'default' or 'pandas' "
+                             f"(or compute X first)")
+        return unwrapped(self, X, *args, **kwargs)
+
+    return dispatch  # type: ignore[return-value]
+
+
+if _SKLEARN_IMPORT_ERROR is None:
+    # after the class: scikit-learn wraps the methods as the class is created
+    BatchNormScaler.transform = (  # type: ignore[method-assign]
+        _lazy_frames_stay_lazy(BatchNormScaler.transform))
+    BatchNormScaler.fit_transform = (  # type: ignore[method-assign]
+        _lazy_frames_stay_lazy(BatchNormScaler.fit_transform))

@@ -322,6 +322,33 @@ def assert_merged_y_close(y, y_ref, x, axis, eps=1e-5, gamma=None, beta=None):
                                atol=rtol * scale, err_msg="y")
 
 
+def transform_scale(scaler, X):
+    """Size of the terms of (X - mean_) / scale_ (NaN as 0)."""
+    X = np.where(np.isnan(X), 0.0, np.asarray(X, np.float64))
+    return float(np.max((np.abs(X).max(axis=0) + np.abs(scaler.mean_)) / scaler.scale_))
+
+
+def assert_same_scaler_fit(a, b, X):
+    """Two fits of the same data X (NaN skipped): statistics as in _stats_close; scale_ =
+    sqrt(var_) has half var_'s relative error; sample counts are integers (exact)."""
+    assert_merged_moments_close(a.mean_, a.var_, b.mean_, b.var_, X, 1, "scaler")
+    var = np.asarray(b.var_, np.float64)
+    ok = var > 0  # a constant feature's scale_ is 1 on both sides
+    _, var_scale = stat_scales(np.where(np.isnan(X), 0.0, np.asarray(X, np.float64)), 1)
+    smallest = float(np.min(var[ok], initial=np.inf))
+    rtol = 0.5 * stat_rtol(4 * X.shape[0]) * (1 + 2 * var_scale / smallest) + 2 * unit_roundoff()
+    np.testing.assert_allclose(a.scale_[ok], b.scale_[ok], rtol=rtol, err_msg="scale_")
+    np.testing.assert_array_equal(a.scale_[~ok], b.scale_[~ok])
+    seen_a, seen_b = np.asarray(a.n_samples_seen_), np.asarray(b.n_samples_seen_)
+    if seen_b.dtype.kind == "f":  # sums of weights (>= 0) in other orders
+        np.testing.assert_allclose(seen_a, seen_b, rtol=0,
+                                   atol=sum_tol(X.shape[0], float(seen_b.max())))
+    else:
+        np.testing.assert_array_equal(seen_a, seen_b)
+    assert np.asarray(a.n_samples_seen_).dtype == np.asarray(b.n_samples_seen_).dtype
+    assert a.n_features_in_ == b.n_features_in_
+
+
 def central_difference_tol(h, value_error, third_derivative=0.0):
     """|(f(x + h) - f(x - h)) / 2h - f'(x)| <= value_error / h (each evaluation within
     value_error of f) + h^2 / 6 * max |f^(3)| (Taylor's remainder)."""

@@ -135,3 +135,23 @@ def seed(request, _sweep_offset):
 @pytest.fixture
 def rng(seed):
     return np.random.default_rng(seed)
+
+
+@pytest.fixture(scope="session")
+def dask_client():
+    """One dask.distributed LocalCluster for the session (test_dask*.py): two worker
+    processes with one thread each, on 127.0.0.1 only, closed at the end however the tests
+    end. Started on first use; skips where dask.distributed is not installed."""
+    import warnings
+
+    distributed = pytest.importorskip("dask.distributed")
+    with warnings.catch_warnings():
+        # The scheduler's HTTP server (127.0.0.1 here) moves off 8787 when that port is taken.
+        warnings.filterwarnings("ignore", message="Port .* is already in use")
+        cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                           host="127.0.0.1", dashboard_address=None)
+    try:
+        with distributed.Client(cluster) as client:
+            yield client
+    finally:
+        cluster.close()

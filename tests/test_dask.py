@@ -1,11 +1,10 @@
 """bnfast.dask and BatchNormScaler on dask arrays, on a real dask.distributed cluster.
 
-One LocalCluster of two worker processes (one thread each, 127.0.0.1 only) serves the whole
-module. Every result is compared with bnfast's in-memory functions and with a float64 NumPy
+The session's LocalCluster of two worker processes (conftest.py's dask_client: one thread
+each, 127.0.0.1 only) serves the whole module. Every result is compared with bnfast's in-memory functions and with a float64 NumPy
 reference, over float32 and float64, uneven chunks and chunks along the channel axis.
 """
 import sys
-import warnings
 
 import numpy as np
 import pytest
@@ -17,8 +16,8 @@ import dask  # noqa: E402
 import bnfast  # noqa: E402
 import bnfast.dask as bd  # noqa: E402
 from _helpers import (  # noqa: E402
-    assert_merged_moments_close, assert_merged_y_close, output_rtol, stat_rtol, stat_scales,
-    sum_tol, unit_roundoff, values_per_channel)
+    assert_merged_moments_close, assert_merged_y_close, assert_same_scaler_fit, output_rtol,
+    stat_rtol, stat_scales, sum_tol, transform_scale, unit_roundoff, values_per_channel)
 
 try:
     import sklearn  # noqa: F401
@@ -31,19 +30,9 @@ needs_sklearn = pytest.mark.skipif(not HAVE_SKLEARN, reason="scikit-learn is not
 F64 = np.float64
 
 
-@pytest.fixture(scope="module")
-def client():
-    with warnings.catch_warnings():
-        # The scheduler's HTTP server (127.0.0.1 here) moves off 8787 when that port is taken.
-        warnings.filterwarnings("ignore", message="Port .* is already in use")
-        cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                                           host="127.0.0.1", dashboard_address=None)
-    c = distributed.Client(cluster)
-    try:
-        yield c
-    finally:
-        c.close()
-        cluster.close()
+@pytest.fixture
+def client(dask_client):
+    return dask_client
 
 
 # (id, shape, channel axis, chunks): uneven chunks, chunks along the channel axis, layouts
@@ -289,33 +278,6 @@ def _scaler_data(rng, n, p, dtype, nan_frac=0.1):
     return X.astype(dtype)
 
 
-def _transform_scale(scaler, X):
-    """Size of the terms of (X - mean_) / scale_ (NaN as 0)."""
-    X = np.where(np.isnan(X), 0.0, np.asarray(X, F64))
-    return float(np.max((np.abs(X).max(axis=0) + np.abs(scaler.mean_)) / scaler.scale_))
-
-
-def _assert_same_fit(a, b, X):
-    """Two fits of the same data X (NaN skipped): statistics as in _stats_close; scale_ =
-    sqrt(var_) has half var_'s relative error; sample counts are integers (exact)."""
-    assert_merged_moments_close(a.mean_, a.var_, b.mean_, b.var_, X, 1, "scaler")
-    var = np.asarray(b.var_, F64)
-    ok = var > 0  # a constant feature's scale_ is 1 on both sides
-    _, var_scale = stat_scales(np.where(np.isnan(X), 0.0, np.asarray(X, F64)), 1)
-    smallest = float(np.min(var[ok], initial=np.inf))
-    rtol = 0.5 * stat_rtol(4 * X.shape[0]) * (1 + 2 * var_scale / smallest) + 2 * unit_roundoff()
-    np.testing.assert_allclose(a.scale_[ok], b.scale_[ok], rtol=rtol, err_msg="scale_")
-    np.testing.assert_array_equal(a.scale_[~ok], b.scale_[~ok])
-    seen_a, seen_b = np.asarray(a.n_samples_seen_), np.asarray(b.n_samples_seen_)
-    if seen_b.dtype.kind == "f":  # sums of weights (>= 0) in other orders
-        np.testing.assert_allclose(seen_a, seen_b, rtol=0,
-                                   atol=sum_tol(X.shape[0], float(seen_b.max())))
-    else:
-        np.testing.assert_array_equal(seen_a, seen_b)
-    assert np.asarray(a.n_samples_seen_).dtype == np.asarray(b.n_samples_seen_).dtype
-    assert a.n_features_in_ == b.n_features_in_
-
-
 @needs_sklearn
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_scaler_fit_transform_with_nan(client, rng, dtype):
@@ -323,7 +285,7 @@ def test_scaler_fit_transform_with_nan(client, rng, dtype):
     D = da.from_array(X, chunks=((100, 1, 150, 50), (2, 3)))  # uneven, along features too
     ref = bnfast.BatchNormScaler().fit(X)
     got = bnfast.BatchNormScaler().fit(D)
-    _assert_same_fit(got, ref, X)
+    assert_same_scaler_fit(got, ref, X)
     # float64 NumPy reference, NaN skipped
     assert_merged_moments_close(got.mean_, got.var_, np.nanmean(X.astype(F64), axis=0),
                  np.nanvar(X.astype(F64), axis=0), X, 1, "vs float64 NumPy")
@@ -334,7 +296,7 @@ def test_scaler_fit_transform_with_nan(client, rng, dtype):
     np.testing.assert_array_equal(np.isnan(t), np.isnan(X))  # NaN kept
     # statistics of the two fits as in _stats_close, then the elementwise pass
     rtol = output_rtol(dtype, 4 * X.shape[0])
-    scale = _transform_scale(ref, X)
+    scale = transform_scale(ref, X)
     np.testing.assert_allclose(t, t_ref, rtol=0, atol=rtol * scale, equal_nan=True)
     back = got.inverse_transform(T)
     assert isinstance(back, da.Array)
@@ -357,9 +319,9 @@ def test_scaler_partial_fit_over_dask_batches(client, rng, momentum):
     for start in range(0, 400, 130):
         got.partial_fit(D[start:start + 130])
         ref.partial_fit(X[start:start + 130])
-    _assert_same_fit(got, ref, X)
+    assert_same_scaler_fit(got, ref, X)
     if momentum is None:  # the exact merge: partial_fit over batches == fit on all
-        _assert_same_fit(got, bnfast.BatchNormScaler().fit(X), X)
+        assert_same_scaler_fit(got, bnfast.BatchNormScaler().fit(X), X)
 
 
 @needs_sklearn
@@ -370,11 +332,11 @@ def test_scaler_sample_weight_and_int_input(client, rng):
     ref = bnfast.BatchNormScaler().fit(X, sample_weight=w)
     for weights in (w, da.from_array(w, chunks=45)):
         got = bnfast.BatchNormScaler().fit(D, sample_weight=weights)
-        _assert_same_fit(got, ref, X)
+        assert_same_scaler_fit(got, ref, X)
         assert got.n_samples_seen_.dtype == F64
     Xi = rng.integers(0, 9, (50, 2))
     got = bnfast.BatchNormScaler().fit(da.from_array(Xi, chunks=20))
-    _assert_same_fit(got, bnfast.BatchNormScaler().fit(Xi), Xi)
+    assert_same_scaler_fit(got, bnfast.BatchNormScaler().fit(Xi), Xi)
     assert got.transform(da.from_array(Xi, chunks=20)).dtype == F64
 
 

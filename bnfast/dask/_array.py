@@ -1,57 +1,23 @@
-"""Batch normalization over dask arrays: exact statistics from a cluster, lazy outputs.
-
-Each chunk's Welford state ``(count, mean, m2)`` is computed by the kernels
-(``bnfast.moments_state``) where the chunk lives, and the states are merged with
-``bnfast.merge_moments`` in a ``dask.array.reduction`` tree: only O(C) numbers per chunk
-travel, and the result equals the in-memory statistics up to rounding whatever the chunking
-(along the batch, spatial or channel axes). Outputs (``y``) are built with ``map_blocks`` and
-stay lazy. Computations run on the current dask scheduler: a ``dask.distributed.Client``'s
-cluster when one is active.
-
-What is lazy and what is computed:
-
-- ``moments`` and ``moments_state`` are lazy: they return dask arrays of float64 of shape
-  (C,), chunked like the channel axis; ``dask.compute(*moments(x))`` runs the reduction once.
-- ``batch_norm_forward`` computes the statistics at once (it returns them as NumPy arrays and
-  updates the running statistics in place) and returns ``y`` lazily.
-- ``batch_norm_inference`` is lazy.
-
-Needs dask (``pip install 'bnfast[dask]'``, that is ``dask[array,distributed]``).
-
-Examples
---------
->>> import dask, dask.array as da, numpy as np
->>> import bnfast.dask
->>> x = da.from_array(np.arange(12.0).reshape(6, 2), chunks=(4, 1))
->>> mean, var = dask.compute(*bnfast.dask.moments(x))
->>> mean.tolist(), var.round(6).tolist()
-([5.0, 6.0], [11.666667, 11.666667])
->>> y, mean, invstd = bnfast.dask.batch_norm_forward(x, eps=0)
->>> type(y).__name__, np.round(y.compute()[:, 0], 4).tolist()
-('Array', [-1.4639, -0.8783, -0.2928, 0.2928, 0.8783, 1.4639])
-"""
+"""bnfast.dask's functions, and their dask-array side: chunk states merged in a
+``dask.array.reduction`` tree, outputs built with ``map_blocks``. DataFrames and Series are
+handed to bnfast/dask/_frame.py."""
 from __future__ import annotations
 
 import operator
 from functools import partial
-from typing import Any, Union, cast
+from typing import TYPE_CHECKING, Any, Union, cast, overload
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-try:
-    import dask
-    import dask.array as da
-except ImportError as exc:  # pragma: no cover - exercised by the import-without-dask test
-    raise ImportError(
-        "bnfast.dask needs dask, which is not installed: pip install 'dask[array,distributed]' "
-        "(or install bnfast with its `dask` extra: pip install 'bnfast[dask]')") from exc
+import dask  # bnfast/dask/__init__.py says what to install when it is missing
+import dask.array as da
 
-from ._functional import batch_norm_inference as _inference
-from ._functional import merge_moments as _merge_moments
-from ._functional import moments_state as _moments_state
-from ._training import check_training_size, training_stats_from_state
-from ._validation import (
+from .._functional import batch_norm_inference as _inference
+from .._functional import merge_moments as _merge_moments
+from .._functional import moments_state as _moments_state
+from .._training import check_training_size, training_stats_from_state
+from .._validation import (
     as_array,
     channel_shape,
     channel_vector,
@@ -62,16 +28,26 @@ from ._validation import (
     check_real_dtype,
     check_sample_weight,
     dtype_policy,
+    is_dask_frame,
     kernel_threads,
     running_buffer,
     running_stats,
 )
 
+if TYPE_CHECKING:  # dask.dataframe (and pandas) only where a frame is given
+    from typing import TypeVar
+
+    import dask.dataframe as dd
+
+    FrameT = TypeVar("FrameT", dd.DataFrame, dd.Series)
+
 __all__ = ["moments", "moments_state", "batch_norm_forward", "batch_norm_inference"]
 
 F64Array = NDArray[np.float64]
-# What the functions take as x: a dask array, or anything NumPy takes (one chunk).
+# What the functions take as x: a dask array, or anything NumPy takes (one chunk); the
+# statistics also take a dask DataFrame or Series (bnfast/dask/_frame.py).
 DaskArrayLike = Union[da.Array, ArrayLike]
+DaskInput = Union[DaskArrayLike, "dd.DataFrame", "dd.Series"]
 
 # One chunk's Welford state per channel, as one record: it travels through the reduction tree
 # as a single NumPy array, concatenated and split like any other.
@@ -139,17 +115,20 @@ def _chunk_state(block: np.ndarray, weights: np.ndarray | None = None,
     w = None
     if weights is not None:  # (rows, channels) broadcast of the sample weights
         w = np.ascontiguousarray(weights[:, 0]) if C else np.zeros(block.shape[0])
-    state = None
+    state = block_state(block, ch, w, skipna, n_threads)
+    return _pack(state, _keepdims_shape(block.ndim, ch, C))
+
+
+def block_state(block: np.ndarray, ch: int | None, w: np.ndarray | None, skipna: bool,
+                n_threads: int | None) -> tuple[F64Array, F64Array, F64Array]:
+    """The Welford state of one NumPy block (a chunk, a partition) by the kernels."""
     if skipna and w is None:
         # The plain kernel is several times faster than the NaN-skipping one, and a chunk
         # without NaN gets finite statistics from it; only other chunks are redone.
         state = _moments_state(block, axis=ch, n_threads=n_threads)
-        if not (np.isfinite(state[1]).all() and np.isfinite(state[2]).all()):
-            state = None
-    if state is None:
-        state = _moments_state(block, axis=ch, skipna=skipna, sample_weight=w,
-                               n_threads=n_threads)
-    return _pack(state, _keepdims_shape(block.ndim, ch, C))
+        if np.isfinite(state[1]).all() and np.isfinite(state[2]).all():
+            return state
+    return _moments_state(block, axis=ch, skipna=skipna, sample_weight=w, n_threads=n_threads)
 
 
 def _merge_state(states: np.ndarray, axis: tuple[int, ...] = (), keepdims: bool = True,
@@ -165,11 +144,15 @@ def _merge_state(states: np.ndarray, axis: tuple[int, ...] = (), keepdims: bool 
     return _pack(merged, shape)
 
 
-def _state_array(x: DaskArrayLike, axis: int | None, skipna: bool = False,
-                 sample_weight: DaskArrayLike | None = None,
+def _state_array(x: DaskInput, axis: int | None, skipna: bool = False,
+                 sample_weight: DaskInput | None = None,
                  split_every: int | dict[int, int] | None = None,
                  n_threads: int | None = None) -> da.Array:
     """The lazy per-channel state of ``x``: a dask array of STATE_DTYPE, shape (C,)."""
+    if is_dask_frame(x):
+        from ._frame import frame_state_array
+        return frame_state_array(cast("dd.DataFrame | dd.Series", x), axis, skipna,
+                                 sample_weight, split_every, n_threads)
     x = _as_dask(x)
     ch = _channel_axis(x, axis)
     _n_channels(x, ch)
@@ -198,29 +181,36 @@ def _state_array(x: DaskArrayLike, axis: int | None, skipna: bool = False,
 # -- public API -------------------------------------------------------------------------------
 
 def moments_state(
-    x: DaskArrayLike, axis: int | None = 1, *, skipna: bool = False,
-    sample_weight: DaskArrayLike | None = None, split_every: int | dict[int, int] | None = None,
+    x: DaskInput, axis: int | None = 1, *, skipna: bool = False,
+    sample_weight: DaskInput | None = None, split_every: int | dict[int, int] | None = None,
     n_threads: int | None = None,
 ) -> tuple[da.Array, da.Array, da.Array]:
-    """Per-channel Welford state ``(count, mean, m2)`` of a dask array, lazily.
+    """Per-channel Welford state ``(count, mean, m2)`` of a dask array, DataFrame or Series,
+    lazily.
 
-    The kernels compute each chunk's state (``bnfast.moments_state``) and
-    ``bnfast.merge_moments`` merges them in a tree (``dask.array.reduction``), so the result
-    equals the in-memory state up to rounding, whatever the chunks.
+    The kernels compute each chunk's (partition's) state (``bnfast.moments_state``) and
+    ``bnfast.merge_moments`` merges them in a tree of tasks (``dask.array.reduction`` for
+    arrays), so the result equals the in-memory state up to rounding, whatever the chunks.
 
     Parameters
     ----------
-    x : dask array or array_like
+    x : dask array, dask DataFrame or Series, or array_like
         Real input, chunked any way (along the channel axis too). NumPy input becomes a
-        single chunk.
+        single chunk. A DataFrame's channels are its columns (numeric ones only: TypeError
+        names another), a Series is one channel; ``pd.NA`` counts as NaN.
     axis : int or None, default 1
-        The channel axis; None or 1-D input: a single channel.
+        The channel axis; None or 1-D input: a single channel. A DataFrame takes 1 or -1
+        (columns) or None (all its values).
     skipna : bool, default False
         Ignore NaN: each channel counts only its non-NaN values.
-    sample_weight : dask array or array_like of shape (x.shape[0],), optional
-        Sample weights, for 2-D ``x`` (samples, channels) with ``axis=1``.
+    sample_weight : dask array, dask Series or array_like of shape (n_samples,), optional
+        Sample weights, for 2-D ``x`` (samples, channels) with ``axis=1``. For a DataFrame:
+        a dask Series with its partitions and index (a column of it, say; ValueError when a
+        partition does not line up), or weights by position, cut by the partitions' lengths
+        (one extra pass over the frame unless it is persisted).
     split_every : int or dict, optional
-        Fan-in of the merge tree (``dask.array.reduction``'s parameter).
+        Fan-in of the merge tree (``dask.array.reduction``'s parameter; for a DataFrame, the
+        number of partition states merged per task, 8 by default).
     n_threads : int or None, default None
         Kernel threads per chunk task. None: the OpenMP default where the task runs
         (dask.distributed's workers set OMP_NUM_THREADS=1 unless configured otherwise).
@@ -247,15 +237,17 @@ def _var_block(state: np.ndarray, ddof: float) -> F64Array:
 
 
 def moments(
-    x: DaskArrayLike, axis: int | None = 1, ddof: float = 0, *,
+    x: DaskInput, axis: int | None = 1, ddof: float = 0, *,
     split_every: int | dict[int, int] | None = None, n_threads: int | None = None,
 ) -> tuple[da.Array, da.Array]:
-    """Per-channel mean and variance of a dask array, lazily (see ``bnfast.moments``).
+    """Per-channel mean and variance of a dask array, DataFrame or Series, lazily (see
+    ``bnfast.moments``).
 
     Parameters
     ----------
-    x : dask array or array_like
-        Real input, chunked any way (along the channel axis too).
+    x : dask array, dask DataFrame or Series, or array_like
+        Real input, chunked any way (along the channel axis too); a DataFrame's channels are
+        its columns (see ``moments_state``).
     axis : int or None, default 1
         The channel axis.
     ddof : int or float, default 0
@@ -304,23 +296,43 @@ def _normalize(x: da.Array, ch: int | None, center: np.ndarray, var: np.ndarray,
         eps=eps, n_threads=n_threads)
 
 
+@overload
+def batch_norm_forward(  # type: ignore[overload-overlap]  # frames have __array__ too
+    x: FrameT, gamma: ArrayLike | None = ..., beta: ArrayLike | None = ..., *,
+    axis: int | None = ..., eps: float = ..., running_mean: np.ndarray | None = ...,
+    running_var: np.ndarray | None = ..., momentum: float = ...,
+    split_every: int | dict[int, int] | None = ..., n_threads: int | None = ...,
+) -> tuple[FrameT, F64Array, F64Array]: ...
+
+
+@overload
 def batch_norm_forward(
-    x: DaskArrayLike, gamma: ArrayLike | None = None, beta: ArrayLike | None = None, *,
+    x: DaskArrayLike, gamma: ArrayLike | None = ..., beta: ArrayLike | None = ..., *,
+    axis: int | None = ..., eps: float = ..., running_mean: np.ndarray | None = ...,
+    running_var: np.ndarray | None = ..., momentum: float = ...,
+    split_every: int | dict[int, int] | None = ..., n_threads: int | None = ...,
+) -> tuple[da.Array, F64Array, F64Array]: ...
+
+
+def batch_norm_forward(
+    x: DaskInput, gamma: ArrayLike | None = None, beta: ArrayLike | None = None, *,
     axis: int | None = 1, eps: float = 1e-5, running_mean: np.ndarray | None = None,
     running_var: np.ndarray | None = None, momentum: float = 0.1,
     split_every: int | dict[int, int] | None = None, n_threads: int | None = None,
-) -> tuple[da.Array, F64Array, F64Array]:
-    """Training-mode batch normalization of a dask array with global batch statistics.
+) -> tuple[Any, F64Array, F64Array]:
+    """Training-mode batch normalization of a dask array, DataFrame or Series with global
+    batch statistics.
 
-    The statistics over the whole array are computed now, through the current scheduler
+    The statistics over the whole input are computed now, through the current scheduler
     (the cluster of an active ``dask.distributed.Client``): chunk states from the kernels,
     merged with ``merge_moments``. ``y`` is returned lazily: each chunk is normalized by the
     inference kernel with the global statistics when ``y`` is computed (or persisted).
 
     Parameters
     ----------
-    x : dask array or array_like
-        Real input, chunked any way (along the channel axis too).
+    x : dask array, dask DataFrame or Series, or array_like
+        Real input, chunked any way (along the channel axis too); a DataFrame's channels are
+        its columns (see ``moments_state``).
     gamma, beta : array_like of shape (C,), optional
     axis : int or None, default 1
     eps : float, default 1e-5
@@ -335,8 +347,10 @@ def batch_norm_forward(
 
     Returns
     -------
-    y : dask array
+    y : dask array, or dask DataFrame or Series for such ``x``
         Lazy, chunked like ``x``; x's dtype (float64 for integers, float16 stays float16).
+        A frame's ``y`` has its columns, index and divisions, in the columns' common float
+        dtype (float64 for integers, bool or a mix).
     mean, invstd : ndarray of float64, shape (C,)
         Computed: the global batch mean and ``1 / sqrt(var + eps)``.
 
@@ -346,6 +360,11 @@ def batch_norm_forward(
         As ``bnfast.batch_norm_forward`` (one value per channel, bad shapes, eps, momentum);
         the running statistics are then left as they were.
     """
+    if is_dask_frame(x):
+        from . import _frame
+        return _frame.batch_norm_forward(cast("dd.DataFrame | dd.Series", x), gamma, beta,
+                                         axis, eps, running_mean, running_var, momentum,
+                                         split_every, n_threads)
     x = _as_dask(x)
     ch = _channel_axis(x, axis)
     C = _n_channels(x, ch)
@@ -367,12 +386,29 @@ def batch_norm_forward(
     return _normalize(x, ch, mean, var, g, b, eps, n_threads), mean, invstd
 
 
+@overload
+def batch_norm_inference(  # type: ignore[overload-overlap]  # frames have __array__ too
+    x: FrameT, running_mean: ArrayLike, running_var: ArrayLike,
+    gamma: ArrayLike | None = ..., beta: ArrayLike | None = ..., *, axis: int | None = ...,
+    eps: float = ..., n_threads: int | None = ...,
+) -> FrameT: ...
+
+
+@overload
 def batch_norm_inference(
     x: DaskArrayLike, running_mean: ArrayLike, running_var: ArrayLike,
+    gamma: ArrayLike | None = ..., beta: ArrayLike | None = ..., *, axis: int | None = ...,
+    eps: float = ..., n_threads: int | None = ...,
+) -> da.Array: ...
+
+
+def batch_norm_inference(
+    x: DaskInput, running_mean: ArrayLike, running_var: ArrayLike,
     gamma: ArrayLike | None = None, beta: ArrayLike | None = None, *, axis: int | None = 1,
     eps: float = 1e-5, n_threads: int | None = None,
-) -> da.Array:
-    """Inference-mode batch normalization of a dask array, lazily (``map_blocks``).
+) -> Any:
+    """Inference-mode batch normalization of a dask array, DataFrame or Series, lazily
+    (``map_blocks`` / ``map_partitions``).
 
     ``y = (x - running_mean) / sqrt(running_var + eps) * gamma + beta`` per channel, by the
     inference kernel on each chunk; chunks along the channel axis get their channels'
@@ -380,7 +416,8 @@ def batch_norm_inference(
 
     Parameters
     ----------
-    x : dask array or array_like
+    x : dask array, dask DataFrame or Series, or array_like
+        A DataFrame's channels are its columns (see ``moments_state``).
     running_mean, running_var : array_like of shape (C,)
     gamma, beta : array_like of shape (C,), optional
     axis : int or None, default 1
@@ -390,9 +427,14 @@ def batch_norm_inference(
 
     Returns
     -------
-    y : dask array
-        Lazy, chunked like ``x``; x's dtype (float64 for integers).
+    y : dask array, or dask DataFrame or Series for such ``x``
+        Lazy, chunked like ``x``; x's dtype (float64 for integers). A frame's ``y`` has its
+        columns, index and divisions, in the columns' common float dtype.
     """
+    if is_dask_frame(x):
+        from . import _frame
+        return _frame.batch_norm_inference(cast("dd.DataFrame | dd.Series", x), running_mean,
+                                           running_var, gamma, beta, axis, eps, n_threads)
     x = _as_dask(x)
     ch = _channel_axis(x, axis)
     C = _n_channels(x, ch)
