@@ -18,7 +18,7 @@ in the workers' memory. Then:
   StandardScaler; the largest relative differences of mean_, var_ and scale_.
 
 The load average is printed before and after. dask-ml is a benchmark-only dependency
-(``pip install dask-ml``, or the ``bench`` extra); without it only bnfast is timed.
+(``pip install dask-ml``, or the ``bench-dask`` extra); without it only bnfast is timed.
 """
 from __future__ import annotations
 
