@@ -2,7 +2,8 @@
  * T the element type: bn_half_inst.h includes this list once per type to make each name pick
  * its x86-64-v3 or baseline loop.  (No include guard: included twice.) */
 BN_EXPORT(run_moments, (const T *x, npy_intp nrows, npy_intp len, npy_intp stride, double shift,
-                        double *mean, double *m2), (x, nrows, len, stride, shift, mean, m2))
+                        double *mean, double *dmean, double *m2),
+          (x, nrows, len, stride, shift, mean, dmean, m2))
 BN_EXPORT(tile_moments, (const T *x, npy_intp nrows, npy_intp ncols, npy_intp stride,
                          double *shift, double *mean, double *m2, double *q),
           (x, nrows, ncols, stride, shift, mean, m2, q))

@@ -75,9 +75,12 @@ BN_TARGET static void BN_FN(run_shifted_sums)(const BN_T *x, npy_intp nrows, npy
 /* Mean and M2 (sum of squared deviations) of a block of runs, in one pass of sums shifted by
  * `shift` (a guess of the mean: the chunk's mean so far, or the block's first value).  When the
  * guess is too far off, one more pass around the first pass's mean: the corrected two-pass
- * algorithm, with the block still in cache. */
+ * algorithm, with the block still in cache.  The mean is returned unevaluated, as
+ * *mean + *dmean (the shift used and the mean's offset from it): rounded into one double
+ * near a large offset it would lose the digits that the merges of the blocks' states need
+ * (docs/design.md §1, "Offsets"). */
 static void BN_FN(run_moments)(const BN_T *x, npy_intp nrows, npy_intp len, npy_intp stride,
-                               double shift, double *mean, double *m2)
+                               double shift, double *mean, double *dmean, double *m2)
 {
     const double n = (double)(nrows * len);
     double s, q;
@@ -86,7 +89,8 @@ static void BN_FN(run_moments)(const BN_T *x, npy_intp nrows, npy_intp len, npy_
         shift += s / n;
         BN_FN(run_shifted_sums)(x, nrows, len, stride, shift, &s, &q);
     }
-    *mean = shift + s / n;
+    *mean = shift;
+    *dmean = s / n;
     *m2 = q - s * s / n;
 }
 
@@ -160,7 +164,8 @@ BN_TARGET static void BN_FN(tile_shifted_sums)(const BN_T *x, npy_intp nrows, np
 }
 
 /* Per-channel mean and M2 of a block of tile rows, like run_moments: one shifted pass, and a
- * second pass for the channels whose shift was too far from their mean.  A channel's result
+ * second pass for the channels whose shift was too far from their mean.  The mean is
+ * shift[c] + mean[c] (unevaluated, as in run_moments).  A channel's result
  * depends on its own values only: the second pass re-runs exactly the same per-channel
  * arithmetic, over the one channel when few need it, else over the span of columns from the
  * first to the last that need it (the others in that span get their first-pass sums again,
@@ -195,7 +200,7 @@ static void BN_FN(tile_moments)(const BN_T *x, npy_intp nrows, npy_intp ncols, n
     const double inv_n = 1.0 / n;
     for (npy_intp c = 0; c < ncols; c++) {
         const double sc = mean[c];
-        mean[c] = shift[c] + sc * inv_n;
+        mean[c] = sc * inv_n;
         m2[c] = q[c] - sc * (sc * inv_n);
     }
 }
@@ -229,7 +234,7 @@ BN_TARGET static void BN_FN(tile_shifted_sums_masked)(const BN_T *x, const doubl
 }
 
 /* Weighted NaN-skipping count, mean and M2 of a block of tile rows, like tile_moments (the
- * second pass again covers only the channels that need it).
+ * second pass again covers only the channels that need it; the mean is shift[c] + mean[c]).
  * shift[ncols] is the guess (overwritten); s is scratch of ncols doubles. */
 static void BN_FN(tile_moments_masked)(const BN_T *x, const double *w, npy_intp nrows,
                                        npy_intp ncols, npy_intp stride, double *shift,
@@ -256,7 +261,7 @@ static void BN_FN(tile_moments_masked)(const BN_T *x, const double *w, npy_intp 
     }
     for (npy_intp c = 0; c < ncols; c++) {
         if (count[c] != 0.0) {
-            mean[c] = shift[c] + s[c] / count[c];
+            mean[c] = s[c] / count[c];
             m2[c] -= s[c] * s[c] / count[c];
         } else {
             mean[c] = 0.0;

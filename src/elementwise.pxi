@@ -166,6 +166,7 @@ cdef struct FusedForward:
     const double *beta      # or NULL
     double eps
     double *st_n            # the one chunk's count per channel
+    double *st_lo           # and its mean's low part (moments_task)
     double *mean            # per channel results
     double *m2
     double *invstd
@@ -182,7 +183,8 @@ cdef void forward_channel(const floating *x, void *job, intp c) noexcept nogil:
     cdef const floating *res = <const floating *>j.res
     cdef intp o, off
     cdef double scale, shift
-    moments_task(x, p, 0, c, j.st_n, j.mean, j.m2)
+    moments_task(x, p, 0, c, j.st_n, j.mean, j.m2, j.st_lo)
+    j.mean[c] = j.mean[c] + j.st_lo[c]
     j.invstd[c] = 1.0 / sqrt(j.m2[c] / <double>(p.outer * p.inner) + j.eps)
     scale_shift(j.invstd[c], j.gamma, j.beta, c, &scale, &shift)
     for o in range(p.outer):
@@ -208,6 +210,7 @@ cdef int train_impl(const floating *x, floating *y, const Plan *p, const double 
         j.y = y
         j.gamma, j.beta, j.eps = gamma, beta, eps
         j.st_n, j.mean, j.m2, j.invstd = scratch, mean, m2, invstd
+        j.st_lo = scratch + p.C
         j.res, j.act = res, act
         j.stream = streams(y, x, x, p.outer * p.C * p.inner * sizeof(floating))
         run_tasks(forward_channel[floating], x, &j, p.C,

@@ -29,9 +29,9 @@ cdef extern from "bn_pool.h" nogil:
 
 cdef extern from "bn_loops.h" nogil:
     void run_moments_f32(const float *x, intp nrows, intp len, intp stride, double shift,
-                         double *mean, double *m2)
+                         double *mean, double *dmean, double *m2)
     void run_moments_f64(const double *x, intp nrows, intp len, intp stride, double shift,
-                         double *mean, double *m2)
+                         double *mean, double *dmean, double *m2)
     void tile_moments_f32(const float *x, intp nrows, intp ncols, intp stride, double *shift,
                           double *mean, double *m2, double *q)
     void tile_moments_f64(const double *x, intp nrows, intp ncols, intp stride, double *shift,
@@ -117,9 +117,9 @@ cdef extern from "bn_loops.h" nogil:
                           const double *k, intp n, float *ah, float *al, float *kf,
                           float *mh, float *ml, float *w)
     void run_moments_f16(const bn_f16 *x, intp nrows, intp len, intp stride, double shift,
-                         double *mean, double *m2)
+                         double *mean, double *dmean, double *m2)
     void run_moments_bf16(const bn_bf16 *x, intp nrows, intp len, intp stride, double shift,
-                         double *mean, double *m2)
+                         double *mean, double *dmean, double *m2)
     void tile_moments_f16(const bn_f16 *x, intp nrows, intp ncols, intp stride, double *shift,
                           double *mean, double *m2, double *q)
     void tile_moments_bf16(const bn_bf16 *x, intp nrows, intp ncols, intp stride, double *shift,
@@ -214,15 +214,16 @@ cdef inline double to_double(floating v) noexcept nogil:
 
 
 cdef inline void k_run_moments(const floating *x, intp nrows, intp len, intp stride,
-                               double shift, double *mean, double *m2) noexcept nogil:
+                               double shift, double *mean, double *dmean,
+                               double *m2) noexcept nogil:
     if floating is float:
-        run_moments_f32(x, nrows, len, stride, shift, mean, m2)
+        run_moments_f32(x, nrows, len, stride, shift, mean, dmean, m2)
     elif floating is double:
-        run_moments_f64(x, nrows, len, stride, shift, mean, m2)
+        run_moments_f64(x, nrows, len, stride, shift, mean, dmean, m2)
     elif floating is bn_f16:
-        run_moments_f16(x, nrows, len, stride, shift, mean, m2)
+        run_moments_f16(x, nrows, len, stride, shift, mean, dmean, m2)
     else:
-        run_moments_bf16(x, nrows, len, stride, shift, mean, m2)
+        run_moments_bf16(x, nrows, len, stride, shift, mean, dmean, m2)
 
 
 cdef inline void k_tile_moments(const floating *x, intp nrows, intp ncols, intp stride,

@@ -102,3 +102,76 @@ def test_badly_shifted_channel_is_redone_alone_skipna(rng):
         np.testing.assert_allclose(smean[c], rmean, rtol=rtol, atol=rtol * np.abs(v).max())
         np.testing.assert_allclose(sm2[c], np.sum(wc * (v - rmean) ** 2), rtol=rtol,
                                    atol=rtol * wc.sum() * var_scale)
+
+
+# ---- float64 with a large offset: the means carried in two parts -------------------------
+
+F64_OFFSET_LAYOUTS = [
+    pytest.param((20000, 1), 1, id="NC-1"),
+    pytest.param((20000, 8), 1, id="NC-8"),
+    pytest.param((20000, 64), 1, id="NC-64"),
+    pytest.param((2000, 300), 1, id="NC-300"),
+    pytest.param((1000, 1000), -1, id="NC-1000"),
+    pytest.param((16, 8, 40, 40), 1, id="NCHW"),
+    pytest.param((16, 40, 40, 8), -1, id="NHWC"),
+    pytest.param((8, 3, 4000), 1, id="NCL"),
+    pytest.param((100_000,), 0, id="1d"),
+]
+
+
+def _exact_var(x, axis):
+    """The variance and mean per channel in long double (two passes), as float64 (1-D: one
+    channel)."""
+    xl = np.asarray(x, np.longdouble)
+    xl = xl.reshape(-1, 1) if xl.ndim == 1 else np.moveaxis(xl, axis % x.ndim, -1)
+    xl = xl.reshape(-1, xl.shape[-1])
+    dev = xl - xl.mean(axis=0)
+    return (dev * dev).mean(axis=0).astype(np.float64), xl.mean(axis=0).astype(np.float64)
+
+
+@pytest.mark.parametrize("offset", [1e4, 1e8])
+@pytest.mark.parametrize("shape, axis", F64_OFFSET_LAYOUTS)
+def test_large_offset_float64_variance_is_two_pass_accurate(rng, shape, axis, offset):
+    """offset + N(0, 1) in float64: the variance within stat_rtol(n) of itself, the bound of
+    a two-pass computation. Each block's deviations from its shift are exact (Sterbenz) and
+    its M2 is a sum of positive terms; the blocks' and chunks' means are merged as unevaluated
+    pairs, so their difference keeps its digits. (Rounding each block's mean into one double
+    cost 1e-10 .. 1e-9 relative at 1e8, far above this bound: 2.2e-11 for n = 20,000.)"""
+    x = offset + rng.standard_normal(shape)
+    want, _ = _exact_var(x, axis)
+    n = values_per_channel(x, axis)
+    for got in (bnfast.moments(x, axis=axis)[1],
+                1 / bnfast.batch_norm_forward(x, axis=axis, eps=0.0)[2] ** 2):
+        # both within stat_rtol(n) of the exact value (invstd adds 4 roundings each way)
+        np.testing.assert_allclose(got, want, rtol=stat_rtol(n) + 8 * unit_roundoff())
+    count, mean, m2 = bnfast.moments_state(x.reshape(-1, 1) if len(shape) == 1 else
+                                           np.moveaxis(x, axis, -1).reshape(-1, shape[axis]),
+                                           axis=1, skipna=True)
+    np.testing.assert_allclose(m2 / count, want, rtol=stat_rtol(n) + 2 * unit_roundoff())
+
+
+def test_merging_states_keeps_the_documented_bound(rng):
+    """States merged across calls (merge_moments: partial_fit, Dask, processes) keep the mean
+    as one double: each merge adds at most (2 |delta| e + e^2) n_a n_b / n to M2, where delta
+    is the exact difference of the two means and e = u (|mean_a| + |mean_b|) bounds the error
+    of their rounded difference (docs/design.md §1, "Offsets"). 1e8 + N(0, 1) in 10 pieces."""
+    u = unit_roundoff()
+    x = 1e8 + rng.standard_normal((20000, 4))
+    pieces = np.array_split(x, 10)
+    count, mean, m2 = bnfast.moments_state(pieces[0])
+    bound = np.zeros(4)
+    seen = [pieces[0]]
+    for piece in pieces[1:]:
+        _, exact_a = _exact_var(np.concatenate(seen), 1)
+        _, exact_b = _exact_var(piece, 1)
+        nb = piece.shape[0]
+        na = count[0]
+        e = u * (np.abs(exact_a) + np.abs(exact_b)) * 1.01  # and the states' own rounding
+        delta = np.abs(exact_b - exact_a)
+        bound += (2 * delta * e + e * e) * na * nb / (na + nb)
+        count, mean, m2 = bnfast.merge_moments([(count, mean, m2), bnfast.moments_state(piece)])
+        seen.append(piece)
+    want, _ = _exact_var(x, 1)
+    n = x.shape[0]
+    err = np.abs(m2 / n - want)
+    assert np.all(err <= bound / n + stat_rtol(n) * want), (err / want, bound / n / want)
