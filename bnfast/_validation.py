@@ -15,7 +15,7 @@ import math
 import numbers
 import operator
 import sys
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -221,6 +221,40 @@ def running_buffer(v: Any, C: int, name: str,
     if v.dtype in (_F32, _F64) and v.flags.c_contiguous and v.flags.aligned:
         return (v if type(v) is np.ndarray else v.view(np.ndarray)), False
     return np.array(v, dtype=_F64, order="C"), True  # always a copy: aligned, native
+
+
+class TrainingArguments(NamedTuple):
+    """The checked arguments every training forward takes besides x (``training_arguments``)."""
+
+    eps: float
+    momentum: float
+    n_threads: int | None
+    gamma: np.ndarray | None       # float64 vectors of shape (C,)
+    beta: np.ndarray | None
+    running_mean: tuple[np.ndarray | None, bool]   # (kernel buffer, needs write-back)
+    running_var: tuple[np.ndarray | None, bool]
+
+
+def training_arguments(C: int, gamma: Any, beta: Any, eps: Any, momentum: Any,
+                       running_mean: Any, running_var: Any, n_threads: Any,
+                       out: Any = None, out_shape: tuple[int, ...] = (),
+                       out_dtype: np.dtype[Any] | None = None,
+                       running_required: bool = False) -> TrainingArguments:
+    """Check the arguments a training forward shares, in one order: eps, momentum,
+    n_threads, gamma, beta, running_mean, running_var and ``out`` (of ``out_shape`` and
+    ``out_dtype``). The plain forward, ghost batch norm, batch renormalization and
+    synchronized batch norm all take them here."""
+    eps = check_eps(eps)
+    momentum = check_momentum(momentum)
+    nt = kernel_threads(n_threads)
+    g = channel_vector(gamma, C, "gamma")
+    b = channel_vector(beta, C, "beta")
+    rm = running_buffer(running_mean, C, "running_mean", required=running_required)
+    rv = running_buffer(running_var, C, "running_var", required=running_required)
+    if out is not None:
+        assert out_dtype is not None
+        check_out(out, out_shape, out_dtype)
+    return TrainingArguments(eps, momentum, nt, g, b, rm, rv)
 
 
 def as_float(value: Any, name: str) -> float:

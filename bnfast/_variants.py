@@ -1,4 +1,4 @@
-"""Batch renormalization and ghost batch norm, on top of the functional API.
+"""Batch renormalization and ghost batch norm, on top of the plain passes (``_plain``).
 
 Neither has kernels of its own: batch renormalization is the batch's statistics
 (``moments_state``) followed by one inference pass with folded coefficients, and ghost batch
@@ -19,21 +19,14 @@ import numpy as np
 import numpy.typing as npt
 
 from . import _kernels
-from ._functional import (
-    batch_norm_backward,
-    batch_norm_forward,
-    batch_norm_inference,
-    moments_state,
-)
+from ._plain import backward, batch_norm_inference, forward_train, moments_state
 from ._training import check_training_size
 from ._validation import (
     as_array,
     as_float,
     channel_shape,
     channel_vector,
-    check_eps,
     check_int,
-    check_momentum,
     check_n_threads,
     check_out,
     direct_out,
@@ -42,6 +35,7 @@ from ._validation import (
     kernel_result,
     plain,
     running_buffer,
+    training_arguments,
 )
 
 __all__ = ["batch_renorm_forward"]
@@ -165,20 +159,14 @@ def batch_renorm_forward(
     outer, C, inner = channel_shape(a, axis)
     work, odt = dtype_policy(a.dtype)
     r_max, d_max = check_renorm_limits(r_max, d_max)
-    eps = check_eps(eps)
-    momentum = check_momentum(momentum)
-    check_n_threads(n_threads)
-    g = channel_vector(gamma, C, "gamma")
-    b = channel_vector(beta, C, "beta")
-    running_buffer(running_mean, C, "running_mean", required=True)
-    running_buffer(running_var, C, "running_var", required=True)
+    t = training_arguments(C, gamma, beta, eps, momentum, running_mean, running_var,
+                           n_threads, out, a.shape, odt, running_required=True)
+    eps, momentum, g, b = t.eps, t.momentum, t.gamma, t.beta
     rm_buf, rv_buf = running_mean, running_var
     rm = rm_buf.astype(np.float64)  # copies: the values before the update
     rv = rv_buf.astype(np.float64)
     if not np.all(rv + eps > 0):  # also rejects NaN
         raise ValueError("running_var: expected running_var + eps > 0 in every channel")
-    if out is not None:
-        check_out(out, a.shape, odt)
     m = outer * inner
     check_training_size(m, C, a.shape)
     # Everything is checked: from here on nothing raises for bad input.
@@ -227,8 +215,7 @@ def _renorm_backward(dy: Any, x: Any, mean: Any, invstd: Any, gamma: Any, renorm
     assert rv is not None and dv is not None  # neither is None (checked above)
     g = channel_vector(gamma, C, "gamma")
     g_eff = rv if g is None else g * rv
-    dx, sum_dy_xhat, dbeta = batch_norm_backward(dy, a, mean, invstd, g_eff, axis=axis,
-                                                 out=out, n_threads=n_threads)
+    dx, sum_dy_xhat, dbeta = backward(dy, a, mean, invstd, g_eff, axis, out, n_threads)
     # The kernel's dgamma was taken with g_eff as gamma, but it is sum(dy * xhat) whatever
     # gamma is: the renormalized dgamma follows from it and sum(dy).
     return dx, rv * sum_dy_xhat + dv * dbeta, dbeta
@@ -260,16 +247,10 @@ def ghost_batch_norm_forward(x: Any, gamma: Any, beta: Any, virtual_batch_size: 
     a = as_array(x)
     outer, C, inner, k, G = _ghost_layout(a, axis, virtual_batch_size)
     work, odt = dtype_policy(a.dtype)
-    eps = check_eps(eps)
-    momentum = check_momentum(momentum)
-    check_n_threads(n_threads)
-    g = channel_vector(gamma, C, "gamma")
-    b = channel_vector(beta, C, "beta")
-    running_buffer(running_mean, C, "running_mean")
-    running_buffer(running_var, C, "running_var")
+    t = training_arguments(C, gamma, beta, eps, momentum, running_mean, running_var,
+                           n_threads, out, a.shape, odt)
+    eps, momentum, g, b = t.eps, t.momentum, t.gamma, t.beta
     rm_buf, rv_buf = running_mean, running_var
-    if out is not None:
-        check_out(out, a.shape, odt)
     m_group = (outer * inner) // G if G else 0  # values per channel in one group
     # An empty batch is an error even without channels, as in batch_norm_forward.
     check_training_size(m_group, C if G else 1, a.shape, f" in each virtual batch of {k}")
@@ -287,9 +268,8 @@ def ghost_batch_norm_forward(x: Any, gamma: Any, beta: Any, virtual_batch_size: 
     group_var = np.zeros((G, C))
     for i in range(G):
         s = slice(i * k, (i + 1) * k)
-        _, mean[i], invstd[i] = batch_norm_forward(
-            xw[s], g, b, axis=axis, eps=eps, running_mean=group_mean[i],
-            running_var=group_var[i], momentum=1.0, out=yw[s], n_threads=n_threads)
+        _, mean[i], invstd[i] = forward_train(xw[s], g, b, axis, eps, group_mean[i],
+                                              group_var[i], 1.0, yw[s], n_threads)
     y = finish_output(yw, a.shape, odt, out, yw is out)
     _update_running(rm_buf, group_mean.mean(axis=0), momentum)
     _update_running(rv_buf, group_var.mean(axis=0), momentum)
@@ -338,9 +318,8 @@ def ghost_batch_norm_backward(dy: Any, x: Any, mean: Any, invstd: Any, gamma: An
     dbeta = np.empty((G, C))
     for i in range(G):
         s = slice(i * k, (i + 1) * k)
-        _, dgamma[i], dbeta[i] = batch_norm_backward(dyw[s], xw[s], mu[i], inv[i], g,
-                                                     axis=axis, out=dxw[s],
-                                                     n_threads=n_threads)
+        _, dgamma[i], dbeta[i] = backward(dyw[s], xw[s], mu[i], inv[i], g, axis, dxw[s],
+                                          n_threads)
     dx = finish_output(dxw, a.shape, odt, out, dxw is out)
     return dx, dgamma.sum(axis=0), dbeta.sum(axis=0)
 

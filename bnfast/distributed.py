@@ -64,11 +64,8 @@ from ._validation import (
     as_array,
     channel_shape,
     channel_vector,
-    check_eps,
-    check_momentum,
-    check_n_threads,
     check_out,
-    running_buffer,
+    training_arguments,
 )
 
 if TYPE_CHECKING:
@@ -191,13 +188,8 @@ def sync_batch_norm_forward(
     """
     a = as_array(x)
     _, C, _ = channel_shape(a, axis)
-    eps = check_eps(eps)
-    momentum = check_momentum(momentum)
-    check_n_threads(n_threads)
-    gamma = channel_vector(gamma, C, "gamma")
-    beta = channel_vector(beta, C, "beta")
-    running_buffer(running_mean, C, "running_mean")
-    running_buffer(running_var, C, "running_var")
+    t = training_arguments(C, gamma, beta, eps, momentum, running_mean, running_var, n_threads)
+    eps, momentum, gamma, beta = t.eps, t.momentum, t.gamma, t.beta
     state = sync_moments_state(moments_state(a, axis, n_threads=n_threads), all_gather)
     shape = (f"{a.shape} on this rank, {int(state[0][0]) if C else 0} values per channel "
              "over all ranks")

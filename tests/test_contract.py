@@ -21,7 +21,7 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 import bnfast
-from bnfast import _functional, _kernels, _training
+from bnfast import _kernels, _plain, _training
 
 # No deadline and no too_slow check: on a loaded CI machine drawing a case can take tens of
 # milliseconds, which says nothing about the contract.
@@ -337,7 +337,7 @@ def build_forward_train(case):
 @given(cases(vectors=("gamma", "beta"), running=("running_mean", "running_var"),
              scalars=("eps", "momentum", "activation", "residual")))
 def test_forward_train_contract(case):
-    event(check_contract(_kernels.forward_train, _functional._forward_train_validated,
+    event(check_contract(_kernels.forward_train, _plain._forward_train_validated,
                          build_forward_train, case))
 
 
@@ -359,7 +359,7 @@ def build_forward_infer(case):
 @given(cases(vectors=("gamma", "beta"), required=("running_mean", "running_var"),
              scalars=("eps", "activation", "residual")))
 def test_forward_infer_contract(case):
-    event(check_contract(_kernels.forward_infer, _functional._forward_infer_validated,
+    event(check_contract(_kernels.forward_infer, _plain._forward_infer_validated,
                          build_forward_infer, case))
 
 
@@ -387,7 +387,7 @@ def build_backward(case):
 @given(cases(vectors=("gamma",), required=("mean", "invstd"), two_inputs=True,
              scalars=("activation", "y", "return_dresidual")))
 def test_backward_contract(case):
-    event(check_contract(_kernels.backward, _functional._backward_validated, build_backward,
+    event(check_contract(_kernels.backward, _plain._backward_validated, build_backward,
                          case))
 
 
@@ -431,8 +431,8 @@ def test_contract_cases_reach_every_outcome():
                  momentum=0.1, mean="f64", invstd="f64", activation="relu", residual="same",
                  y="fwd", return_dresidual=True)
     for kernel, validated, build in [
-            (_kernels.forward_train, _functional._forward_train_validated, build_forward_train),
-            (_kernels.backward, _functional._backward_validated, build_backward)]:
+            (_kernels.forward_train, _plain._forward_train_validated, build_forward_train),
+            (_kernels.backward, _plain._backward_validated, build_backward)]:
         assert check_contract(kernel, validated, build, plain) == "computed"
         assert check_contract(kernel, validated, build, {**plain, "x": "list"}) == "declined"
         assert check_contract(kernel, validated, build, {**plain, "axis": 5}) == "rejected"

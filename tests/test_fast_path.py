@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import bnfast
-from bnfast import _functional, _kernels
+from bnfast import _kernels, _plain
 
 
 @pytest.mark.parametrize("shape, axis", [((256, 64), 1), ((8, 16, 9, 9), 1), ((8, 9, 9, 16), -1),
@@ -92,7 +92,7 @@ def test_unaligned_input_goes_through_a_copy(rng):
 
 def test_validated_path_result_none_is_an_internal_error(monkeypatch, rng):
     """None from the entry point after validation breaks the contract: a RuntimeError."""
-    monkeypatch.setattr(_functional, "_kernels", _Declining())
+    monkeypatch.setattr(_plain, "_kernels", _Declining())
     with pytest.raises(RuntimeError, match="bnfast bug"):
         bnfast.batch_norm_forward(rng.standard_normal((8, 3)))
 

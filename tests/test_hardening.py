@@ -453,9 +453,9 @@ def test_sigint_during_a_call_on_2gib():
 def test_functional_forward_interrupted_after_the_kernel(monkeypatch, rng):
     """KeyboardInterrupt raised as the kernel returns: running statistics that live in a
     float64 copy (float16, strided) are still written back whole, like the others."""
-    from bnfast import _functional
+    from bnfast import _plain
 
-    real = _functional._kernels
+    real = _plain._kernels
 
     class Interrupting:
         def __getattr__(self, name):
@@ -471,7 +471,7 @@ def test_functional_forward_interrupted_after_the_kernel(monkeypatch, rng):
     x = make_float(rng, (20, 3), 1)
     want_rm, want_rv = np.zeros(3), np.ones(3)
     want_y = bnfast.batch_norm_forward(x, running_mean=want_rm, running_var=want_rv)[0]
-    monkeypatch.setattr(_functional, "_kernels", Interrupting())
+    monkeypatch.setattr(_plain, "_kernels", Interrupting())
     for make in (lambda v: v.copy(), lambda v: v.astype(np.float16),
                  lambda v: np.repeat(v, 2)[::2]):
         rm, rv = make(np.zeros(3)), make(np.ones(3))
