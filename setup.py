@@ -5,6 +5,9 @@ Build switches (environment variables, read at build time):
 BNFAST_OPENMP=0     build without OpenMP (serial kernels). By default OpenMP is used when a
                     compile-and-run probe succeeds; otherwise the build warns loudly.
 BNFAST_NATIVE=1     add -march=native (faster, but the result runs only on this CPU family).
+BNFAST_AVX512=1     also clone the vectorized loops for x86-64-v4 (AVX-512), picked at load time
+                    like the AVX2 clones: not measured on AVX-512 hardware yet, hence a switch
+                    (docs/design.md §3, "Instruction sets").
 BNFAST_DEBUG=1      turn Cython's bounds/wraparound checks back on and build with -O0 -g.
 BNFAST_SANITIZE=1   build with AddressSanitizer and UndefinedBehaviorSanitizer.
 """
@@ -145,7 +148,7 @@ extensions = [
         define_macros=[
             ("NPY_NO_DEPRECATED_API", "NPY_1_21_API_VERSION"),
             ("BNFAST_COMPILE_FLAGS", '"' + " ".join(COMPILE_ARGS) + '"'),
-        ],
+        ] + ([("BNFAST_AVX512", "1")] if _flag("BNFAST_AVX512") else []),
         extra_compile_args=COMPILE_ARGS,
         extra_link_args=LINK_ARGS,
         # Every file the module is made of: a change to any of them rebuilds it.

@@ -40,11 +40,9 @@ def _threads_line() -> str:
 def config() -> dict[str, str | int]:
     """The build and runtime configuration as a dict (what ``show_config`` prints)."""
     flags = _kernels.compile_flags()
-    simd = "AVX2 clones picked at load time (ifunc), baseline SSE2 otherwise"
+    simd = f"{_kernels.simd_clone()} run here; half precision: {_kernels.half_loops()}"
     if "-march=native" in flags:
-        simd = "-march=native (this CPU family only)"
-    elif platform.machine().lower() not in ("x86_64", "amd64") or sys.platform != "linux":
-        simd = "compiler default for " + platform.machine()
+        simd += " (-march=native: this CPU family only)"
     return {
         "bnfast": __version__,
         "numpy": np.__version__,

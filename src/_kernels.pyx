@@ -614,6 +614,11 @@ def pool_backoffs():
     return bn_pool_backoffs()
 
 
+def simd_clone():
+    """Which clone of the vectorized loops runs on this CPU (picked at load time)."""
+    return bn_simd_clone().decode()
+
+
 def half_loops():
     """Which float16/bfloat16 loops run: x86-64-v3 (F16C), baseline or portable."""
     return bn_half_loops().decode()

@@ -37,6 +37,28 @@
 #endif
 #define BN_TARGET BN_CLONES
 
+/* Which clone of the BN_TARGET loops the load-time resolver picks on this CPU (show_config):
+ * the same feature tests, in the same order of preference. */
+static const char *bn_simd_clone(void)
+{
+#ifdef BN_CLONES_AVX2
+    __builtin_cpu_init();
+#ifdef BNFAST_AVX512
+    if (__builtin_cpu_supports("x86-64-v4"))
+        return "x86-64-v4 (AVX-512) clones";
+#endif
+    if (__builtin_cpu_supports("avx2"))
+        return "AVX2 clones";
+    return "baseline x86-64 (SSE2) clones";
+#elif defined(__AVX512F__)
+    return "AVX-512 (this build's target)";
+#elif defined(__AVX2__)
+    return "AVX2 (this build's target)";
+#else
+    return "the compiler's default for this target";
+#endif
+}
+
 #include <string.h>
 
 /* Reductions keep 16 independent float64 lanes, held as four vectors of 4 doubles, and add

@@ -28,6 +28,7 @@ cdef extern from "bn_pool.h" nogil:
     void bn_call_bf16(void *ctx, intp i)
 
 cdef extern from "bn_loops.h" nogil:
+    const char *bn_simd_clone()
     void run_moments_f32(const float *x, intp nrows, intp len, intp stride, double shift,
                          double *mean, double *dmean, double *m2)
     void run_moments_f64(const double *x, intp nrows, intp len, intp stride, double shift,
