@@ -26,7 +26,8 @@
  *
  * One thing no protocol prevents: a helper that the scheduler stops in the middle of a task it
  * claimed (other processes want the CPU) holds the caller until it runs again.  When a call
- * waits for such a straggler far longer than it worked, the pool backs off: calls run on
+ * waits for such a straggler (over 0.1 ms and a quarter of its own part of the work: a
+ * helper that runs leaves it at most one task to wait for), the pool backs off: calls run on
  * their own thread for 10 ms, then 20, 40, ... up to a second while it keeps happening, and
  * back to helpers after a call without it.  On a machine that other processes keep busy,
  * default threads then cost what one thread costs, and at most one call a second probes
@@ -69,10 +70,12 @@ typedef void (*bn_task_fn)(void *ctx, npy_intp i);
  * is two or three jobs back to back), the caller this long for the last running task. */
 #define BN_HELPER_SPIN_NS 100000
 #define BN_CALLER_SPIN_NS 50000
-/* A straggler: a wait for other threads' tasks longer than this and than the caller's own
- * part of the work over BN_STRAGGLER_RATIO. */
-#define BN_STRAGGLER_NS 1000000
-#define BN_STRAGGLER_RATIO 4
+/* A straggler: a wait for other threads' tasks longer than this and than a quarter of the
+ * caller's own part of the work.  A helper that runs normally leaves the caller at most its
+ * last task to wait for, a few percent of the call (tens of tasks are shared out); a helper
+ * that the scheduler stopped leaves it a time slice. */
+#define BN_STRAGGLER_NS 100000
+#define BN_STRAGGLER_DIV 4
 #define BN_BACKOFF_MIN_NS 10000000
 #define BN_BACKOFF_MAX_NS 1000000000
 
@@ -312,7 +315,7 @@ static void bn_pool_run(bn_task_fn fn, void *ctx, npy_intp n_tasks, int nt, npy_
             f = BN_LOAD(&bn_pool.finished);
         } while (f != gen);
         const int64_t end = bn_now_ns(), waited = end - drained;
-        if (waited > BN_STRAGGLER_NS && waited > BN_STRAGGLER_RATIO * (drained - start)) {
+        if (waited > BN_STRAGGLER_NS && BN_STRAGGLER_DIV * waited > drained - start) {
             int64_t b = 2 * bn_pool.backoff_ns;
             b = b < BN_BACKOFF_MIN_NS ? BN_BACKOFF_MIN_NS : b > BN_BACKOFF_MAX_NS ? BN_BACKOFF_MAX_NS : b;
             bn_pool.backoff_ns = b;
