@@ -122,6 +122,7 @@ KERNEL_SOURCES = [
     "src/loops.pxi", "src/plan.pxi", "src/stats.pxi", "src/elementwise.pxi", "src/backward.pxi",
     "src/plain.pxi", "src/bn_loops.h", "src/bn_elementwise_impl.h", "src/bn_stats_impl.h",
     "src/bn_openmp.h",
+    "src/sparse.pxi",
 ]
 
 extensions = [
