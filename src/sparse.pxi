@@ -82,6 +82,12 @@ cdef inline double zeros_weight(const SparseJob *j, double stored, double wstore
     return max(j.w_total - wstored, 0.0)
 
 
+cdef inline double counted_weight(const SparseJob *j, double w, double wstored) noexcept nogil:
+    """The weight of a column's rows whose value is not NaN: all the weight less that of its
+    NaN, so that every column without NaN gets the same bits (one n_samples_seen_)."""
+    return max(j.w_total - (wstored - w), 0.0)
+
+
 cdef inline bint finish_column(const SparseJob *j, intp c, double s, double q,
                                bint check) noexcept nogil:
     """A column's mean and M2 from its shifted sums (the implicit zeros added in closed form);
@@ -175,7 +181,7 @@ cdef void csr_mean_body(const double *unused, void *job, intp task) noexcept nog
             stored += a.stored
             wstored += a.wstored
         j.zeros[c] = zeros_weight(j, stored, wstored)
-        n = w + j.zeros[c]
+        n = counted_weight(j, w, wstored)
         j.count[c] = n
         j.shift[c] = sx / n if n > 0 else 0.0
 
@@ -243,7 +249,7 @@ cdef void csc_column(const floating *x, const sparse_index *indices,
             w += wr
             sx += wr * v
     j.zeros[c] = zeros_weight(j, <double>(b - a), wstored)
-    n = w + j.zeros[c]
+    n = counted_weight(j, w, wstored)
     j.count[c] = n
     j.shift[c] = sx / n if n > 0 else 0.0
     for round_ in range(2):

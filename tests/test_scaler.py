@@ -277,17 +277,6 @@ def test_dtypes_copy_and_inputs_unchanged(rng):
 
 
 @needs_sklearn
-def test_sparse_input_is_rejected(rng):
-    sp = pytest.importorskip("scipy.sparse")
-    X = sp.random(20, 4, density=0.3, format="csr", random_state=int(rng.integers(1 << 30)))
-    with pytest.raises(TypeError, match="[Ss]parse"):
-        bnfast.BatchNormScaler(with_mean=False).fit(X)
-    s = bnfast.BatchNormScaler().fit(X.toarray())
-    with pytest.raises(TypeError, match="[Ss]parse"):
-        s.transform(X)
-
-
-@needs_sklearn
 @pytest.mark.parametrize("params", [dict(eps=-1.0), dict(eps=float("nan")), dict(momentum=1.5),
                                     dict(with_mean="yes"), dict(n_threads=0),
                                     dict(copy=None)])
