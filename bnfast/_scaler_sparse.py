@@ -27,34 +27,24 @@ def is_sparse(X: Any) -> bool:
 
 
 def _structure(X: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The (data, indices, indptr) of a CSR or CSC matrix, checked to be well formed.
-
-    The kernels read the structure as given (src/sparse.pxi), so it is checked here: indptr
-    from 0 to nnz without going back, indices within the columns (rows for CSC). Cheap for the
-    canonical format scipy keeps (sorted indices, known to it): the ends of each row bound
-    its indices, O(rows); otherwise one pass over the indices.
-    """
-    csr = X.format == "csr"
-    n_major, n_minor = X.shape if csr else X.shape[::-1]
+    """The (data, indices, indptr) of a CSR or CSC matrix as the kernels take them: the first
+    nnz = indptr[-1] stored values, indices and indptr of one integer dtype."""
     indptr = X.indptr
-    nnz = int(indptr[-1]) if indptr.shape == (n_major + 1,) else -1
-    ok = nnz >= 0 and indptr[0] == 0 and nnz <= min(X.indices.shape[0], X.data.shape[0])
-    ok = ok and (n_major < 2 or bool(np.all(indptr[1:] >= indptr[:-1])))
-    indices = X.indices[:nnz] if ok else X.indices
-    if ok and nnz:
-        if X.has_canonical_format:
-            rows = np.flatnonzero(indptr[1:] > indptr[:-1])
-            lo, hi = indices[indptr[rows]].min(), indices[indptr[rows + 1] - 1].max()
-        else:
-            lo, hi = indices.min(), indices.max()
-        ok = 0 <= lo and hi < n_minor
-    if not ok:
-        raise ValueError(f"X: malformed sparse {X.format.upper()} structure (indptr must run "
-                         f"from 0 to the number of stored values without decreasing, and "
-                         f"indices lie in [0, {n_minor})); X.check_format() says where")
-    index = np.int64 if (indptr.dtype == np.int64 or indices.dtype == np.int64) else np.int32
-    return (plain(X.data[:nnz], X.data.dtype), plain(indices, np.dtype(index)),
+    n_major = X.shape[0] if X.format == "csr" else X.shape[1]
+    if indptr.shape != (n_major + 1,) or not 0 <= indptr[-1] <= min(X.indices.shape[0],
+                                                                   X.data.shape[0]):
+        _malformed(X)
+    nnz = int(indptr[-1])
+    index = np.int64 if (indptr.dtype == np.int64 or X.indices.dtype == np.int64) else np.int32
+    return (plain(X.data[:nnz], X.data.dtype), plain(X.indices[:nnz], np.dtype(index)),
             plain(indptr, np.dtype(index)))
+
+
+def _malformed(X: Any) -> None:
+    n_minor = X.shape[1] if X.format == "csr" else X.shape[0]
+    raise ValueError(f"X: malformed sparse {X.format.upper()} structure (indptr must run "
+                     f"from 0 to the number of stored values without decreasing, and indices "
+                     f"lie in [0, {n_minor})); X.check_format() says where")
 
 
 def batch_state(X: Any, w: np.ndarray | None,
@@ -63,14 +53,16 @@ def batch_state(X: Any, w: np.ndarray | None,
 
     Duplicate entries are summed first (scipy's meaning of them), on a copy.
     """
-    data, indices, indptr = _structure(X)
-    if not X.has_canonical_format:
+    if not X.has_canonical_format:  # scipy knows it, or finds out in one pass
         X = X.copy()
         X.sum_duplicates()
-        data, indices, indptr = _structure(X)
-    return kernel_result(_kernels.sparse_moments(data, indices, indptr, X.shape,
-                                                 X.format == "csr", w, n_threads),
-                         "sparse_moments")
+    data, indices, indptr = _structure(X)
+    count, mean, m2, malformed = kernel_result(
+        _kernels.sparse_moments(data, indices, indptr, X.shape, X.format == "csr", w,
+                                n_threads), "sparse_moments")
+    if malformed:
+        _malformed(X)
+    return count, mean, m2
 
 
 def scale_columns(X: Any, factors: np.ndarray | None, copy: bool, n_threads: int | None) -> Any:
@@ -78,21 +70,18 @@ def scale_columns(X: Any, factors: np.ndarray | None, copy: bool, n_threads: int
     type with copy, else X itself, changed in place. factors None: a copy or X unchanged."""
     if factors is None:
         return X.copy() if copy else X
-    data, indices, indptr = _structure(X)
+    data, indices, _ = _structure(X)
     factors = plain(factors, np.dtype(np.float64))
+    in_place = not copy and np.shares_memory(data, X.data) and data.flags.writeable
+    scaled, malformed = kernel_result(_kernels.sparse_scale(
+        data, indices, factors, data if in_place else None, n_threads), "sparse_scale")
+    if malformed:
+        _malformed(X)
     if copy:
-        scaled = kernel_result(_kernels.sparse_scale(data, indices, factors, None, n_threads),
-                               "sparse_scale")
-        Y = type(X)((scaled, X.indices[:data.shape[0]].copy(), X.indptr.copy()), shape=X.shape)
-        if X.has_canonical_format:  # known (_structure asked): spares scipy a pass to find out
-            Y.has_canonical_format = True
-        return Y
-    if np.shares_memory(data, X.data) and data.flags.writeable:
-        kernel_result(_kernels.sparse_scale(data, indices, factors, data, n_threads),
-                      "sparse_scale")
-    else:  # X.data is not as the kernel takes it (byte order, say): scaled into a copy
-        X.data[:data.shape[0]] = kernel_result(
-            _kernels.sparse_scale(data, indices, factors, None, n_threads), "sparse_scale")
+        return type(X)((scaled, X.indices[:data.shape[0]].copy(), X.indptr.copy()),
+                       shape=X.shape)
+    if not in_place:  # X.data is not as the kernel takes it (byte order, say)
+        X.data[:data.shape[0]] = scaled
     return X
 
 

@@ -159,9 +159,10 @@ def attributes(count: np.ndarray, mean: np.ndarray, var: np.ndarray, exp: np.nda
     empty = count == 0
     mean[empty] = np.nan  # StandardScaler's statistics of a feature with no values
     var[empty] = np.nan
+    scaled = bool(exp.any())  # else exp is all 0: the plain arithmetic, spared the ldexp
     scale = None
     if with_std:
-        scale = np.sqrt(var + np.ldexp(eps, -2 * exp))
+        scale = np.sqrt(var + (np.ldexp(eps, -2 * exp) if scaled else eps))
         if eps == 0:
             # StandardScaler's test for "constant up to rounding" (Chan, Golub, LeVeque's
             # error bound of the variance): such features are left unscaled. Both sides
@@ -169,6 +170,9 @@ def attributes(count: np.ndarray, mean: np.ndarray, var: np.ndarray, exp: np.nda
             constant = var <= count * _F64_EPS * var + (count * mean * _F64_EPS) ** 2
             scale[constant] = 1.0
             exp = np.where(constant, 0, exp)
-        scale = np.ldexp(scale, exp)
+        if scaled:
+            scale = np.ldexp(scale, exp)
+    if not scaled:
+        return mean, var, scale
     with np.errstate(over="ignore"):
         return np.ldexp(mean, exp), np.ldexp(var, 2 * exp), scale

@@ -3,22 +3,27 @@
 # (BatchNormScaler on scipy.sparse input, with_mean=False).
 #
 # Relies on: intp, floating, ceil_div, run_tasks / n_threads_for / DYNAMIC / GUIDED
-# (plan.pxi); plain_array / plain_vector / plain_threads / plain_out / new_vector / data
-# (plain.pxi); bn_well_shifted (bn_loops.h).
+# (plan.pxi); plain_array / plain_vector / plain_threads / plain_out / alloc_doubles /
+# new_vector / data (plain.pxi); bn_well_shifted (bn_loops.h).
 #
-# The statistics take two passes (three for a column whose first-pass mean was too coarse a
-# shift): the mean of every column (its implicit zeros included), then sums shifted by that
-# mean, which the implicit zeros join in closed form. A shift that close to the mean keeps
-# M2 = q - s^2 / n free of cancellation (bn_well_shifted, checked per column on the whole
-# column), so the chunks' shifted sums simply add up: no merge between chunks.
+# The statistics are sums shifted by a guess k of each column's mean, its implicit zeros
+# included (they join in closed form), checked on the whole column (bn_well_shifted: M2 =
+# q - s^2 / n free of cancellation). A column whose guess was too coarse is summed again
+# around the mean the first sums give (the corrected two-pass algorithm). Since every chunk
+# of rows sums around the same k, the chunks' sums simply add up: no merge between chunks.
+# - CSR: k is the mean of the first rows (a probe of about SPARSE_PROBE stored values), so
+#   one pass over the data is the rule: a column is summed again only when its first rows
+#   are not like the rest (sorted data, a trend).
+# - CSC: each column's values are contiguous: its mean first, then the shifted sums, the
+#   column still in cache.
 #
 # The work is cut by the matrix's shape and stored count (nnz) alone, never by the thread
 # count, and chunk sums are added in chunk order: every result is bit-identical for every
 # thread count (docs/design.md §3).
 #
-# The structure (indptr, indices) is read as given: the Python layer checks it first
-# (bnfast/_scaler_sparse.py). The loops still clamp every index into range, so even a malformed
-# matrix can only give wrong numbers, never a read or write outside the arrays.
+# The structure (indptr, indices) is read as given. Indices out of range and indptr going
+# back or beyond nnz are skipped (never read or written through) and counted: the entry
+# points report the count and the Python layer raises.
 
 from libc.math cimport NAN
 
@@ -35,9 +40,13 @@ cdef enum:
     SPARSE_MIN_CHUNK = 65536
     # ... and there are at most SPARSE_TASKS of them ...
     SPARSE_TASKS = 64
-    # ... and their sums (4 doubles per column and chunk) stay within about one byte per
+    # ... and their sums (32 bytes per column and chunk) stay within about one byte per
     # stored value: chunks <= nnz / (SPARSE_STATE_SHARE * n_cols).
     SPARSE_STATE_SHARE = 32
+    # CSR: the first rows holding about this many stored values (at least SPARSE_PROBE_ROWS
+    # rows) give the shifts.
+    SPARSE_PROBE = 16384
+    SPARSE_PROBE_ROWS = 64
     # Columns per task of the per-column steps (CSR) and of the statistics (CSC).
     SPARSE_COLS = 256
     # Stored values per task of the scaling pass.
@@ -45,10 +54,11 @@ cdef enum:
 
 
 cdef struct ColumnSums:
-    # One column's sums over one CSR chunk. First pass: the weight of its non-NaN stored
-    # values, their weighted sum, and the count and weight of its stored values (NaN
-    # included). Second pass (s, q in the first two slots): sum w d and sum w d^2, d = x - k.
-    double w, sx, stored, wstored
+    # One column's sums over one CSR chunk, 32 bytes (two to a cache line: each stored value
+    # updates one line, and 2,000 columns stay within a 64 KiB L1): sum w d and sum w d^2
+    # (d = x - k) over the non-NaN values, the weight of the stored values (NaN included;
+    # their count when unweighted) and the weight of the NaN.
+    double s, q, wstored, wnan
 
 
 cdef struct SparseJob:
@@ -60,10 +70,10 @@ cdef struct SparseJob:
     double w_total          # the sum of all the rows' weights
     intp rows_per_chunk, n_chunks
     ColumnSums *sums        # CSR: [chunk * n_cols + c]
-    double *shift           # per column: k, the first pass's mean
-    double *zeros           # per column: the weight of its implicit zeros
+    intp *bad               # per task: stored values outside the structure
+    double *shift           # per column: k
     char *again             # per column: summed again around a refined shift
-    const char *only        # the second pass covers these columns only (NULL: all)
+    const char *only        # the CSR pass covers these columns only (NULL: all)
     double *count           # results, per column
     double *mean
     double *m2
@@ -75,26 +85,36 @@ cdef inline intp clamp_index(intp i, intp n) noexcept nogil:
     return 0 if i < 0 else (n if i > n else i)
 
 
+cdef inline intp span(const sparse_index *indptr, intp m, intp nnz, intp *lo,
+                      intp *hi) noexcept nogil:
+    """The stored values [lo, hi) of row (CSR) or column (CSC) m, clamped into [0, nnz];
+    returns 1 when indptr was out of range or went back there (a malformed structure)."""
+    lo[0] = clamp_index(indptr[m], nnz)
+    hi[0] = max(lo[0], clamp_index(indptr[m + 1], nnz))
+    return 0 if (indptr[m] == lo[0] and indptr[m + 1] == hi[0]) else 1
+
+
 cdef inline double zeros_weight(const SparseJob *j, double stored, double wstored) noexcept nogil:
-    """The weight of a column's implicit zeros (the rows without a stored value)."""
+    """The weight of a column's implicit zeros (the rows without a stored value), from the
+    weight of its stored values (their count when unweighted: exact) and, when known (CSC),
+    their count (else -1). Weighted, a difference of sums within its own rounding
+    (gamma_{n+2} of the total) of zero is zero, so a column stored in every row gets none."""
+    cdef double wz
+    if j.w == NULL:
+        return <double>j.n_rows - wstored
     if stored >= j.n_rows:
-        return 0.0  # every row stored: no rounding of w_total - wstored
-    return max(j.w_total - wstored, 0.0)
+        return 0.0
+    wz = j.w_total - wstored
+    return wz if wz > 4.0 * (j.n_rows + 2) * 1.1102230246251565e-16 * j.w_total else 0.0
 
 
-cdef inline double counted_weight(const SparseJob *j, double w, double wstored) noexcept nogil:
-    """The weight of a column's rows whose value is not NaN: all the weight less that of its
-    NaN, so that every column without NaN gets the same bits (one n_samples_seen_)."""
-    return max(j.w_total - (wstored - w), 0.0)
-
-
-cdef inline bint finish_column(const SparseJob *j, intp c, double s, double q,
+cdef inline bint finish_column(const SparseJob *j, intp c, double s, double q, double wz,
                                bint check) noexcept nogil:
-    """A column's mean and M2 from its shifted sums (the implicit zeros added in closed form);
-    False, with nothing written, when check is set and the shift was too far off."""
+    """A column's mean and M2 from its shifted sums, its implicit zeros (weight wz) added in
+    closed form; False, with the refined shift written instead, when check is set and the
+    shift was too far off."""
     cdef double n = j.count[c]
     cdef double k = j.shift[c]
-    cdef double wz = j.zeros[c]
     if n == 0:
         j.mean[c] = j.m2[c] = 0.0
         return True
@@ -110,9 +130,39 @@ cdef inline bint finish_column(const SparseJob *j, intp c, double s, double q,
 
 # --- CSR: chunks of rows, each summing into its own row of ColumnSums -------------------------
 
+cdef intp csr_probe(const floating *x, const sparse_index *indices, const sparse_index *indptr,
+                    const SparseJob *j, double *scratch) noexcept nogil:
+    """The shifts: each column's mean over the first rows, its zeros included (0 where those
+    rows hold no weight for it). scratch: n_cols doubles. Returns the rows probed."""
+    cdef intp C = j.n_cols
+    cdef intp rows = min(j.n_rows, max(<intp>SPARSE_PROBE_ROWS, <intp>(
+        <double>SPARSE_PROBE * j.n_rows / max(j.nnz, 1))))
+    cdef intp r, i, lo, hi, c
+    cdef double wr, v, wall = 0.0
+    cdef double *nan_w = scratch
+    for c in range(C):
+        j.shift[c] = nan_w[c] = 0.0
+    for r in range(rows):
+        wr = 1.0 if j.w == NULL else j.w[r]
+        wall += wr
+        span(indptr, r, j.nnz, &lo, &hi)
+        for i in range(lo, hi):
+            c = indices[i]
+            if 0 <= c < C:
+                v = x[i]
+                if v == v:
+                    j.shift[c] += wr * v
+                else:
+                    nan_w[c] += wr
+    for c in range(C):
+        v = wall - nan_w[c]
+        j.shift[c] = j.shift[c] / v if v > 0 else 0.0
+    return rows
+
+
 cdef void csr_pass(const floating *x, const sparse_index *indices, const sparse_index *indptr,
-                   const SparseJob *j, intp chunk, bint first) noexcept nogil:
-    """One pass over the rows of one chunk: the first pass's sums, or the shifted sums."""
+                   const SparseJob *j, intp chunk) noexcept nogil:
+    """The shifted sums of one chunk's rows (of the columns in j.only when it is set)."""
     cdef intp C = j.n_cols
     cdef intp r0 = chunk * j.rows_per_chunk
     cdef intp r1 = min(r0 + j.rows_per_chunk, j.n_rows)
@@ -120,160 +170,152 @@ cdef void csr_pass(const floating *x, const sparse_index *indices, const sparse_
     cdef const double *k = j.shift
     cdef const char *only = j.only
     cdef ColumnSums *a
-    cdef intp r, i, i1, c
+    cdef intp r, i, lo, hi, c, bad = 0
     cdef double wr, v
     for c in range(C):
         if only == NULL or only[c]:
-            acc[c].w = acc[c].sx = acc[c].stored = acc[c].wstored = 0.0
+            acc[c].s = acc[c].q = acc[c].wstored = acc[c].wnan = 0.0
     for r in range(r0, r1):
         wr = 1.0 if j.w == NULL else j.w[r]
-        i1 = clamp_index(indptr[r + 1], j.nnz)
-        for i in range(clamp_index(indptr[r], j.nnz), i1):
+        bad += span(indptr, r, j.nnz, &lo, &hi)
+        for i in range(lo, hi):
             c = indices[i]
             if c < 0 or c >= C:
+                bad += 1
+                continue
+            if only != NULL and not only[c]:
                 continue
             a = &acc[c]
             v = x[i]
-            if first:
-                a.stored += 1.0
-                a.wstored += wr
-                if v == v:
-                    a.w += wr
-                    a.sx += wr * v
-            elif v == v and (only == NULL or only[c]):
+            a.wstored += wr
+            if v == v:
                 v -= k[c]
-                a.w += wr * v
-                a.sx += wr * (v * v)
+                a.s += wr * v
+                a.q += wr * (v * v)
+            else:
+                a.wnan += wr
+    j.bad[chunk] = bad
 
 
-cdef void csr_first_body(const floating *x, void *job, intp task) noexcept nogil:
+cdef void csr_body(const floating *x, void *job, intp task) noexcept nogil:
     cdef SparseJob *j = <SparseJob *>job
     if j.wide:
-        csr_pass(x, <const cnp.int64_t *>j.indices, <const cnp.int64_t *>j.indptr, j, task, True)
+        csr_pass(x, <const cnp.int64_t *>j.indices, <const cnp.int64_t *>j.indptr, j, task)
     else:
-        csr_pass(x, <const cnp.int32_t *>j.indices, <const cnp.int32_t *>j.indptr, j, task, True)
-
-
-cdef void csr_shifted_body(const floating *x, void *job, intp task) noexcept nogil:
-    cdef SparseJob *j = <SparseJob *>job
-    if j.wide:
-        csr_pass(x, <const cnp.int64_t *>j.indices, <const cnp.int64_t *>j.indptr, j, task,
-                 False)
-    else:
-        csr_pass(x, <const cnp.int32_t *>j.indices, <const cnp.int32_t *>j.indptr, j, task,
-                 False)
-
-
-cdef void csr_mean_body(const double *unused, void *job, intp task) noexcept nogil:
-    """Columns [task * SPARSE_COLS, ...): the first pass's chunk sums added in chunk order,
-    giving the count, the implicit zeros' weight and the shift (the mean)."""
-    cdef SparseJob *j = <SparseJob *>job
-    cdef intp C = j.n_cols
-    cdef intp c, chunk
-    cdef double w, sx, stored, wstored, n
-    cdef const ColumnSums *a
-    for c in range(task * SPARSE_COLS, min((task + 1) * SPARSE_COLS, C)):
-        w = sx = stored = wstored = 0.0
-        for chunk in range(j.n_chunks):
-            a = &j.sums[chunk * C + c]
-            w += a.w
-            sx += a.sx
-            stored += a.stored
-            wstored += a.wstored
-        j.zeros[c] = zeros_weight(j, stored, wstored)
-        n = counted_weight(j, w, wstored)
-        j.count[c] = n
-        j.shift[c] = sx / n if n > 0 else 0.0
+        csr_pass(x, <const cnp.int32_t *>j.indices, <const cnp.int32_t *>j.indptr, j, task)
 
 
 cdef void csr_finish_body(const double *unused, void *job, intp task) noexcept nogil:
-    """Columns [task * SPARSE_COLS, ...): the shifted chunk sums added in chunk order, and the
+    """Columns [task * SPARSE_COLS, ...): the chunk sums added in chunk order, the count, the
     mean and M2; a column whose shift was too coarse is marked to be summed again (first
     round, j.only NULL), or finished as it is (second round)."""
     cdef SparseJob *j = <SparseJob *>job
     cdef intp C = j.n_cols
     cdef intp c, chunk
-    cdef double s, q
+    cdef double s, q, wstored, wnan
     cdef const ColumnSums *a
     for c in range(task * SPARSE_COLS, min((task + 1) * SPARSE_COLS, C)):
         if j.only != NULL and not j.only[c]:
             continue
-        s = q = 0.0
+        s = q = wstored = wnan = 0.0
         for chunk in range(j.n_chunks):
             a = &j.sums[chunk * C + c]
-            s += a.w
-            q += a.sx
-        j.again[c] = not finish_column(j, c, s, q, j.only == NULL)
+            s += a.s
+            q += a.q
+            wstored += a.wstored
+            wnan += a.wnan
+        # All the weight less that of the NaN: every column without NaN gets the same bits
+        # (one n_samples_seen_).
+        j.count[c] = max(j.w_total - wnan, 0.0)
+        j.again[c] = not finish_column(j, c, s, q, zeros_weight(j, -1.0, wstored),
+                                       j.only == NULL)
 
 
-cdef int csr_moments(const floating *x, SparseJob *j, int nt) except -1 nogil:
-    """CSR statistics into j.count, j.mean, j.m2 (j.shift, j.zeros, j.again: scratch)."""
-    cdef intp c, redo = 0
+cdef intp csr_moments(const floating *x, SparseJob *j, int nt) except -1 nogil:
+    """CSR statistics into j.count, j.mean, j.m2; returns the stored values outside the
+    structure."""
+    cdef intp c, redo = 0, bad = 0
     cdef intp n_cols_tasks = ceil_div(j.n_cols, SPARSE_COLS)
     cdef int nt_rows = n_threads_for(nt, j.nnz + j.n_rows, j.n_chunks)
     cdef int nt_cols = n_threads_for(nt, j.n_chunks * j.n_cols, n_cols_tasks)
-    j.sums = <ColumnSums *>malloc(max(j.n_chunks * j.n_cols, 1) * sizeof(ColumnSums))
-    if j.sums == NULL:
+    cdef void *block = malloc(max(j.n_chunks * j.n_cols, 1) * sizeof(ColumnSums) + 64
+                              + j.n_chunks * sizeof(intp))
+    if block == NULL:
         with gil:
             raise MemoryError()
+    j.sums = <ColumnSums *>((<size_t>block + 63) & ~(<size_t>63))  # two to a cache line
+    j.bad = <intp *>(j.sums + j.n_chunks * j.n_cols)
+    if j.wide:
+        csr_probe(x, <const cnp.int64_t *>j.indices, <const cnp.int64_t *>j.indptr, j, j.mean)
+    else:
+        csr_probe(x, <const cnp.int32_t *>j.indices, <const cnp.int32_t *>j.indptr, j, j.mean)
     j.only = NULL
-    run_tasks(csr_first_body[floating], x, j, j.n_chunks, nt_rows, DYNAMIC)
-    run_tasks(csr_mean_body, <const double *>NULL, j, n_cols_tasks, nt_cols, DYNAMIC)
-    run_tasks(csr_shifted_body[floating], x, j, j.n_chunks, nt_rows, DYNAMIC)
+    run_tasks(csr_body[floating], x, j, j.n_chunks, nt_rows, DYNAMIC)
+    for c in range(j.n_chunks):
+        bad += j.bad[c]
     run_tasks(csr_finish_body, <const double *>NULL, j, n_cols_tasks, nt_cols, DYNAMIC)
     for c in range(j.n_cols):
         redo += j.again[c]
-    if redo:  # rare: a first-pass mean too coarse to shift by (a huge offset, say)
+    if redo:  # the first rows were not like the rest: those columns again, around their mean
         j.only = j.again
-        run_tasks(csr_shifted_body[floating], x, j, j.n_chunks, nt_rows, DYNAMIC)
+        run_tasks(csr_body[floating], x, j, j.n_chunks, nt_rows, DYNAMIC)
         run_tasks(csr_finish_body, <const double *>NULL, j, n_cols_tasks, nt_cols, DYNAMIC)
-    free(j.sums)
-    return 0
+    free(block)
+    return bad
 
 
 # --- CSC: one task per range of columns, each column's values contiguous -----------------------
 
 cdef void csc_column(const floating *x, const sparse_index *indices,
-                     const sparse_index *indptr, const SparseJob *j, intp c) noexcept nogil:
-    """One column's statistics, with the same passes as the CSR chunks."""
-    cdef intp a = clamp_index(indptr[c], j.nnz)
-    cdef intp b = max(a, clamp_index(indptr[c + 1], j.nnz))
-    cdef intp i, row, round_
-    cdef double w = 0.0, sx = 0.0, wstored = 0.0, n, wr, v, s, q
+                     const sparse_index *indptr, SparseJob *j, intp c,
+                     intp *bad) noexcept nogil:
+    """One column's statistics: its mean (zeros included), then the sums shifted by it,
+    again around a refined mean when it was too coarse."""
+    cdef intp a, b, i, row, round_
+    cdef double sx = 0.0, wstored = 0.0, wnan = 0.0, wz, wr, v, s, q
+    bad[0] += span(indptr, c, j.nnz, &a, &b)
     for i in range(a, b):
         row = indices[i]
-        wr = 0.0 if row < 0 or row >= j.n_rows else (1.0 if j.w == NULL else j.w[row])
+        if row < 0 or row >= j.n_rows:
+            bad[0] += 1
+            continue
+        wr = 1.0 if j.w == NULL else j.w[row]
         wstored += wr
         v = x[i]
         if v == v:
-            w += wr
             sx += wr * v
-    j.zeros[c] = zeros_weight(j, <double>(b - a), wstored)
-    n = counted_weight(j, w, wstored)
-    j.count[c] = n
-    j.shift[c] = sx / n if n > 0 else 0.0
+        else:
+            wnan += wr
+    j.count[c] = max(j.w_total - wnan, 0.0)
+    wz = zeros_weight(j, <double>(b - a), wstored)
+    j.shift[c] = sx / j.count[c] if j.count[c] > 0 else 0.0
     for round_ in range(2):
         s = q = 0.0
         for i in range(a, b):
             row = indices[i]
-            wr = 0.0 if row < 0 or row >= j.n_rows else (1.0 if j.w == NULL else j.w[row])
-            v = x[i]
-            if v == v:
-                v -= j.shift[c]
-                s += wr * v
-                q += wr * (v * v)
-        if finish_column(j, c, s, q, round_ == 0):
+            if 0 <= row < j.n_rows:
+                v = x[i]
+                if v == v:
+                    wr = 1.0 if j.w == NULL else j.w[row]
+                    v -= j.shift[c]
+                    s += wr * v
+                    q += wr * (v * v)
+        if finish_column(j, c, s, q, wz, round_ == 0):
             break
 
 
 cdef void csc_body(const floating *x, void *job, intp task) noexcept nogil:
     cdef SparseJob *j = <SparseJob *>job
     cdef intp c
+    cdef intp bad = 0
     for c in range(task * SPARSE_COLS, min((task + 1) * SPARSE_COLS, j.n_cols)):
         if j.wide:
-            csc_column(x, <const cnp.int64_t *>j.indices, <const cnp.int64_t *>j.indptr, j, c)
+            csc_column(x, <const cnp.int64_t *>j.indices, <const cnp.int64_t *>j.indptr, j, c,
+                       &bad)
         else:
-            csc_column(x, <const cnp.int32_t *>j.indices, <const cnp.int32_t *>j.indptr, j, c)
+            csc_column(x, <const cnp.int32_t *>j.indices, <const cnp.int32_t *>j.indptr, j, c,
+                       &bad)
+    j.bad[task] = bad
 
 
 cdef bint plain_sparse(object values, object indices, object indptr, object shape, object csr,
@@ -311,20 +353,20 @@ cdef bint plain_sparse(object values, object indices, object indptr, object shap
 def sparse_moments(object values, object indices, object indptr, object shape, object csr,
                    object weights, object n_threads):
     """Per-column weighted Welford state (count, mean, m2) of a CSR (csr True) or CSC (csr
-    False) matrix, its implicit zeros counted and NaN skipped; or None.
+    False) matrix, its implicit zeros counted and NaN skipped, and the number of stored
+    values outside its structure (skipped); or None.
 
     Plain case: values a plain float32/float64 vector of the nnz stored values; indices and
     indptr plain vectors, both int32 or both int64, of lengths nnz and n_major + 1 (n_major:
     rows for CSR, columns for CSC); shape a tuple of two Python ints (n_rows, n_cols), both at
     least 1; csr a bool; weights None or a plain float64 vector of length n_rows; n_threads
     as everywhere. count is the sum of the weights of the rows whose value is not NaN; a
-    column with nothing counted gets count, mean and m2 0. The structure is the caller's to
-    check (the header of sparse.pxi): canonical (indptr nondecreasing from 0 to nnz, indices
-    in range, none repeated within a row or column).
+    column with nothing counted gets count, mean and m2 0. A repeated (row, column) counts
+    as two values: the caller sums duplicates first.
     """
     cdef int typenum, nt
     cdef bint wide, by_rows
-    cdef intp n_rows, n_cols, r, n_tasks
+    cdef intp n_rows, n_cols, r, n_tasks, bad = 0
     cdef SparseJob j
     cdef cnp.ndarray count, mean, m2
     cdef const void *px
@@ -344,9 +386,11 @@ def sparse_moments(object values, object indices, object indptr, object shape, o
     j.nnz = (<cnp.ndarray>values).shape[0]
     count, mean, m2 = new_vector(n_cols), new_vector(n_cols), new_vector(n_cols)
     j.count, j.mean, j.m2 = data(count), data(mean), data(m2)
-    scratch = alloc_doubles(2 * n_cols + ceil_div(n_cols, sizeof(double)))
-    j.shift, j.zeros = scratch, scratch + n_cols
-    j.again = <char *>(scratch + 2 * n_cols)
+    n_tasks = ceil_div(n_cols, SPARSE_COLS)
+    scratch = alloc_doubles(n_cols + n_tasks + ceil_div(n_cols, sizeof(double)))
+    j.shift = scratch
+    j.bad = <intp *>(scratch + n_cols)
+    j.again = <char *>(scratch + n_cols + n_tasks)
     px = cnp.PyArray_DATA(<cnp.ndarray>values)
     try:
         with nogil:
@@ -356,6 +400,13 @@ def sparse_moments(object values, object indices, object indptr, object shape, o
                 for r in range(n_rows):
                     wt += j.w[r]
             j.w_total = wt
+            r = n_rows if by_rows else n_cols
+            if wide:  # the ends of indptr: what the spans cannot see
+                bad += (<const cnp.int64_t *>j.indptr)[0] != 0 or (
+                    <const cnp.int64_t *>j.indptr)[r] != j.nnz
+            else:
+                bad += (<const cnp.int32_t *>j.indptr)[0] != 0 or (
+                    <const cnp.int32_t *>j.indptr)[r] != j.nnz
             if by_rows:
                 # Chunks of rows by the shape and nnz alone (never by the thread count).
                 j.n_chunks = max(1, min(SPARSE_TASKS, j.nnz // SPARSE_MIN_CHUNK,
@@ -363,19 +414,20 @@ def sparse_moments(object values, object indices, object indptr, object shape, o
                 j.rows_per_chunk = ceil_div(n_rows, j.n_chunks)
                 j.n_chunks = ceil_div(n_rows, j.rows_per_chunk)
                 if typenum == cnp.NPY_FLOAT32:
-                    csr_moments(<const float *>px, &j, nt)
+                    bad += csr_moments(<const float *>px, &j, nt)
                 else:
-                    csr_moments(<const double *>px, &j, nt)
+                    bad += csr_moments(<const double *>px, &j, nt)
             else:
-                n_tasks = ceil_div(n_cols, SPARSE_COLS)
                 nt = n_threads_for(nt, j.nnz + n_cols, n_tasks)
                 if typenum == cnp.NPY_FLOAT32:
                     run_tasks(csc_body[float], <const float *>px, &j, n_tasks, nt, DYNAMIC)
                 else:
                     run_tasks(csc_body[double], <const double *>px, &j, n_tasks, nt, DYNAMIC)
+                for r in range(n_tasks):
+                    bad += j.bad[r]
     finally:
         free(scratch)
-    return count, mean, m2
+    return count, mean, m2, bad
 
 
 # --- Scaling the stored values of a CSR matrix by column ---------------------------------------
@@ -385,11 +437,15 @@ cdef void scale_segment(const floating *x, const sparse_index *indices, SparseJo
     cdef intp i0 = task * SPARSE_SCALE_SEGMENT
     cdef intp i1 = min(i0 + SPARSE_SCALE_SEGMENT, j.nnz)
     cdef floating *y = <floating *>j.out
-    cdef intp i, c
+    cdef intp i, c, bad = 0
     for i in range(i0, i1):
         c = indices[i]
-        # An index out of range (a malformed matrix) gives NaN, never a read outside factors.
-        y[i] = <floating>(<double>x[i] * (j.factors[c] if 0 <= c < j.n_cols else NAN))
+        if 0 <= c < j.n_cols:
+            y[i] = <floating>(<double>x[i] * j.factors[c])
+        else:  # outside the structure: NaN, never a read outside factors
+            y[i] = <floating>NAN
+            bad += 1
+    j.bad[task] = bad
 
 
 cdef void scale_body(const floating *x, void *job, intp task) noexcept nogil:
@@ -403,16 +459,17 @@ cdef void scale_body(const floating *x, void *job, intp task) noexcept nogil:
 def sparse_scale(object values, object indices, object factors, object out,
                  object n_threads):
     """y[i] = values[i] * factors[indices[i]], computed in float64 and rounded to values'
-    dtype: the column scaling of a CSR matrix's stored values; returns y (out, or a new
-    vector when out is None), or None.
+    dtype: the column scaling of a CSR matrix's stored values; returns (y, the number of
+    indices outside factors, whose y is NaN), y being out or a new vector when out is None;
+    or None.
 
     Plain case: values a plain float32/float64 vector; indices a plain int32 or int64 vector
-    of values' length; factors a plain float64 vector (one per column; an index outside it
-    gives NaN); out None or a plain writeable vector of values' dtype and length that is
-    values itself or shares no memory with it; n_threads as everywhere.
+    of values' length; factors a plain float64 vector (one per column); out None or a plain
+    writeable vector of values' dtype and length that is values itself or shares no memory
+    with it; n_threads as everywhere.
     """
     cdef int typenum, nt
-    cdef intp n_tasks
+    cdef intp n_tasks, t, bad = 0
     cdef SparseJob j
     cdef const void *px
     cdef object y
@@ -436,18 +493,24 @@ def sparse_scale(object values, object indices, object factors, object out,
     y = plain_out(out, <cnp.ndarray>values, values)
     if y is None:
         return None
+    n_tasks = ceil_div(j.nnz, SPARSE_SCALE_SEGMENT)
+    if n_tasks == 0:
+        return y, 0
     j.n_cols = (<cnp.ndarray>factors).shape[0]
     j.factors = data(factors)
     j.indices = cnp.PyArray_DATA(<cnp.ndarray>indices)
     j.out = cnp.PyArray_DATA(<cnp.ndarray>y)
+    j.bad = <intp *>alloc_doubles(n_tasks)
     px = cnp.PyArray_DATA(<cnp.ndarray>values)
-    n_tasks = ceil_div(j.nnz, SPARSE_SCALE_SEGMENT)
-    if n_tasks == 0:
-        return y
-    with nogil:
-        nt = n_threads_for(nt, j.nnz, n_tasks)
-        if typenum == cnp.NPY_FLOAT32:
-            run_tasks(scale_body[float], <const float *>px, &j, n_tasks, nt, GUIDED)
-        else:
-            run_tasks(scale_body[double], <const double *>px, &j, n_tasks, nt, GUIDED)
-    return y
+    try:
+        with nogil:
+            nt = n_threads_for(nt, j.nnz, n_tasks)
+            if typenum == cnp.NPY_FLOAT32:
+                run_tasks(scale_body[float], <const float *>px, &j, n_tasks, nt, GUIDED)
+            else:
+                run_tasks(scale_body[double], <const double *>px, &j, n_tasks, nt, GUIDED)
+            for t in range(n_tasks):
+                bad += j.bad[t]
+    finally:
+        free(j.bad)
+    return y, bad

@@ -83,7 +83,8 @@ def test_statistics_against_float64_reference(rng, fmt, dtype, index, weighted, 
     D = _sparse_data(rng, shape, density, nan_frac=0.05, dtype=dtype)
     D[:, 0] = np.where(D[:, 0] != 0, np.nan, 0.0)  # NaN and implicit zeros only
     w = rng.uniform(0, 3, shape[0]) if weighted else None
-    got = _kernels.sparse_moments(*_as(D, fmt, index), fmt == "csr", w, None)
+    *got, malformed = _kernels.sparse_moments(*_as(D, fmt, index), fmt == "csr", w, None)
+    assert malformed == 0
     assert all(a.dtype == F64 and a.shape == (shape[1],) for a in got)
     _assert_stats_close(got, D, w)
 
@@ -103,13 +104,29 @@ def test_a_coarse_first_mean_is_refined(rng, fmt):
     d = D - first_mean
     s, q = d.sum(axis=0), (d * d).sum(axis=0)
     assert np.all(s * s > 0.5 * q * n), "the data no longer needs the refined shift"
-    count, mean, m2 = _kernels.sparse_moments(*_as(D, fmt), fmt == "csr", None, None)
+    count, mean, m2, _ = _kernels.sparse_moments(*_as(D, fmt), fmt == "csr", None, None)
     exact_var = 256.0 * k.var(axis=0)  # small integers: exact to a rounding
     np.testing.assert_array_equal(count, n)
     np.testing.assert_allclose(mean, offset + 16.0 * k.mean(axis=0), rtol=0,
                                atol=np.spacing(offset))
     # a refined shift leaves q <= 2 M2 (+ the shift's own rounding, 8 = half a spacing)
     np.testing.assert_allclose(m2 / n, exact_var, rtol=2 * stat_rtol(n), atol=64 * stat_rtol(n))
+
+
+@pytest.mark.parametrize("weighted", [False, True], ids=["unweighted", "weighted"])
+def test_csr_columns_whose_first_rows_mislead_are_summed_again(rng, weighted):
+    """CSR shifts come from the first rows (about 16,384 stored values, 64 rows at least):
+    columns sorted in increasing order have first rows far below their mean, which the
+    check on the whole column catches; they are summed again around their mean."""
+    n = 20000
+    D = np.sort(rng.standard_normal((n, 4)) * rng.uniform(0.5, 4, 4) + 100.0, axis=0)
+    w = rng.uniform(0, 2, n) if weighted else None
+    probe = max(64, 16384 * n // D.size)
+    d = D - D[:probe].mean(axis=0)
+    assert np.all(d.sum(axis=0) ** 2 > 0.5 * (d * d).sum(axis=0) * n), "no longer misled"
+    *got, malformed = _kernels.sparse_moments(*_as(D, "csr"), True, w, None)
+    assert malformed == 0
+    _assert_stats_close(got, D, w)
 
 
 @pytest.mark.parametrize("fmt", ["csr", "csc"])
@@ -126,7 +143,8 @@ def test_bit_identical_for_every_thread_count(rng, fmt, weighted):
             assert_bits_equal(a, b, f"{fmt} statistics")
     X = sp.csr_array(D)
     factors = rng.uniform(0.1, 3, D.shape[1])
-    scaled = [_kernels.sparse_scale(X.data, X.indices, factors, None, nt) for nt in (1, 2, 3)]
+    scaled = [_kernels.sparse_scale(X.data, X.indices, factors, None, nt)[0]
+              for nt in (1, 2, 3)]
     for other in scaled[1:]:
         assert_bits_equal(scaled[0], other, "scaled values")
 
@@ -138,23 +156,34 @@ def test_scale_multiplies_by_the_column_factor_once_rounded(rng, dtype, index):
     X = sp.csr_array(D)
     factors = rng.uniform(0.1, 3, D.shape[1])
     want = (X.data.astype(F64) * factors[X.indices]).astype(dtype)  # one rounding to dtype
-    got = _kernels.sparse_scale(X.data, X.indices.astype(index), factors, None, None)
+    got, malformed = _kernels.sparse_scale(X.data, X.indices.astype(index), factors, None,
+                                           None)
+    assert malformed == 0
     assert got.dtype == dtype
     assert_bits_equal(got, want, "scaled values")
     inplace = X.data.copy()
-    assert _kernels.sparse_scale(inplace, X.indices, factors, inplace, 1) is inplace
+    assert _kernels.sparse_scale(inplace, X.indices, factors, inplace, 1)[0] is inplace
     assert_bits_equal(inplace, want, "in place")
 
 
-def test_a_malformed_structure_never_reads_outside_the_arrays(rng):
-    """Indices and indptr out of range (the Python layer rejects such matrices first) give
-    wrong numbers or NaN, never a crash: the loops clamp them."""
+def test_a_malformed_structure_is_counted_never_read_outside(rng):
+    """Indices and indptr out of range are skipped and counted (the Python layer raises on
+    the count), never read or written through: the loops clamp them."""
     data = rng.standard_normal(6)
     indices = np.array([0, 99, -5, 1, 2, 1 << 30], np.int32)
     indptr = np.array([0, 2, 1 << 20, 6], np.int32)
     for csr in (True, False):
-        assert _kernels.sparse_moments(data, indices, indptr, (3, 3), csr, None, 2) is not None
-    scaled = _kernels.sparse_scale(data, indices, np.ones(3), None, 1)
+        *_, malformed = _kernels.sparse_moments(data, indices, indptr, (3, 3), csr, None, 2)
+        assert malformed > 0
+    good = sp.csr_array(_sparse_data(rng, (5, 3), 0.5))
+    for ends in ([1, 0], [0, -1]):  # indptr not starting at 0, or not ending at nnz
+        indptr = good.indptr.copy()
+        indptr[[0, -1]] += ends
+        *_, malformed = _kernels.sparse_moments(good.data, good.indices, indptr, good.shape,
+                                                True, None, None)
+        assert malformed > 0
+    scaled, malformed = _kernels.sparse_scale(data, indices, np.ones(3), None, 1)
+    assert malformed == 3
     assert np.isnan(scaled[[1, 2, 5]]).all() and not np.isnan(scaled[[0, 3, 4]]).any()
 
 
@@ -192,5 +221,5 @@ def test_float32_values_are_summed_in_float64(rng):
     accumulators), far below float32's rounding."""
     D = _sparse_data(rng, (20000, 3), 0.5, offset=1e3, dtype=np.float32)
     got = _kernels.sparse_moments(*_as(D, "csr"), True, None, None)
-    r_count, r_mean, r_m2 = _reference(D)
+    _, r_mean, _ = _reference(D)
     assert np.all(np.abs(got[1] - r_mean) <= 100 * unit_roundoff() * 1e3 * 20000)
