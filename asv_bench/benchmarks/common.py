@@ -56,6 +56,10 @@ THREADS = [1, 2]
 SHAPE_LAYOUTS = [((256, 64), "NC"), ((4096, 1024), "NC"), ((32, 64, 56, 56), "NCHW"),
                  ((32, 64, 56, 56), "NHWC")]
 SCALER_SHAPE = cases.SCALER_SHAPE
+#: The sparse scaler row: a CSR (rows, columns) matrix of this density, fitted whole and in
+#: SPARSE_CHUNKS row blocks (tools/bench_sparse_scaler.py takes the same one).
+SPARSE_SCALER = ((200000, 2000), 0.005)
+SPARSE_CHUNKS = 10
 
 if SMOKE:
     SHAPES_2D = [(64, 8)]
@@ -63,6 +67,7 @@ if SMOKE:
     THREADS = [2]
     SHAPE_LAYOUTS = [((64, 8), "NC"), ((2, 8, 5, 5), "NCHW"), ((2, 8, 5, 5), "NHWC")]
     SCALER_SHAPE = (512, 16)
+    SPARSE_SCALER = ((2000, 50), 0.05)
 
 
 def Inputs(shape, layout, dtype, op):
