@@ -196,3 +196,25 @@ else:
 
     def test_tag_says_array_api_support():
         assert bnfast.BatchNormScaler().__sklearn_tags__().array_api_support
+
+    def _array_api_checks():
+        """scikit-learn's array-API estimator checks (those check_estimator yields for an
+        estimator whose tag says array_api_support), for two scalers."""
+        try:
+            from sklearn.utils.estimator_checks import (
+                _get_check_estimator_ids,
+                _yield_array_api_checks,
+            )
+        except ImportError:  # private: another scikit-learn version
+            return []
+        out = []
+        for est in (bnfast.BatchNormScaler(), bnfast.BatchNormScaler(eps=0, with_mean=False)):
+            for check in _yield_array_api_checks(est):
+                out.append(pytest.param(est, check, id=f"{_get_check_estimator_ids(est)}-"
+                                                       f"{_get_check_estimator_ids(check)}"))
+        return out
+
+    @pytest.mark.parametrize("estimator, check", _array_api_checks())
+    def test_scikit_learn_array_api_checks(estimator, check):
+        with sklearn.config_context(array_api_dispatch=False):  # the checks turn it on
+            check(type(estimator).__name__, estimator)
