@@ -51,17 +51,21 @@ def batch_state(X: Any, w: np.ndarray | None,
                 n_threads: int | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per-column (count, mean, m2) of a CSR or CSC X: implicit zeros counted, NaN skipped.
 
-    Duplicate entries are summed first (scipy's meaning of them), on a copy.
+    Duplicate entries are summed first (scipy's meaning of them), on a copy: the kernel
+    reports unsorted or repeated indices as it goes, which spares the usual canonical format
+    a check of its own.
     """
-    if not X.has_canonical_format:  # scipy knows it, or finds out in one pass
+    for attempt in range(2):
+        data, indices, indptr = _structure(X)
+        count, mean, m2, malformed, unsorted = kernel_result(
+            _kernels.sparse_moments(data, indices, indptr, X.shape, X.format == "csr", w,
+                                    n_threads), "sparse_moments")
+        if malformed:
+            _malformed(X)
+        if not unsorted or attempt:
+            break
         X = X.copy()
-        X.sum_duplicates()
-    data, indices, indptr = _structure(X)
-    count, mean, m2, malformed = kernel_result(
-        _kernels.sparse_moments(data, indices, indptr, X.shape, X.format == "csr", w,
-                                n_threads), "sparse_moments")
-    if malformed:
-        _malformed(X)
+        X.sum_duplicates()  # sorted, each (row, column) once: the second call is exact
     return count, mean, m2
 
 

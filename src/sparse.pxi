@@ -70,7 +70,9 @@ cdef struct SparseJob:
     double w_total          # the sum of all the rows' weights
     intp rows_per_chunk, n_chunks
     ColumnSums *sums        # CSR: [chunk * n_cols + c]
-    intp *bad               # per task: stored values outside the structure
+    intp *bad               # per task t: at 2 t the stored values outside the structure, at
+                            # 2 t + 1 those not after their row's (CSR) or column's (CSC)
+                            # previous one (unsorted, or a repeated (row, column) pair)
     double *shift           # per column: k
     char *again             # per column: summed again around a refined shift
     const char *only        # the CSR pass covers these columns only (NULL: all)
@@ -170,7 +172,7 @@ cdef void csr_pass(const floating *x, const sparse_index *indices, const sparse_
     cdef const double *k = j.shift
     cdef const char *only = j.only
     cdef ColumnSums *a
-    cdef intp r, i, lo, hi, c, bad = 0
+    cdef intp r, i, lo, hi, c, prev, bad = 0, unsorted = 0
     cdef double wr, v
     for c in range(C):
         if only == NULL or only[c]:
@@ -178,11 +180,14 @@ cdef void csr_pass(const floating *x, const sparse_index *indices, const sparse_
     for r in range(r0, r1):
         wr = 1.0 if j.w == NULL else j.w[r]
         bad += span(indptr, r, j.nnz, &lo, &hi)
+        prev = -1
         for i in range(lo, hi):
             c = indices[i]
             if c < 0 or c >= C:
                 bad += 1
                 continue
+            unsorted += c <= prev
+            prev = c
             if only != NULL and not only[c]:
                 continue
             a = &acc[c]
@@ -194,7 +199,8 @@ cdef void csr_pass(const floating *x, const sparse_index *indices, const sparse_
                 a.q += wr * (v * v)
             else:
                 a.wnan += wr
-    j.bad[chunk] = bad
+    j.bad[2 * chunk] = bad
+    j.bad[2 * chunk + 1] = unsorted
 
 
 cdef void csr_body(const floating *x, void *job, intp task) noexcept nogil:
@@ -231,15 +237,16 @@ cdef void csr_finish_body(const double *unused, void *job, intp task) noexcept n
                                        j.only == NULL)
 
 
-cdef intp csr_moments(const floating *x, SparseJob *j, int nt) except -1 nogil:
-    """CSR statistics into j.count, j.mean, j.m2; returns the stored values outside the
-    structure."""
-    cdef intp c, redo = 0, bad = 0
+cdef int csr_moments(const floating *x, SparseJob *j, int nt, intp *bad,
+                     intp *unsorted) except -1 nogil:
+    """CSR statistics into j.count, j.mean, j.m2; adds the stored values outside the
+    structure to bad, the unsorted or repeated ones to unsorted."""
+    cdef intp c, redo = 0
     cdef intp n_cols_tasks = ceil_div(j.n_cols, SPARSE_COLS)
     cdef int nt_rows = n_threads_for(nt, j.nnz + j.n_rows, j.n_chunks)
     cdef int nt_cols = n_threads_for(nt, j.n_chunks * j.n_cols, n_cols_tasks)
     cdef void *block = malloc(max(j.n_chunks * j.n_cols, 1) * sizeof(ColumnSums) + 64
-                              + j.n_chunks * sizeof(intp))
+                              + 2 * j.n_chunks * sizeof(intp))
     if block == NULL:
         with gil:
             raise MemoryError()
@@ -252,7 +259,8 @@ cdef intp csr_moments(const floating *x, SparseJob *j, int nt) except -1 nogil:
     j.only = NULL
     run_tasks(csr_body[floating], x, j, j.n_chunks, nt_rows, DYNAMIC)
     for c in range(j.n_chunks):
-        bad += j.bad[c]
+        bad[0] += j.bad[2 * c]
+        unsorted[0] += j.bad[2 * c + 1]
     run_tasks(csr_finish_body, <const double *>NULL, j, n_cols_tasks, nt_cols, DYNAMIC)
     for c in range(j.n_cols):
         redo += j.again[c]
@@ -261,17 +269,17 @@ cdef intp csr_moments(const floating *x, SparseJob *j, int nt) except -1 nogil:
         run_tasks(csr_body[floating], x, j, j.n_chunks, nt_rows, DYNAMIC)
         run_tasks(csr_finish_body, <const double *>NULL, j, n_cols_tasks, nt_cols, DYNAMIC)
     free(block)
-    return bad
+    return 0
 
 
 # --- CSC: one task per range of columns, each column's values contiguous -----------------------
 
 cdef void csc_column(const floating *x, const sparse_index *indices,
-                     const sparse_index *indptr, SparseJob *j, intp c,
-                     intp *bad) noexcept nogil:
+                     const sparse_index *indptr, SparseJob *j, intp c, intp *bad,
+                     intp *unsorted) noexcept nogil:
     """One column's statistics: its mean (zeros included), then the sums shifted by it,
     again around a refined mean when it was too coarse."""
-    cdef intp a, b, i, row, round_
+    cdef intp a, b, i, row, round_, prev = -1
     cdef double sx = 0.0, wstored = 0.0, wnan = 0.0, wz, wr, v, s, q
     bad[0] += span(indptr, c, j.nnz, &a, &b)
     for i in range(a, b):
@@ -279,6 +287,8 @@ cdef void csc_column(const floating *x, const sparse_index *indices,
         if row < 0 or row >= j.n_rows:
             bad[0] += 1
             continue
+        unsorted[0] += row <= prev
+        prev = row
         wr = 1.0 if j.w == NULL else j.w[row]
         wstored += wr
         v = x[i]
@@ -307,15 +317,16 @@ cdef void csc_column(const floating *x, const sparse_index *indices,
 cdef void csc_body(const floating *x, void *job, intp task) noexcept nogil:
     cdef SparseJob *j = <SparseJob *>job
     cdef intp c
-    cdef intp bad = 0
+    cdef intp bad = 0, unsorted = 0
     for c in range(task * SPARSE_COLS, min((task + 1) * SPARSE_COLS, j.n_cols)):
         if j.wide:
             csc_column(x, <const cnp.int64_t *>j.indices, <const cnp.int64_t *>j.indptr, j, c,
-                       &bad)
+                       &bad, &unsorted)
         else:
             csc_column(x, <const cnp.int32_t *>j.indices, <const cnp.int32_t *>j.indptr, j, c,
-                       &bad)
-    j.bad[task] = bad
+                       &bad, &unsorted)
+    j.bad[2 * task] = bad
+    j.bad[2 * task + 1] = unsorted
 
 
 cdef bint plain_sparse(object values, object indices, object indptr, object shape, object csr,
@@ -353,8 +364,9 @@ cdef bint plain_sparse(object values, object indices, object indptr, object shap
 def sparse_moments(object values, object indices, object indptr, object shape, object csr,
                    object weights, object n_threads):
     """Per-column weighted Welford state (count, mean, m2) of a CSR (csr True) or CSC (csr
-    False) matrix, its implicit zeros counted and NaN skipped, and the number of stored
-    values outside its structure (skipped); or None.
+    False) matrix, its implicit zeros counted and NaN skipped, with two counts: the stored
+    values outside its structure (skipped), and those not after the previous one of their
+    row (CSR) or column (CSC); or None.
 
     Plain case: values a plain float32/float64 vector of the nnz stored values; indices and
     indptr plain vectors, both int32 or both int64, of lengths nnz and n_major + 1 (n_major:
@@ -362,11 +374,12 @@ def sparse_moments(object values, object indices, object indptr, object shape, o
     least 1; csr a bool; weights None or a plain float64 vector of length n_rows; n_threads
     as everywhere. count is the sum of the weights of the rows whose value is not NaN; a
     column with nothing counted gets count, mean and m2 0. A repeated (row, column) counts
-    as two values: the caller sums duplicates first.
+    as two values: when the second count is not 0 (indices unsorted, or repeated), the caller
+    sums the duplicates (scipy's sum_duplicates) and calls again.
     """
     cdef int typenum, nt
     cdef bint wide, by_rows
-    cdef intp n_rows, n_cols, r, n_tasks, bad = 0
+    cdef intp n_rows, n_cols, r, n_tasks, bad = 0, unsorted = 0
     cdef SparseJob j
     cdef cnp.ndarray count, mean, m2
     cdef const void *px
@@ -387,10 +400,10 @@ def sparse_moments(object values, object indices, object indptr, object shape, o
     count, mean, m2 = new_vector(n_cols), new_vector(n_cols), new_vector(n_cols)
     j.count, j.mean, j.m2 = data(count), data(mean), data(m2)
     n_tasks = ceil_div(n_cols, SPARSE_COLS)
-    scratch = alloc_doubles(n_cols + n_tasks + ceil_div(n_cols, sizeof(double)))
+    scratch = alloc_doubles(n_cols + 2 * n_tasks + ceil_div(n_cols, sizeof(double)))
     j.shift = scratch
     j.bad = <intp *>(scratch + n_cols)
-    j.again = <char *>(scratch + n_cols + n_tasks)
+    j.again = <char *>(scratch + n_cols + 2 * n_tasks)
     px = cnp.PyArray_DATA(<cnp.ndarray>values)
     try:
         with nogil:
@@ -414,9 +427,9 @@ def sparse_moments(object values, object indices, object indptr, object shape, o
                 j.rows_per_chunk = ceil_div(n_rows, j.n_chunks)
                 j.n_chunks = ceil_div(n_rows, j.rows_per_chunk)
                 if typenum == cnp.NPY_FLOAT32:
-                    bad += csr_moments(<const float *>px, &j, nt)
+                    csr_moments(<const float *>px, &j, nt, &bad, &unsorted)
                 else:
-                    bad += csr_moments(<const double *>px, &j, nt)
+                    csr_moments(<const double *>px, &j, nt, &bad, &unsorted)
             else:
                 nt = n_threads_for(nt, j.nnz + n_cols, n_tasks)
                 if typenum == cnp.NPY_FLOAT32:
@@ -424,10 +437,11 @@ def sparse_moments(object values, object indices, object indptr, object shape, o
                 else:
                     run_tasks(csc_body[double], <const double *>px, &j, n_tasks, nt, DYNAMIC)
                 for r in range(n_tasks):
-                    bad += j.bad[r]
+                    bad += j.bad[2 * r]
+                    unsorted += j.bad[2 * r + 1]
     finally:
         free(scratch)
-    return count, mean, m2, bad
+    return count, mean, m2, bad, unsorted
 
 
 # --- Scaling the stored values of a CSR matrix by column ---------------------------------------

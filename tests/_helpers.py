@@ -170,6 +170,21 @@ def assert_stat_close(got, ref, rtol, atol_scale=0.0, name="statistic"):
     np.testing.assert_allclose(got, ref, rtol=rtol, atol=rtol * atol_scale, err_msg=name)
 
 
+def weighted_column_moments(D, w=None):
+    """float64 reference (count, mean, M2) per column of a 2-D D, NaN skipped, rows weighted by
+    w (two-pass: the mean, then the squared deviations from it); columns with nothing counted
+    get count 0 and NaN mean and M2."""
+    D = np.asarray(D, np.float64)
+    w = np.ones(D.shape[0]) if w is None else np.asarray(w, np.float64)
+    ok = ~np.isnan(D)
+    W = w[:, None] * ok
+    count = W.sum(axis=0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = (W * np.where(ok, D, 0.0)).sum(axis=0) / count
+        m2 = (W * np.where(ok, D - mean, 0.0) ** 2).sum(axis=0)
+    return count, mean, np.where(count > 0, m2, np.nan)
+
+
 def channels_last_2d(a, axis):
     """float64 (m, C) view of a, for per-channel error scales in tests."""
     a = np.asarray(a, dtype=np.float64)

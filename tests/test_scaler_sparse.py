@@ -6,7 +6,14 @@ import numpy as np
 import pytest
 
 import bnfast
-from _helpers import assert_bits_equal, gamma_n, stat_rtol, sum_tol, unit_roundoff
+from _helpers import (
+    assert_bits_equal,
+    gamma_n,
+    stat_rtol,
+    sum_tol,
+    unit_roundoff,
+    weighted_column_moments,
+)
 
 sp = pytest.importorskip("scipy.sparse")
 pytest.importorskip("sklearn")
@@ -32,15 +39,9 @@ def _sparse_data(rng, n=300, p=6, density=0.3, nan_frac=0.0, dtype=F64):
 
 def _reference(D, w=None):
     """float64 count, mean and biased variance per column of dense D (NaN skipped)."""
-    D = np.asarray(D, F64)
-    w = np.ones(D.shape[0]) if w is None else np.asarray(w, F64)
-    ok = ~np.isnan(D)
-    W = w[:, None] * ok
-    count = W.sum(axis=0)
+    count, mean, m2 = weighted_column_moments(D, w)
     with np.errstate(invalid="ignore", divide="ignore"):
-        mean = (W * np.where(ok, D, 0.0)).sum(axis=0) / count
-        var = (W * np.where(ok, D - mean, 0.0) ** 2).sum(axis=0) / count
-    return count, mean, var
+        return count, mean, m2 / count
 
 
 def _scales(D):

@@ -6,7 +6,14 @@ import numpy as np
 import pytest
 
 from bnfast import _kernels
-from _helpers import assert_bits_equal, gamma_n, stat_rtol, sum_tol, unit_roundoff
+from _helpers import (
+    assert_bits_equal,
+    gamma_n,
+    stat_rtol,
+    sum_tol,
+    unit_roundoff,
+    weighted_column_moments,
+)
 
 sp = pytest.importorskip("scipy.sparse")
 
@@ -26,15 +33,9 @@ def _sparse_data(rng, shape, density, nan_frac=0.0, offset=0.0, dtype=F64):
 
 
 def _reference(D, w=None):
-    """float64 count, mean and M2 per column of the dense D, NaN skipped, rows weighted."""
-    D = np.asarray(D, F64)
-    w = np.ones(D.shape[0]) if w is None else np.asarray(w, F64)
-    ok = ~np.isnan(D)
-    W = w[:, None] * ok
-    count = W.sum(axis=0)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        mean = (W * np.where(ok, D, 0.0)).sum(axis=0) / count
-        m2 = (W * np.where(ok, D - mean, 0.0) ** 2).sum(axis=0)
+    """float64 count, mean and M2 per column of the dense D (the kernels' 0 for nothing
+    counted)."""
+    count, mean, m2 = weighted_column_moments(D, w)
     return count, np.where(count > 0, mean, 0.0), np.where(count > 0, m2, 0.0)
 
 
@@ -83,8 +84,9 @@ def test_statistics_against_float64_reference(rng, fmt, dtype, index, weighted, 
     D = _sparse_data(rng, shape, density, nan_frac=0.05, dtype=dtype)
     D[:, 0] = np.where(D[:, 0] != 0, np.nan, 0.0)  # NaN and implicit zeros only
     w = rng.uniform(0, 3, shape[0]) if weighted else None
-    *got, malformed = _kernels.sparse_moments(*_as(D, fmt, index), fmt == "csr", w, None)
-    assert malformed == 0
+    *got, malformed, unsorted = _kernels.sparse_moments(*_as(D, fmt, index), fmt == "csr", w,
+                                                        None)
+    assert malformed == unsorted == 0
     assert all(a.dtype == F64 and a.shape == (shape[1],) for a in got)
     _assert_stats_close(got, D, w)
 
@@ -104,7 +106,7 @@ def test_a_coarse_first_mean_is_refined(rng, fmt):
     d = D - first_mean
     s, q = d.sum(axis=0), (d * d).sum(axis=0)
     assert np.all(s * s > 0.5 * q * n), "the data no longer needs the refined shift"
-    count, mean, m2, _ = _kernels.sparse_moments(*_as(D, fmt), fmt == "csr", None, None)
+    count, mean, m2, _, _ = _kernels.sparse_moments(*_as(D, fmt), fmt == "csr", None, None)
     exact_var = 256.0 * k.var(axis=0)  # small integers: exact to a rounding
     np.testing.assert_array_equal(count, n)
     np.testing.assert_allclose(mean, offset + 16.0 * k.mean(axis=0), rtol=0,
@@ -124,7 +126,7 @@ def test_csr_columns_whose_first_rows_mislead_are_summed_again(rng, weighted):
     probe = max(64, 16384 * n // D.size)
     d = D - D[:probe].mean(axis=0)
     assert np.all(d.sum(axis=0) ** 2 > 0.5 * (d * d).sum(axis=0) * n), "no longer misled"
-    *got, malformed = _kernels.sparse_moments(*_as(D, "csr"), True, w, None)
+    *got, malformed, _ = _kernels.sparse_moments(*_as(D, "csr"), True, w, None)
     assert malformed == 0
     _assert_stats_close(got, D, w)
 
@@ -173,18 +175,35 @@ def test_a_malformed_structure_is_counted_never_read_outside(rng):
     indices = np.array([0, 99, -5, 1, 2, 1 << 30], np.int32)
     indptr = np.array([0, 2, 1 << 20, 6], np.int32)
     for csr in (True, False):
-        *_, malformed = _kernels.sparse_moments(data, indices, indptr, (3, 3), csr, None, 2)
+        malformed = _kernels.sparse_moments(data, indices, indptr, (3, 3), csr, None, 2)[3]
         assert malformed > 0
     good = sp.csr_array(_sparse_data(rng, (5, 3), 0.5))
     for ends in ([1, 0], [0, -1]):  # indptr not starting at 0, or not ending at nnz
         indptr = good.indptr.copy()
         indptr[[0, -1]] += ends
-        *_, malformed = _kernels.sparse_moments(good.data, good.indices, indptr, good.shape,
-                                                True, None, None)
+        malformed = _kernels.sparse_moments(good.data, good.indices, indptr, good.shape,
+                                            True, None, None)[3]
         assert malformed > 0
     scaled, malformed = _kernels.sparse_scale(data, indices, np.ones(3), None, 1)
     assert malformed == 3
     assert np.isnan(scaled[[1, 2, 5]]).all() and not np.isnan(scaled[[0, 3, 4]]).any()
+
+
+@pytest.mark.parametrize("fmt", ["csr", "csc"])
+def test_unsorted_and_repeated_indices_are_counted(rng, fmt):
+    """Indices not after the previous one of their row (CSR) or column (CSC): the second
+    count, on which the Python layer sums duplicates and calls again."""
+    X = sp.csr_array(_sparse_data(rng, (30, 6), 0.5)).asformat(fmt)
+    assert _kernels.sparse_moments(X.data, X.indices, X.indptr, X.shape, fmt == "csr", None,
+                                   None)[4] == 0
+    indices = X.indices.copy()
+    a = X.indptr[np.flatnonzero(np.diff(X.indptr) >= 2)[0]]
+    indices[[a, a + 1]] = indices[[a + 1, a]]  # one slice unsorted
+    assert _kernels.sparse_moments(X.data, indices, X.indptr, X.shape, fmt == "csr", None,
+                                   None)[4] == 1
+    indices[a + 1] = indices[a]  # and now a repeated pair
+    assert _kernels.sparse_moments(X.data, indices, X.indptr, X.shape, fmt == "csr", None,
+                                   None)[4] == 1
 
 
 def test_entry_points_decline_anything_but_the_plain_case(rng):
