@@ -8,7 +8,9 @@ the load average printed:
 
 1. Warm, in one process: ``fit(X)`` and ``partial_fit`` over ``--chunks`` row blocks (sliced
    beforehand, outside the timing), each scaler timed ``--rounds`` times; medians with their
-   quartiles, and the ratio of the medians.
+   quartiles, and the ratio of the medians, in wall time and in the process's CPU time (the
+   steadier of the two on a loaded machine with ``--threads 1``; with more threads, CPU time
+   also counts what the threads spin).
 2. Fresh processes (``--processes`` pairs, 0 to skip): each process loads the matrix from a
    .npz file, imports the scaler and fits once; its whole wall time is taken from outside
    (start to exit: interpreter, imports, loading, the fit), and the fit alone from inside.
@@ -72,20 +74,24 @@ def warm(X, chunks, rounds, threads):
               "StandardScaler": lambda: StandardScaler(with_mean=False)}
     for what, run in (("fit", fit), (f"partial_fit x{chunks}", partial)):
         times = {name: [] for name in makers}
+        cpu = {name: [] for name in makers}
         fitted = {name: run(make) for name, make in makers.items()}  # warm-up, and the check
         for r in range(rounds):
             order = list(makers) if r % 2 == 0 else list(makers)[::-1]
             for name in order:
-                t = time.perf_counter()
+                c, t = time.process_time(), time.perf_counter()
                 run(makers[name])
                 times[name].append(time.perf_counter() - t)
+                cpu[name].append(time.process_time() - c)
         print(f"{what} (warm, {rounds} rounds; median [p25-p75]), load {os.getloadavg()}")
         for name, ts in times.items():
-            print(f"  {name:16s} {_quartiles(ts)}")
-        ratio = np.median(times["StandardScaler"]) / np.median(times["BatchNormScaler"])
-        per_round = np.array(times["StandardScaler"]) / np.array(times["BatchNormScaler"])
-        q = np.percentile(per_round, [25, 75])
-        print(f"  speed-up {ratio:.2f}x (round by round [p25-p75] {q[0]:.2f}-{q[1]:.2f}x)")
+            print(f"  {name:16s} wall {_quartiles(ts)}  cpu {_quartiles(cpu[name])}")
+        for label, ts in (("wall", times), ("cpu", cpu)):
+            ratio = np.median(ts["StandardScaler"]) / np.median(ts["BatchNormScaler"])
+            per_round = np.array(ts["StandardScaler"]) / np.array(ts["BatchNormScaler"])
+            q = np.percentile(per_round, [25, 75])
+            print(f"  speed-up ({label}) {ratio:.2f}x (round by round [p25-p75] "
+                  f"{q[0]:.2f}-{q[1]:.2f}x)")
         _same_statistics(fitted["BatchNormScaler"], fitted["StandardScaler"])
 
 
