@@ -94,7 +94,8 @@ def test_statistics_against_float64_reference(rng, fmt, dtype, index, weighted, 
 @pytest.mark.parametrize("fmt", ["csr", "csc"])
 def test_a_coarse_first_mean_is_refined(rng, fmt):
     """Values 2**56 + 16 k (k in 1..4, exact in float64, one stored per row): the first
-    pass's plain sum rounds every 16 k away, a mean off by more than the spread, which
+    mean (CSC: of the column; CSR: of the first rows, all 5,000 here), a plain sum in row
+    order, rounds every 16 k away, a mean off by more than the spread, which
     bn_well_shifted rejects (checked here, on the same sum): the column is summed again
     around the refined shift, and the variance comes out within stat_rtol of the exact
     256 var(k). (This exercises the third pass; at this spread the first shift would still
