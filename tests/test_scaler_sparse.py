@@ -58,7 +58,8 @@ def _assert_within(got, want, atol, what):
     np.testing.assert_array_equal(np.isnan(got), np.isnan(want), err_msg=what)
     err = np.where(np.isnan(want), 0.0, np.abs(got - want))
     bad = err > np.broadcast_to(atol, err.shape)
-    assert not bad.any(), f"{what}: off by {err[bad]} beyond {np.broadcast_to(atol, err.shape)[bad]}"
+    limit = np.broadcast_to(atol, err.shape)
+    assert not bad.any(), f"{what}: off by {err[bad]} beyond {limit[bad]}"
 
 
 def _assert_statistics(scaler, D, w=None, n=None):
@@ -205,7 +206,7 @@ def test_with_mean_raises_standard_scalers_error(rng):
 
 def test_duplicate_entries_are_summed_as_scipy_does(rng):
     data = np.array([1.0, 2.0, 5.0, -1.0, 4.0])
-    rows, cols = np.array([0, 0, 1, 2, 2]), np.array([1, 1, 0, 1, 0])
+    cols = np.array([1, 1, 0, 1, 0])  # rows 0, 0, 1, 2, 2: (0, 1) twice, row 2 unsorted
     X = sp.csr_matrix((data, cols, np.array([0, 2, 3, 5])), shape=(3, 2))
     assert not X.has_canonical_format
     scaler = bnfast.BatchNormScaler(eps=0, with_mean=False).fit(X)
