@@ -138,6 +138,7 @@ KERNEL_SOURCES = [
     "src/plain.pxi", "src/bn_loops.h", "src/bn_elementwise_impl.h", "src/bn_stats_impl.h",
     "src/bn_openmp.h", "src/bn_pool.h", "src/bn_half.h", "src/bn_half_inst.h", "src/bn_half_one.h",
     "src/bn_half_exports.h",
+    "src/sparse.pxi",
 ]
 
 extensions = [

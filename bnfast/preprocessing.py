@@ -4,6 +4,9 @@ scikit-learn is optional: this module imports without it, and constructing the s
 raises an ImportError that says what to install. Dask arrays and DataFrames are fitted
 through their scheduler and transformed lazily (``bnfast.dask``); dask is imported only when
 given one.
+scipy.sparse CSR / CSC input goes through the sparse kernels (``_scaler_sparse``), arrays of
+other namespaces under ``array_api_dispatch`` through ``_scaler_xp``; the statistics and
+their merges are ``_scaler_stats``'s, the scikit-learn glue ``_sklearn_compat``'s.
 
 Where scikit-learn has the callback API (``set_callbacks``, scikit-learn 1.9), the scaler
 takes part in it as StandardScaler does: one fit task per ``fit`` / ``partial_fit`` /
@@ -11,15 +14,33 @@ takes part in it as StandardScaler does: one fit task per ``fit`` / ``partial_fi
 """
 from __future__ import annotations
 
-import contextlib
 import functools
 import numbers
-from typing import Any, Callable, Iterator, TypeVar
+from typing import Any, Callable, TypeVar
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from ._functional import batch_norm_inference, merge_moments, moments_state
+from . import _scaler_stats as stats
+from . import _scaler_xp as xpapi
+from ._functional import batch_norm_inference
+from ._scaler_sparse import CENTER_ERROR, UNCENTER_ERROR, is_sparse, scale_columns
+from ._sklearn_compat import (
+    _BASES,
+    _SKLEARN_IMPORT_ERROR,
+    _FLOAT_DTYPES,
+    _PARAMETER_CONSTRAINTS,
+    _check_array,
+    _counts_in_float,
+    _overflow_as_value_error,
+    _owned_copy,
+    _sk_check_sample_weight,
+    _sk_output_config,
+    _unchanged_on_error,
+    _validate_data,
+    _with_callbacks,
+    check_is_fitted,
+)
 from ._validation import (
     check_bool,
     check_eps,
@@ -35,150 +56,9 @@ __all__ = ["BatchNormScaler"]
 
 _F = TypeVar("_F", bound=Callable[..., Any])
 
-_SKLEARN_IMPORT_ERROR: ImportError | None
-_BASES: tuple[type, ...]
-_sk_validate_data: Callable[..., Any] | None = None
-_sk_check_sample_weight: Callable[..., Any] | None = None
-_sk_output_config: Callable[..., Any] | None = None
-_PARAMETER_CONSTRAINTS: dict[str, list[Any]] = {}
-
-
-def _no_callbacks(method: _F) -> _F:
-    return method
-
-
-_with_callbacks: Callable[[_F], _F] = _no_callbacks
-
-try:
-    from sklearn.base import BaseEstimator, OneToOneFeatureMixin, TransformerMixin
-    from sklearn.utils.validation import check_array, check_is_fitted
-except ImportError as exc:  # scikit-learn is an optional dependency
-    _SKLEARN_IMPORT_ERROR = exc
-
-    class _SklearnMissing:
-        def __new__(cls, *args, **kwargs):
-            raise ImportError(
-                f"{cls.__name__} needs scikit-learn, which is not installed: "
-                "pip install scikit-learn (or install bnfast with its `test` extra: "
-                "pip install 'bnfast[test]')") from _SKLEARN_IMPORT_ERROR
-
-    _BASES = (_SklearnMissing,)
-else:
-    _SKLEARN_IMPORT_ERROR = None
-    _BASES = (OneToOneFeatureMixin, TransformerMixin, BaseEstimator)
-    try:
-        from sklearn.utils.validation import validate_data
-    except ImportError:  # scikit-learn < 1.6
-        pass
-    else:
-        _sk_validate_data = validate_data
-    try:  # private, but StandardScaler's own check: the same messages
-        from sklearn.utils.validation import _check_sample_weight
-    except ImportError:
-        pass
-    else:
-        _sk_check_sample_weight = _check_sample_weight
-    try:  # StandardScaler's parameter checks: InvalidParameterError (ValueError, TypeError)
-        from sklearn.utils._param_validation import Interval
-    except ImportError:  # scikit-learn < 1.2: bnfast's own checks below (ValueError)
-        pass
-    else:
-        _PARAMETER_CONSTRAINTS = {
-            "eps": [Interval(numbers.Real, 0, None, closed="left")],
-            "momentum": [Interval(numbers.Real, 0, 1, closed="both"), None],
-            "with_mean": ["boolean"],
-            "with_std": ["boolean"],
-            "copy": ["boolean"],
-            "n_threads": [Interval(numbers.Integral, 1, None, closed="left"), None],
-        }
-    try:  # the output configuration set_output reads (scikit-learn >= 1.2)
-        from sklearn.utils._set_output import _get_output_config
-    except ImportError:
-        pass
-    else:
-        _sk_output_config = _get_output_config
-    try:  # the callback API (scikit-learn 1.9): detected by feature, not by version
-        from sklearn.callback import CallbackSupportMixin, with_callbacks
-    except ImportError:
-        pass
-    else:
-        _BASES = (CallbackSupportMixin, *_BASES)
-        _with_callbacks = with_callbacks
-
-# The dtypes kept as they are (StandardScaler's: float16 too); anything else becomes float64.
-_FLOAT_DTYPES = (np.float64, np.float32, np.float16)
-_F64_EPS = np.finfo(np.float64).eps
-
-
-class _OutOfRangeError(ValueError, OverflowError):
-    """A number beyond float64's range: a ValueError (bnfast's convention for bad input) that
-    is also the OverflowError scikit-learn's checks let through."""
-
-
-@functools.lru_cache(maxsize=None)
-def _counts_in_float() -> bool:
-    """Whether StandardScaler counts unweighted samples in float64 (scikit-learn 1.9) or in
-    int64 (earlier versions): asked of StandardScaler itself, once."""
-    from sklearn.preprocessing import StandardScaler
-
-    counts = StandardScaler().fit(np.zeros((2, 1))).n_samples_seen_
-    return bool(np.asarray(counts).dtype.kind == "f")
-
-
-def _old_sklearn_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
-    # scikit-learn < 1.6 spells ensure_all_finite force_all_finite and has no force_writeable.
-    if "ensure_all_finite" in kwargs:
-        kwargs["force_all_finite"] = kwargs.pop("ensure_all_finite")
-    kwargs.pop("force_writeable", None)
-    return kwargs
-
-
-def _validate_data(estimator: Any, X: Any, **kwargs: Any) -> Any:
-    with _overflow_as_value_error(kwargs.get("input_name") or "X"):
-        if _sk_validate_data is not None:
-            return _sk_validate_data(estimator, X, **kwargs)
-        return estimator._validate_data(X, **_old_sklearn_kwargs(kwargs))
-
-
-def _check_array(X: Any, **kwargs: Any) -> Any:
-    if _sk_validate_data is None:
-        kwargs = _old_sklearn_kwargs(kwargs)
-    with _overflow_as_value_error(kwargs.get("input_name") or "X"):
-        return check_array(X, **kwargs)
-
-
-@contextlib.contextmanager
-def _overflow_as_value_error(name: str) -> Iterator[None]:
-    """scikit-learn's checks let NumPy's OverflowError (a Python int beyond float64) through."""
-    try:
-        yield
-    except _OutOfRangeError:
-        raise
-    except OverflowError as exc:
-        raise _OutOfRangeError(
-            f"{name}: expected real numbers within float64's range ({exc})") from exc
-
-
-@contextlib.contextmanager
-def _unchanged_on_error(estimator: Any) -> Iterator[None]:
-    """A fit that raises (KeyboardInterrupt included) leaves the estimator as it was.
-
-    Fitting rebinds its attributes to new objects, never changes them in place, so a shallow
-    copy of ``vars(estimator)`` is enough to put everything back.
-    """
-    saved = dict(vars(estimator))
-    try:
-        yield
-    except BaseException:
-        vars(estimator).clear()
-        vars(estimator).update(saved)
-        raise
-
-
-def _owned_copy(X: Any, X_in: Any) -> bool:
-    """True when validation made ``X`` a fresh array, which may then be written in place."""
-    return (X is not X_in and isinstance(X_in, np.ndarray)
-            and not np.may_share_memory(X, X_in))
+# The page of bnfast's documentation that describes the scaler: the HTML repr (notebooks)
+# links to it, as StandardScaler's links to scikit-learn's.
+DOCS_URL = "https://github.com/bnfast/bnfast/blob/main/docs/scaler.md"
 
 
 class BatchNormScaler(*_BASES):  # type: ignore[misc]
@@ -211,7 +91,8 @@ class BatchNormScaler(*_BASES):  # type: ignore[misc]
         Scale the data to unit variance (else ``var_`` and ``scale_`` are None).
     copy : bool, default True
         False lets ``transform`` / ``inverse_transform`` work in place on a float16, float32
-        or float64 NumPy array.
+        or float64 NumPy array, a CSR matrix's stored values, or a CPU array of another
+        namespace (see Notes).
     n_threads : int or None, default None
         Threads for the kernels; None is the OpenMP default. Results do not depend on it.
 
@@ -245,8 +126,21 @@ class BatchNormScaler(*_BASES):  # type: ignore[misc]
       StandardScaler: ``fit``, ``partial_fit`` and ``fit_transform`` each run one fit task
       (``on_fit_task_begin`` with the validated X, ``on_fit_task_end`` with a fitted copy
       of the scaler), also as a step of a Pipeline.
-    - Sparse input is not supported: it raises TypeError (use StandardScaler with
-      ``with_mean=False`` for sparse data, or ``X.toarray()``).
+    - scipy.sparse CSR and CSC input (matrix or array), with ``with_mean=False`` as in
+      StandardScaler (``with_mean=True`` raises its ValueError): the statistics count the
+      implicit zeros (compiled kernels, bit-identical for any thread count); transform and
+      inverse_transform scale the stored values and return CSR (CSC input is converted, as
+      StandardScaler does), float32 kept. Duplicate entries are summed first (scipy's
+      meaning of them) where StandardScaler counts them as separate values.
+    - The array API: with ``sklearn.set_config(array_api_dispatch=True)``, PyTorch tensors,
+      array-api-strict arrays and other array-API arrays are accepted; outputs and fitted
+      attributes come back in the input's namespace and on its device, as StandardScaler's.
+      Arrays in CPU memory are computed on by the kernels in place (DLPack, no copy); arrays
+      elsewhere (a GPU) by the same algorithm in their own namespace on their device.
+    - Features around 1e200 and beyond, whose variance overflows float64: ``var_`` is inf
+      (as StandardScaler's), but ``mean_`` and ``scale_`` are exact and finite wherever the
+      standard deviation is representable, so they transform to unit variance. (Where
+      StandardScaler gives ``scale_ = 1``, and its output stays unscaled.)
     - Dask arrays: ``fit`` / ``partial_fit`` compute the statistics through the dask
       scheduler (a ``dask.distributed`` cluster when a Client is active): each chunk's
       Welford state from the kernels, merged with ``bnfast.merge_moments``, exactly as
@@ -269,10 +163,22 @@ class BatchNormScaler(*_BASES):  # type: ignore[misc]
     >>> import numpy as np
     >>> X = np.array([[1.0, 10.0], [2.0, 10.0], [3.0, 10.0], [np.nan, 10.0]])
     >>> scaler = BatchNormScaler(eps=0).fit(X)
-    >>> scaler.mean_.tolist(), scaler.scale_.round(6).tolist(), scaler.n_samples_seen_.tolist()
-    ([2.0, 10.0], [0.816497, 1.0], [3, 4])
+    >>> scaler.mean_.tolist(), scaler.scale_.round(6).tolist()
+    ([2.0, 10.0], [0.816497, 1.0])
+    >>> scaler.n_samples_seen_.astype(int).tolist()  # float64 (scikit-learn 1.9) or int64
+    [3, 4]
     >>> scaler.transform(X).round(4).tolist()
     [[-1.2247, 0.0], [0.0, 0.0], [1.2247, 0.0], [nan, 0.0]]
+
+    Sparse input keeps its zeros (and StandardScaler's ``with_mean=False`` rule):
+
+    >>> from scipy import sparse
+    >>> S = sparse.csr_array([[0.0, 1.0], [2.0, 0.0], [0.0, 3.0], [2.0, 0.0]])
+    >>> sparse_scaler = BatchNormScaler(eps=0, with_mean=False).fit(S)
+    >>> sparse_scaler.mean_.tolist(), sparse_scaler.var_.tolist()
+    ([1.0, 1.0], [1.0, 1.5])
+    >>> sparse_scaler.transform(S).toarray().round(4).tolist()
+    [[0.0, 0.8165], [2.0, 0.0], [0.0, 2.4495], [2.0, 0.0]]
 
     A dask DataFrame is fitted where its partitions are, and transformed lazily:
 
@@ -286,6 +192,10 @@ class BatchNormScaler(*_BASES):  # type: ignore[misc]
     >>> type(out).__name__, out.divisions == df.divisions, out.compute()["b"].tolist()
     ('DataFrame', True, [-1.0, -1.0, 1.0, 1.0])
     """
+
+    # The HTML repr (notebooks) links to bnfast's page for the scaler, not scikit-learn's.
+    _doc_link_module = "bnfast"
+    _doc_link_template = DOCS_URL
 
     _parameter_constraints: dict[str, list[Any]] = _PARAMETER_CONSTRAINTS
 
@@ -308,7 +218,9 @@ class BatchNormScaler(*_BASES):  # type: ignore[misc]
     def __sklearn_tags__(self) -> Any:
         tags = super().__sklearn_tags__()  # type: ignore[misc]
         tags.input_tags.allow_nan = True
+        tags.input_tags.sparse = not self.with_mean  # as StandardScaler: with_mean=False
         tags.transformer_tags.preserves_dtype = ["float64", "float32"]
+        tags.array_api_support = xpapi.AVAILABLE
         return tags
 
     # -- fitting ----------------------------------------------------------------------------
@@ -371,16 +283,25 @@ class BatchNormScaler(*_BASES):  # type: ignore[misc]
             self._reset()
             Xv = self._partial_fit(X, y, sample_weight)
             copy = check_bool(self.copy, "copy")
+            ns = xpapi.namespace(Xv)
+            if ns is not None:
+                return self._transform_xp(Xv, ns, copy and not xpapi.fresh(Xv, X))
+            if is_sparse(Xv) and Xv.format != "csr":
+                Xv = Xv.tocsr()  # a new matrix: StandardScaler's transform returns CSR
             return self._transform_array(Xv, copy and not _owned_copy(Xv, X))
 
     def _sample_weight(self, sample_weight: Any, X: Any) -> NDArray[np.float64] | None:
         """sample_weight as float64 of shape (n_samples,); StandardScaler's checks for NumPy X."""
         if sample_weight is None:
             return None
+        sample_weight = xpapi.to_host(sample_weight)  # an array of another namespace
         n_samples = X.shape[0]
         if _sk_check_sample_weight is not None and not is_dask_array(X):
             with _overflow_as_value_error("sample_weight"):
-                w = _sk_check_sample_weight(sample_weight, X, dtype=np.float64)
+                # In X's namespace and on its device when X is another namespace's (its
+                # float dtype): then to the host.
+                dtype = np.float64 if xpapi.namespace(X) is None else None
+                w = xpapi.to_host(_sk_check_sample_weight(sample_weight, X, dtype=dtype))
         elif isinstance(sample_weight, numbers.Real):
             with _overflow_as_value_error("sample_weight"):
                 w = np.full(n_samples, float(sample_weight))
@@ -393,30 +314,26 @@ class BatchNormScaler(*_BASES):  # type: ignore[misc]
                              "got all zero weights")
         return w
 
-    def _batch_state(self, X: Any, w: Any, n_threads: int | None) -> Any:
-        """Welford state (count, mean, m2) of one batch, NaN skipped, infinity rejected."""
-        if w is None:
-            # The plain kernel is the fast path; a NaN or an inf makes its feature's
-            # statistics non-finite, and only those features are redone below.
-            state = moments_state(X, n_threads=n_threads)
-        else:
-            state = moments_state(X, sample_weight=w, skipna=True, n_threads=n_threads)
-        bad = ~(np.isfinite(state[1]) & np.isfinite(state[2]))
-        if not bad.any():
-            return state
-        # Infinity in X (sklearn's check raises its usual error), NaN, or overflow. Checking
-        # only here keeps finite data at one pass over X.
-        _check_array(X, ensure_all_finite="allow-nan", dtype=None, copy=False,
-                     input_name="X", estimator=self)
-        if w is not None:
-            return state
-        cols = np.flatnonzero(bad)
-        if cols.size == X.shape[1]:
-            return moments_state(X, skipna=True, n_threads=n_threads)
-        for full, part in zip(state, moments_state(X[:, cols], skipna=True,
-                                                   n_threads=n_threads)):
-            full[cols] = part
-        return state
+    def _batch_state(self, X: Any, w: Any, n_threads: int | None) -> stats.State:
+        """Welford state of one batch (NumPy, sparse or another namespace's array), NaN
+        skipped, infinity rejected with scikit-learn's error."""
+        ns = xpapi.namespace(X)
+        if ns is not None:
+            host = xpapi.host_view(X)
+            if host is None:  # not in CPU memory: the namespace's own arithmetic
+                count, mean, m2 = xpapi.plain_state(X, w, ns)
+                state = stats.State(count, mean, m2, np.zeros(count.shape[0], np.int64))
+                if stats.all_finite(mean, m2)[count > 0].all():
+                    return state
+                X = xpapi.to_host(X)  # rare: squares beyond float64, on the host
+            else:
+                X = host
+
+        def check_finite() -> None:
+            _check_array(X, accept_sparse=("csr", "csc"), ensure_all_finite="allow-nan",
+                         dtype=None, copy=False, input_name="X", estimator=self)
+
+        return stats.batch_state(X, w, n_threads, check_finite)
 
     def _check_dask(self, X: Any, reset: bool) -> Any:
         """A dask X checked as validate_data checks arrays (without computing it), as float."""
@@ -468,15 +385,6 @@ class BatchNormScaler(*_BASES):  # type: ignore[misc]
                              "dtype('float64').")
         return count, mean, m2
 
-    def _previous_state(self, n_features: int) -> Any:
-        """The fitted (count, mean, m2) as a mergeable state (features never seen: zeros)."""
-        count = np.broadcast_to(np.asarray(self.n_samples_seen_, np.float64),
-                                (n_features,)).copy()
-        seen = count > 0
-        mean = np.zeros(n_features) if self.mean_ is None else np.where(seen, self.mean_, 0.0)
-        var = np.zeros(n_features) if self.var_ is None else np.where(seen, self.var_, 0.0)
-        return count, mean, var
-
     @_with_callbacks
     def _partial_fit(self, X: Any, y: object, sample_weight: Any) -> Any:
         """Fit one batch; return X as validated (for fit_transform).
@@ -497,6 +405,7 @@ class BatchNormScaler(*_BASES):  # type: ignore[misc]
         first_call = not hasattr(self, "n_samples_seen_")
         frame_input = is_dask_frame(X)
         dask_input = is_dask_array(X)
+        ns = None if dask_input or frame_input else xpapi.namespace(X)
         if frame_input:
             X = self._check_frame(X, lambda meta: _validate_data(
                 self, meta, dtype=_FLOAT_DTYPES, ensure_all_finite=False, reset=first_call))
@@ -504,8 +413,12 @@ class BatchNormScaler(*_BASES):  # type: ignore[misc]
             X = self._check_dask(X, reset=first_call)
         else:
             # Infinity is rejected from the statistics (see _batch_state): no extra pass here.
-            X = _validate_data(self, X, dtype=_FLOAT_DTYPES, ensure_all_finite=False,
+            X = _validate_data(self, X, accept_sparse=("csr", "csc"), ensure_all_finite=False,
+                               dtype=_FLOAT_DTYPES if ns is None else xpapi.float_dtypes(ns),
                                reset=first_call)
+        sparse_input = is_sparse(X)
+        if sparse_input and with_mean:
+            raise ValueError(CENTER_ERROR)
         callback_ctx = None
         if hasattr(self, "_init_callback_context"):  # scikit-learn's callback API
             callback_ctx = self._init_callback_context()
@@ -515,65 +428,57 @@ class BatchNormScaler(*_BASES):  # type: ignore[misc]
         if frame_input:
             from .dask._frame import scaler_state
             count, mean, m2 = scaler_state(X, sample_weight, n_threads)
+            batch = stats.State(count, mean, m2, np.zeros(X.shape[1], np.int64))
         elif dask_input:
             count, mean, m2 = self._dask_batch_state(X, sample_weight, n_threads)
+            batch = stats.State(count, mean, m2, np.zeros(X.shape[1], np.int64))
         else:
             w = self._sample_weight(sample_weight, X)
-            count, mean, m2 = self._batch_state(X, w, n_threads)
-        n_features = X.shape[1]
-
-        # StandardScaler counts weights in float64; unweighted samples in int64 when it
-        # computes no statistics, else in float64 in scikit-learn 1.9 and int64 before.
-        as_float = sample_weight is not None or (
-            (with_mean or with_std) and _counts_in_float()) or (
-            not first_call and np.asarray(self.n_samples_seen_).dtype.kind == "f")
-        with np.errstate(invalid="ignore", divide="ignore"):
-            if first_call:
-                total, var = count, m2 / count
-            elif momentum is None:
-                prev_count, prev_mean, prev_var = self._previous_state(n_features)
-                total, mean, m2 = merge_moments([(prev_count, prev_mean, prev_var * prev_count),
-                                                 (count, mean, m2)])
-                var = m2 / total
-            else:
-                prev_count, prev_mean, prev_var = self._previous_state(n_features)
-                var = m2 / count
-                total = prev_count + count
-                fresh = prev_count == 0       # first values of this feature: they initialize
-                update = ~fresh & (count > 0)  # a batch without values leaves it as it was
-                mean = np.where(fresh, mean, np.where(
-                    update, (1.0 - momentum) * prev_mean + momentum * mean, prev_mean))
-                var = np.where(fresh, var, np.where(
-                    update, (1.0 - momentum) * prev_var + momentum * var, prev_var))
-        # The weighted kernel's m2 of a constant feature can round to just below zero: a
-        # variance is never negative (and its square root must not warn).
-        var = np.maximum(var, 0.0)  # NaN (a feature without values) stays NaN
-        empty = total == 0
-        mean[empty] = np.nan  # StandardScaler's statistics of a feature with no values
-        var[empty] = np.nan
-
-        self.n_samples_seen_ = (total.astype(np.float64) if as_float
-                                else np.rint(total).astype(np.int64))
-        if self.n_samples_seen_.min() == self.n_samples_seen_.max():
-            self.n_samples_seen_ = self.n_samples_seen_[0]
-        self.mean_ = mean if (with_mean or with_std) else None
-        self.var_ = var if with_std else None
-        self.scale_ = self._scale(var, mean, total, eps) if with_std else None
+            batch = self._batch_state(X, w, n_threads)
+        self._set_statistics(batch, first_call, momentum, eps, with_mean, with_std,
+                             weighted=sample_weight is not None, sparse_input=sparse_input)
+        if ns is not None:  # fitted attributes in X's namespace, on its device
+            for name in ("mean_", "var_", "scale_", "n_samples_seen_"):
+                setattr(self, name, xpapi.to_namespace(getattr(self, name), ns))
         if callback_ctx is not None:
             callback_ctx.call_on_fit_task_end(
                 estimator=self, X=X, y=y, metadata={"sample_weight": w},
                 reconstruction_attributes={})
         return X
 
-    @staticmethod
-    def _scale(var: Any, mean: Any, count: Any, eps: float) -> Any:
-        scale = np.sqrt(var + eps)
-        if eps == 0:
-            # StandardScaler's test for "constant up to rounding" (Chan, Golub, LeVeque's
-            # error bound of the variance): such features are left unscaled.
-            constant = var <= count * _F64_EPS * var + (count * mean * _F64_EPS) ** 2
-            scale[constant] = 1.0
-        return scale
+    def _set_statistics(self, batch: stats.State, first_call: bool, momentum: float | None,
+                        eps: float, with_mean: bool, with_std: bool, weighted: bool,
+                        sparse_input: bool) -> None:
+        """mean_, var_, scale_ and n_samples_seen_ from the batch and what was fitted."""
+        # StandardScaler counts weights in float64; unweighted samples in int64 when it
+        # computes no statistics, else in float64 in scikit-learn 1.9 and int64 before (in
+        # float, always, for sparse input with with_std).
+        with_stats = with_std if sparse_input else (with_mean or with_std) and _counts_in_float()
+        prev = None
+        if not first_call:
+            prev = stats.fitted_state(xpapi.to_host(self.mean_), xpapi.to_host(self.var_),
+                                      xpapi.to_host(self.scale_),
+                                      xpapi.to_host(self.n_samples_seen_), batch.n.shape[0])
+        as_float = weighted or with_stats or (
+            prev is not None and np.asarray(xpapi.to_host(self.n_samples_seen_)).dtype.kind
+            == "f")
+        with np.errstate(invalid="ignore", divide="ignore"):
+            if prev is None:
+                total, mean, exp = batch.n, batch.mean, batch.exp
+                var = batch.m2 / batch.n
+            elif momentum is None:
+                count, mean, var, exp = prev
+                total, mean, m2, exp = stats.merge(stats.State(count, mean, var * count, exp),
+                                                   batch)
+                var = m2 / total
+            else:
+                total, mean, var, exp = stats.moving_average(prev, batch, momentum)
+            mean, var, scale = stats.attributes(total, mean, var, exp, eps, with_std)
+        counts = (total.astype(np.float64) if as_float else np.rint(total).astype(np.int64))
+        self.n_samples_seen_ = counts[0] if counts.min() == counts.max() else counts
+        self.mean_ = mean if (with_mean or with_std) else None
+        self.var_ = var if with_std else None
+        self.scale_ = scale
 
     # -- transforming -----------------------------------------------------------------------
 
@@ -581,6 +486,13 @@ class BatchNormScaler(*_BASES):  # type: ignore[misc]
         """The (inverse) transform of a validated float array, by one inference-kernel pass."""
         with_mean = check_bool(self.with_mean, "with_mean")
         with_std = check_bool(self.with_std, "with_std")
+        n_threads = check_n_threads(self.n_threads) or None
+        scale: Any = xpapi.to_host(self.scale_)  # fitted on another namespace: as NumPy
+        if is_sparse(X):
+            if with_mean:
+                raise ValueError(UNCENTER_ERROR if inverse else CENTER_ERROR)
+            factors = None if not with_std else (scale if inverse else 1.0 / scale)
+            return scale_columns(X, factors, copy, n_threads)
         dask_input = is_dask_array(X) or is_dask_frame(X)
         if not dask_input:
             copy = copy or not X.flags.writeable  # read-only input: a new array, never an error
@@ -588,8 +500,7 @@ class BatchNormScaler(*_BASES):  # type: ignore[misc]
             return X.copy() if copy else X
         n_features = X.shape[1]
         zeros, ones = np.zeros(n_features), np.ones(n_features)
-        mean = self.mean_ if with_mean else None
-        scale: Any = self.scale_
+        mean = xpapi.to_host(self.mean_) if with_mean else None
         center: Any
         gamma: Any
         beta: Any
@@ -598,7 +509,6 @@ class BatchNormScaler(*_BASES):  # type: ignore[misc]
         else:        # (x - mean_) * (1 / scale_)
             center = zeros if mean is None else mean
             gamma, beta = (1.0 / scale if with_std else None), None
-        n_threads = check_n_threads(self.n_threads) or None
         if dask_input:  # lazy: one map_blocks (map_partitions) of the same kernel
             from .dask import batch_norm_inference as dask_batch_norm_inference
             return dask_batch_norm_inference(X, center, ones, gamma, beta, axis=1, eps=0.0,
@@ -629,8 +539,13 @@ class BatchNormScaler(*_BASES):  # type: ignore[misc]
             return self._transform_array(self._check_frame(X, lambda meta: _validate_data(
                 self, meta, reset=False, dtype=_FLOAT_DTYPES, ensure_all_finite="allow-nan")),
                 copy)
-        Xv = _validate_data(self, X, reset=False, dtype=_FLOAT_DTYPES, copy=False,
+        xpapi.check_fitted_namespace(X, self, "transform")
+        ns = xpapi.namespace(X)
+        Xv = _validate_data(self, X, reset=False, accept_sparse="csr", copy=False,
+                            dtype=_FLOAT_DTYPES if ns is None else xpapi.float_dtypes(ns),
                             force_writeable=not copy, ensure_all_finite="allow-nan")
+        if ns is not None:
+            return self._transform_xp(Xv, ns, copy and not xpapi.fresh(Xv, X))
         return self._transform_array(Xv, copy and not _owned_copy(Xv, X))
 
     def inverse_transform(self, X: ArrayLike, copy: bool | None = None) -> Any:
@@ -651,9 +566,11 @@ class BatchNormScaler(*_BASES):  # type: ignore[misc]
         if is_dask_array(X):
             return self._transform_array(self._check_dask(X, reset=False), copy,
                                          inverse=True)
+        ns = None if is_dask_frame(X) else xpapi.namespace(X)
 
         def check(X: Any) -> Any:
-            Xv = _check_array(X, dtype=_FLOAT_DTYPES, copy=False, force_writeable=not copy,
+            Xv = _check_array(X, accept_sparse="csr", copy=False, force_writeable=not copy,
+                              dtype=_FLOAT_DTYPES if ns is None else xpapi.float_dtypes(ns),
                               ensure_all_finite="allow-nan", estimator=self)
             if Xv.shape[1] != self.n_features_in_:
                 raise ValueError(f"X has {Xv.shape[1]} features, but {type(self).__name__} "
@@ -662,8 +579,23 @@ class BatchNormScaler(*_BASES):  # type: ignore[misc]
 
         if is_dask_frame(X):
             return self._transform_array(self._check_frame(X, check), copy, inverse=True)
+        xpapi.check_fitted_namespace(X, self, "inverse_transform")
         Xv = check(X)
+        if ns is not None:
+            return self._transform_xp(Xv, ns, copy and not xpapi.fresh(Xv, X), inverse=True)
         return self._transform_array(Xv, copy and not _owned_copy(Xv, X), inverse=True)
+
+    def _transform_xp(self, X: Any, ns: xpapi.Namespace, copy: bool,
+                      inverse: bool = False) -> Any:
+        """The (inverse) transform of a validated array of another namespace, in it."""
+        host = xpapi.host_view(X)
+        if host is not None:  # CPU memory: the kernel, on X's own buffer with copy=False
+            out = self._transform_array(host, copy, inverse)
+            return X if out is host else xpapi.to_namespace(out, ns)
+        with_mean = check_bool(self.with_mean, "with_mean")
+        scale = xpapi.to_host(self.scale_) if check_bool(self.with_std, "with_std") else None
+        mean = xpapi.to_host(self.mean_) if with_mean else None
+        return xpapi.plain_transform(X, mean, scale, inverse, ns)
 
 
 def _lazy_frames_stay_lazy(method: _F) -> _F:

@@ -91,6 +91,7 @@ include "stats.pxi"
 include "elementwise.pxi"
 include "backward.pxi"
 include "plain.pxi"
+include "sparse.pxi"
 
 # Ask for the processor count once, at import, before any call can run on another thread.
 bn_num_procs()

@@ -180,6 +180,21 @@ def assert_stat_close(got, ref, rtol, atol_scale=0.0, name="statistic"):
     np.testing.assert_allclose(got, ref, rtol=rtol, atol=rtol * atol_scale, err_msg=name)
 
 
+def weighted_column_moments(D, w=None):
+    """float64 reference (count, mean, M2) per column of a 2-D D, NaN skipped, rows weighted by
+    w (two-pass: the mean, then the squared deviations from it); columns with nothing counted
+    get count 0 and NaN mean and M2."""
+    D = np.asarray(D, np.float64)
+    w = np.ones(D.shape[0]) if w is None else np.asarray(w, np.float64)
+    ok = ~np.isnan(D)
+    W = w[:, None] * ok
+    count = W.sum(axis=0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = (W * np.where(ok, D, 0.0)).sum(axis=0) / count
+        m2 = (W * np.where(ok, D - mean, 0.0) ** 2).sum(axis=0)
+    return count, mean, np.where(count > 0, m2, np.nan)
+
+
 def channels_last_2d(a, axis):
     """float64 (m, C) view of a, for per-channel error scales in tests."""
     a = np.asarray(a, dtype=np.float64)
@@ -450,3 +465,32 @@ def run_isolated(module, function, *args, timeout=120):
         f"{module}.{function}{args!r} exited with code {done.returncode}"
         f"{' (killed by signal %d)' % -done.returncode if done.returncode < 0 else ''}\n"
         f"{done.stdout[-3000:]}{done.stderr[-3000:]}")
+
+
+def run_pytest(args, cwd=None, env=None, timeout=1200):
+    """Run pytest on ``args`` in a fresh interpreter that imports this checkout's bnfast, with
+    the environment variables ``env`` added; (counts, completed process), counts a dict of
+    tests passed, failed, errors and skipped (from its JUnit XML report)."""
+    import tempfile
+    import xml.etree.ElementTree as ET
+
+    import bnfast
+    root = os.path.dirname(os.path.dirname(os.path.abspath(bnfast.__file__)))
+    full_env = dict(os.environ, **(env or {}))
+    full_env["PYTHONPATH"] = os.pathsep.join(
+        p for p in (root, os.environ.get("PYTHONPATH")) if p)
+    with tempfile.TemporaryDirectory() as tmp:
+        report = os.path.join(tmp, "report.xml")
+        done = subprocess.run(
+            [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-o", "addopts=",
+             f"--junitxml={report}", *args], capture_output=True, text=True, timeout=timeout,
+            cwd=cwd, env=full_env)
+        counts = dict(passed=0, failed=0, errors=0, skipped=0)
+        if os.path.exists(report):
+            for suite in ET.parse(report).getroot().iter("testsuite"):
+                tests = int(suite.get("tests", 0))
+                for key in ("failures", "errors", "skipped"):
+                    counts[{"failures": "failed"}.get(key, key)] += int(suite.get(key, 0))
+                counts["passed"] += tests - sum(int(suite.get(k, 0))
+                                                for k in ("failures", "errors", "skipped"))
+    return counts, done

@@ -1,5 +1,6 @@
 """bnfast.BatchNormScaler: the scikit-learn transformer (scikit-learn is optional)."""
 
+import re
 import textwrap
 
 import numpy as np
@@ -277,17 +278,6 @@ def test_dtypes_copy_and_inputs_unchanged(rng):
 
 
 @needs_sklearn
-def test_sparse_input_is_rejected(rng):
-    sp = pytest.importorskip("scipy.sparse")
-    X = sp.random(20, 4, density=0.3, format="csr", random_state=int(rng.integers(1 << 30)))
-    with pytest.raises(TypeError, match="[Ss]parse"):
-        bnfast.BatchNormScaler(with_mean=False).fit(X)
-    s = bnfast.BatchNormScaler().fit(X.toarray())
-    with pytest.raises(TypeError, match="[Ss]parse"):
-        s.transform(X)
-
-
-@needs_sklearn
 @pytest.mark.parametrize("params", [dict(eps=-1.0), dict(eps=float("nan")), dict(momentum=1.5),
                                     dict(with_mean="yes"), dict(n_threads=0),
                                     dict(copy=None)])
@@ -323,6 +313,23 @@ def test_pipeline_and_feature_names(rng):
     assert s.n_features_in_ == 4
     assert s.get_feature_names_out().tolist() == ["x0", "x1", "x2", "x3"]
     assert s.set_output(transform="default") is s
+
+
+@needs_sklearn
+def test_html_repr_links_to_bnfast_docs():
+    """The notebook repr links to bnfast's page for the scaler, as StandardScaler's links to
+    scikit-learn's (scikit-learn's _doc_link_module / _doc_link_template)."""
+    from bnfast.preprocessing import DOCS_URL
+    scaler = bnfast.BatchNormScaler()
+    assert scaler._get_doc_link() == DOCS_URL
+    html = scaler._repr_html_()
+    links = re.findall(r'href="([^"]+)"', html)
+    assert links and all(link.startswith(DOCS_URL) for link in links), links
+    assert DOCS_URL.endswith("docs/scaler.md")
+    import os
+    root = os.path.dirname(os.path.dirname(os.path.abspath(bnfast.__file__)))
+    if os.path.isdir(os.path.join(root, "docs")):  # a checkout: the page exists
+        assert os.path.exists(os.path.join(root, "docs", "scaler.md"))
 
 
 def test_import_without_sklearn():

@@ -67,6 +67,10 @@ BUSY_PER_CORE = [0, 1, 2]
 HALF_SHAPE_LAYOUTS = [((4096, 1024), "NC"), ((32, 64, 56, 56), "NCHW"),
                       ((32, 64, 56, 56), "NHWC")]
 HALF_DTYPES = ["float32", "float16", "bfloat16"]
+#: The sparse scaler row: a CSR (rows, columns) matrix of this density, fitted whole and in
+#: SPARSE_CHUNKS row blocks (tools/bench_sparse_scaler.py takes the same one).
+SPARSE_SCALER = ((200000, 2000), 0.005)
+SPARSE_CHUNKS = 10
 
 if SMOKE:
     SHAPES_2D = [(64, 8)]
@@ -77,6 +81,7 @@ if SMOKE:
     BUSY_SHAPE_LAYOUTS = [((64, 8), "NC"), ((2, 8, 5, 5), "NCHW")]
     BUSY_PER_CORE = [0, 1]
     HALF_SHAPE_LAYOUTS = SHAPE_LAYOUTS
+    SPARSE_SCALER = ((2000, 50), 0.05)
 
 
 def Inputs(shape, layout, dtype, op):
