@@ -135,10 +135,10 @@ directives = {
 # _kernels.pyx includes the .pxi files; the .h files are its C side.
 KERNEL_SOURCES = [
     "src/loops.pxi", "src/plan.pxi", "src/stats.pxi", "src/elementwise.pxi", "src/backward.pxi",
-    "src/plain.pxi", "src/bn_loops.h", "src/bn_elementwise_impl.h", "src/bn_stats_impl.h",
-    "src/bn_openmp.h", "src/bn_pool.h", "src/bn_half.h", "src/bn_half_inst.h", "src/bn_half_one.h",
-    "src/bn_half_exports.h",
-    "src/sparse.pxi",
+    "src/plain.pxi", "src/sparse.pxi", "src/config.pxi",
+    "src/bn_loops.h", "src/bn_elementwise_impl.h", "src/bn_passes_impl.h", "src/bn_stats_impl.h",
+    "src/bn_half.h", "src/bn_half_inst.h", "src/bn_half_one.h", "src/bn_half_exports.h",
+    "src/bn_openmp.h", "src/bn_pool.h",
 ]
 
 extensions = [

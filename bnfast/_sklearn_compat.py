@@ -166,3 +166,27 @@ def _owned_copy(X: Any, X_in: Any) -> bool:
     if is_sparse(X):
         return not (is_sparse(X_in) and np.may_share_memory(X.data, X_in.data))
     return isinstance(X_in, np.ndarray) and not np.may_share_memory(X, X_in)
+
+
+def lazy_frames_stay_lazy(method: _F, is_frame: Callable[[Any], bool]) -> _F:
+    """``transform`` / ``fit_transform`` as scikit-learn's set_output wrapped them, except
+    that a dask DataFrame's output (``is_frame(X)``) stays a lazy dask DataFrame (the wrapper would compute it
+    into pandas): it is the output for "default" and "pandas"; "polars" raises before fitting.
+    """
+    unwrapped = getattr(method, "__wrapped__", None)  # functools.wraps of sklearn's wrapper
+    output_config = _sk_output_config
+    if unwrapped is None or output_config is None:
+        return method
+
+    @functools.wraps(method)
+    def dispatch(self: Any, X: Any, *args: Any, **kwargs: Any) -> Any:
+        if not is_frame(X):
+            return method(self, X, *args, **kwargs)
+        dense = output_config("transform", self)["dense"]
+        if dense not in ("default", "pandas"):
+            raise ValueError(f"set_output(transform={dense!r}): the output of a dask "
+                             f"DataFrame is a lazy dask DataFrame; use 'default' or 'pandas' "
+                             f"(or compute X first)")
+        return unwrapped(self, X, *args, **kwargs)
+
+    return dispatch  # type: ignore[return-value]

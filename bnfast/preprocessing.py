@@ -14,9 +14,8 @@ takes part in it as StandardScaler does: one fit task per ``fit`` / ``partial_fi
 """
 from __future__ import annotations
 
-import functools
 import numbers
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
@@ -35,11 +34,11 @@ from ._sklearn_compat import (
     _overflow_as_value_error,
     _owned_copy,
     _sk_check_sample_weight,
-    _sk_output_config,
     _unchanged_on_error,
     _validate_data,
     _with_callbacks,
     check_is_fitted,
+    lazy_frames_stay_lazy,
 )
 from ._validation import (
     check_bool,
@@ -54,7 +53,6 @@ from ._validation import (
 
 __all__ = ["BatchNormScaler"]
 
-_F = TypeVar("_F", bound=Callable[..., Any])
 
 # The page of bnfast's documentation that describes the scaler: the HTML repr (notebooks)
 # links to it, as StandardScaler's links to scikit-learn's.
@@ -147,16 +145,11 @@ class BatchNormScaler(*_BASES):  # type: ignore[misc]
       ``fit`` on the whole array in memory up to rounding. ``transform``,
       ``inverse_transform`` and ``fit_transform`` return lazy dask arrays. ``sample_weight``
       may be a NumPy or a dask array. ``copy`` has no effect (dask arrays are immutable).
-    - Dask DataFrames (``bnfast.dask``): ``fit`` / ``partial_fit`` compute each partition's
-      state on the workers and merge the states there; only O(n_features) numbers reach
-      the driver, which never holds the frame. ``transform``, ``inverse_transform`` and
-      ``fit_transform`` return lazy dask DataFrames with the frame's columns, index and
-      divisions, also under ``set_output(transform="pandas")`` ("polars" raises
-      ValueError). Feature names, dtypes and errors are StandardScaler's, checked on the
-      frame's metadata without computing it; a column that is not numeric raises ValueError
-      naming it. ``sample_weight`` may be a dask Series with the frame's partitions and
-      index (a column of the frame), a dask or NumPy array, or a scalar. A dask Series as X
-      raises ValueError (use ``X.to_frame()``).
+    - Dask DataFrames: each partition's state is computed and merged on the workers (only
+      O(n_features) numbers reach the driver); the transforms return lazy dask DataFrames
+      with the frame's columns, index and divisions, also under ``set_output("pandas")``.
+      Names, dtypes and errors are StandardScaler's, checked on the frame's metadata.
+      ``sample_weight``: a dask Series aligned with the frame, an array or a scalar.
 
     Examples
     --------
@@ -598,33 +591,9 @@ class BatchNormScaler(*_BASES):  # type: ignore[misc]
         return xpapi.plain_transform(X, mean, scale, inverse, ns)
 
 
-def _lazy_frames_stay_lazy(method: _F) -> _F:
-    """``transform`` / ``fit_transform`` as scikit-learn's set_output wrapped them, except
-    that a dask DataFrame's output stays a lazy dask DataFrame (the wrapper would compute it
-    into pandas): it is the output for "default" and "pandas"; "polars" raises before fitting.
-    """
-    unwrapped = getattr(method, "__wrapped__", None)  # functools.wraps of sklearn's wrapper
-    output_config = _sk_output_config
-    if unwrapped is None or output_config is None:
-        return method
-
-    @functools.wraps(method)
-    def dispatch(self: Any, X: Any, *args: Any, **kwargs: Any) -> Any:
-        if not is_dask_frame(X):
-            return method(self, X, *args, **kwargs)
-        dense = output_config("transform", self)["dense"]
-        if dense not in ("default", "pandas"):
-            raise ValueError(f"set_output(transform={dense!r}): the output of a dask "
-                             f"DataFrame is a lazy dask DataFrame; use 'default' or 'pandas' "
-                             f"(or compute X first)")
-        return unwrapped(self, X, *args, **kwargs)
-
-    return dispatch  # type: ignore[return-value]
-
-
 if _SKLEARN_IMPORT_ERROR is None:
     # after the class: scikit-learn wraps the methods as the class is created
     BatchNormScaler.transform = (  # type: ignore[method-assign]
-        _lazy_frames_stay_lazy(BatchNormScaler.transform))
+        lazy_frames_stay_lazy(BatchNormScaler.transform, is_dask_frame))
     BatchNormScaler.fit_transform = (  # type: ignore[method-assign]
-        _lazy_frames_stay_lazy(BatchNormScaler.fit_transform))
+        lazy_frames_stay_lazy(BatchNormScaler.fit_transform, is_dask_frame))

@@ -4,7 +4,8 @@
 One entry point per operation
 -----------------------------
 forward_train, forward_infer, backward, backward_sums, backward_input, moments,
-moments_masked, merge_states and update_running each take Python objects and either compute
+moments_masked, merge_states, update_running, sparse_moments and sparse_scale (sparse.pxi)
+each take Python objects and either compute
 their result or return None. They recognize; they never reject:
 
 1. The *plain case* is computed with no Python in between, and the result returned.
@@ -19,8 +20,9 @@ their result or return None. They recognize; they never reject:
 
 The plain case
 --------------
-- x (and dy): exactly an ndarray (no subclass) of float32 or float64, in native byte
-  order, C-contiguous and aligned, with at least 2 dimensions, at least one channel and at
+- x (and dy): exactly an ndarray (no subclass) of float32, float64, float16 or bfloat16
+  (ml_dtypes' dtype, or bnfast._dtypes.BFLOAT16_BITS), in native byte order, C-contiguous
+  and aligned, with at least 2 dimensions, at least one channel and at
   least one element per channel (two for training); dy of x's dtype and shape. The work
   is done on the (outer, C, inner) view of docs/design.md §2.
 - axis: a Python int in [-ndim, ndim). n_threads: None (OpenMP's default) or a Python int
@@ -51,9 +53,10 @@ Where the rest lives
 --------------------
 plan.pxi (blocks, chunks, tasks: results never depend on the thread count, docs/design.md
 §3), stats.pxi (Welford statistics), elementwise.pxi (normalize and the forward),
-backward.pxi, plain.pxi (recognizing the plain case), loops.pxi (the C loops of
-bn_loops.h). Each entry point below checks the dtype once and calls one fused
-(float/double) implementation.
+backward.pxi, plain.pxi (recognizing the plain case), sparse.pxi (scipy.sparse matrices),
+config.pxi (introspection), loops.pxi (the C loops of bn_loops.h). Each entry point below
+checks the element type once and calls one fused implementation (float, double, bn_f16,
+bn_bf16).
 """
 from cython.parallel cimport prange
 from libc.math cimport INFINITY, sqrt
@@ -557,81 +560,4 @@ def update_running(object buffer, object batch, object momentum, object factor):
     return buffer
 
 
-# --- Introspection and tuning (not operations: plain typed arguments) -----------------------
-
-def plan(intp outer, intp C, intp inner, intp itemsize=4):
-    """The blocking of a (outer, C, inner) array, as a dict (for tests and benchmarks)."""
-    return make_plan(outer, C, inner, itemsize)
-
-
-def set_stream_min_bytes(intp nbytes):
-    """Set the output size from which non-temporal stores are used; returns the old value.
-
-    Results do not depend on it (only speed does).
-    """
-    global stream_min_bytes
-    old = stream_min_bytes
-    stream_min_bytes = max(nbytes, 0)
-    return old
-
-
-def openmp_enabled():
-    """True when the kernels were compiled with OpenMP."""
-    return bool(bn_openmp_enabled())
-
-
-def max_threads():
-    """The thread count the user set (OMP_NUM_THREADS, omp_set_num_threads, threadpoolctl),
-    else the processor count."""
-    return bn_max_threads()
-
-
-def default_threads():
-    """Threads a call with n_threads=None asks for: max_threads(), capped by the process's
-    CPU share unless the user set a count."""
-    return bn_default_threads()
-
-
-def set_cpus(int procs, int share, int explicit_count):
-    """Tell the kernels the process's processors (affinity), its CPU share (cgroup quota)
-    and the thread count the user set in OMP_NUM_THREADS (0: none); bnfast/_cpus.py calls it
-    at import."""
-    bn_set_cpus(procs, share, explicit_count)
-
-
-def pool_enabled():
-    """True when the kernels run on bnfast's own thread pool (POSIX builds)."""
-    return bool(bn_pool_enabled())
-
-
-def pool_helpers():
-    """Helper threads the pool has started so far (it starts them on first use)."""
-    return bn_pool_helpers()
-
-
-def pool_backoffs():
-    """How many times the pool backed off to one thread after a call waited for a helper
-    that the scheduler had stopped (bn_pool.h)."""
-    return bn_pool_backoffs()
-
-
-def simd_clone():
-    """Which clone of the vectorized loops runs on this CPU (picked at load time)."""
-    return bn_simd_clone().decode()
-
-
-def half_loops():
-    """Which float16/bfloat16 loops run: x86-64-v3 (F16C), baseline or portable."""
-    return bn_half_loops().decode()
-
-
-def use_baseline_half_loops(bint baseline):
-    """Run the baseline half-precision loops on any CPU (True) or let the CPU choose
-    (False): for tests comparing the two. Returns half_loops()."""
-    bn_half_choose(0 if baseline else 1)
-    return half_loops()
-
-
-def compile_flags():
-    """The C compiler flags the kernels were built with."""
-    return bn_compile_flags().decode()
+include "config.pxi"

@@ -9,6 +9,7 @@ BN_INLINE void BN_FN(bn_stream_store)(BN_T *dst, const BN_T *src, npy_intp n)
     bn_stream_store_u16((uint16_t *)(void *)dst, (const uint16_t *)(const void *)src, n);
 }
 #include "bn_elementwise_impl.h"
+#include "bn_passes_impl.h"
 #include "bn_stats_impl.h"
 #undef BN_T
 #undef BN_FN

@@ -358,6 +358,7 @@ static inline void bn_stream_store_u16(uint16_t *dst, const uint16_t *src, npy_i
 #define BN_POS(y) ((y) > 0)
 #define BN_MASKED(g, y) BN_ZERO_UNLESS((g), (y) > 0)
 #include "bn_elementwise_impl.h"
+#include "bn_passes_impl.h"
 #include "bn_stats_impl.h"
 #undef BN_T
 #undef BN_F32
@@ -375,6 +376,7 @@ static inline void bn_stream_store_u16(uint16_t *dst, const uint16_t *src, npy_i
 #define BN_VLOAD BN_VLOAD_f64
 #define BN_STD(d) ((double)(d))
 #include "bn_elementwise_impl.h"
+#include "bn_passes_impl.h"
 #include "bn_stats_impl.h"
 #undef BN_T
 #undef BN_F32
