@@ -70,10 +70,12 @@ static inline bn_f16 bn_f32_to_f16_f16c(float f)
     bn_f16 h = {(uint16_t)_cvtss_sh(f, _MM_FROUND_TO_NEAREST_INT)};
     return h;
 }
+/* Intrinsics throughout: GCC 12 splits __builtin_convertvector of four floats to four doubles
+ * into two halves through the stack, where vcvtps2pd takes one instruction. */
 static inline bn_vd bn_vload4_f16_f16c(const bn_f16 *p)
 {
     const __m128 f = _mm_cvtph_ps(_mm_loadl_epi64((const __m128i *)(const void *)p));
-    return __builtin_convertvector((bn_vf4)f, bn_vd);
+    return (bn_vd)_mm256_cvtps_pd(f);
 }
 static inline bn_vf8 bn_load8_f16_f16c(const bn_f16 *p)
 {
@@ -83,6 +85,34 @@ static inline void bn_store8_f16_f16c(bn_f16 *p, bn_vf8 f)
 {
     _mm_storeu_si128((__m128i *)(void *)p,
                      _mm256_cvtps_ph((__m256)f, _MM_FROUND_TO_NEAREST_INT));
+}
+
+/* bfloat16 with AVX2 integer instructions: the same widening and rounding as bn_half.h's. */
+static inline bn_vd bn_vload4_bf16_avx2(const bn_bf16 *p)
+{
+    const __m128i h = _mm_cvtepu16_epi32(_mm_loadl_epi64((const __m128i *)(const void *)p));
+    return (bn_vd)_mm256_cvtps_pd(_mm_castsi128_ps(_mm_slli_epi32(h, 16)));
+}
+static inline bn_vf8 bn_load8_bf16_avx2(const bn_bf16 *p)
+{
+    const __m256i h = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(const void *)p));
+    return (bn_vf8)_mm256_castsi256_ps(_mm256_slli_epi32(h, 16));
+}
+static inline void bn_store8_bf16_avx2(bn_bf16 *p, bn_vf8 f)
+{
+    const __m256i u = _mm256_castps_si256((__m256)f);
+    const __m256i nan = _mm256_cmpgt_epi32(_mm256_and_si256(u, _mm256_set1_epi32(0x7fffffff)),
+                                           _mm256_set1_epi32(0x7f800000));
+    const __m256i odd = _mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(1));
+    const __m256i r = _mm256_srli_epi32(
+        _mm256_add_epi32(_mm256_add_epi32(u, _mm256_set1_epi32(0x7fff)), odd), 16);
+    const __m256i q = _mm256_or_si256(
+        _mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(0x8000)),
+        _mm256_set1_epi32(0x7fc0));
+    const __m256i h = _mm256_blendv_epi8(r, q, nan);
+    _mm_storeu_si128((__m128i *)(void *)p,
+                     _mm_packus_epi32(_mm256_castsi256_si128(h),
+                                      _mm256_extracti128_si256(h, 1)));
 }
 #endif
 
@@ -96,15 +126,15 @@ static inline void bn_store8_f16_f16c(bn_f16 *p, bn_vf8 f)
 #endif
 
 #if defined(BN_HALF_DISPATCH) || (defined(__AVX2__) && defined(__F16C__))
-/* x86-64-v3: bfloat16 with the portable conversions on AVX2 vectors, float16 with F16C. */
+/* x86-64-v3: bfloat16 with AVX2 integer instructions, float16 with F16C. */
 #define BN_T bn_bf16
 #define BN_H_TO32 bn_bf16_to_f32
 #define BN_H_FROM32 bn_f32_to_bf16
 #define BN_H_POS bn_pos_bf16
 #define BN_H_MASK bn_masked_bf16
-#define BN_H_VLOAD4 bn_vload4_bf16
-#define BN_H_LOAD8 bn_load8_bf16
-#define BN_H_STORE8 bn_store8_bf16
+#define BN_H_VLOAD4 bn_vload4_bf16_avx2
+#define BN_H_LOAD8 bn_load8_bf16_avx2
+#define BN_H_STORE8 bn_store8_bf16_avx2
 #define BN_FN(name) BN_V3(name##_bf16)
 #include "bn_half_one.h"
 #define BN_T bn_f16
