@@ -1,0 +1,112 @@
+"""Tensors as the kernels' arrays, and back: the one place where that conversion happens.
+
+``to_kernel`` gives any CPU tensor as the NumPy array the compiled kernels read (float32 or
+float64, C-contiguous, channels first or channels last), and ``from_kernel`` turns a kernel's
+result back into a tensor of the caller's dtype. Today float16 and bfloat16 are computed in
+float32 (a converted copy in, a conversion back out); a switch to zero-copy views of half
+tensors changes these two functions and ``kernel_dtype`` only.
+"""
+from __future__ import annotations
+
+from typing import Any, Optional, Tuple
+
+import numpy as np
+import torch
+from numpy.typing import NDArray
+from torch import Tensor
+
+NATIVE = (torch.float32, torch.float64)
+HALF = (torch.float16, torch.bfloat16)
+
+
+def kernel_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype the kernels compute a tensor of ``dtype`` in (float32 for half types)."""
+    return dtype if dtype in NATIVE else torch.float32
+
+
+def channels_last(t: Tensor) -> bool:
+    """True when ``t`` is laid out (N, ..., C) in memory but not (N, C, ...)."""
+    return t.dim() >= 3 and not t.is_contiguous() and t.movedim(1, -1).is_contiguous()
+
+
+def to_kernel(t: Tensor) -> Tuple[Tensor, NDArray[Any], int]:
+    """``t`` as the kernels read it: ``(tensor, array, axis)``.
+
+    ``tensor`` holds the memory (``t`` itself when it is already float32/float64 and
+    contiguous or channels-last; otherwise a converted or contiguous copy), ``array`` is its
+    C-contiguous NumPy view and ``axis`` the channel axis of that view (1, or -1 for a
+    channels-last tensor viewed as (N, ..., C); 0 for a vector).
+    """
+    t = t.detach()
+    if t.dtype not in NATIVE:
+        t = t.to(torch.float32)  # keeps a dense tensor's strides (memory format)
+    elif t.is_neg():
+        t = t.resolve_neg()
+    if t.is_contiguous():
+        return t, t.numpy(), 1 if t.dim() > 1 else 0
+    if t.dim() >= 3:
+        last = t.movedim(1, -1)
+        if last.is_contiguous():
+            return t, last.numpy(), -1
+    t = t.contiguous()
+    return t, t.numpy(), 1
+
+
+def from_kernel(t: Tensor, dtype: torch.dtype) -> Tensor:
+    """A kernel result ``t`` (a tensor of ``kernel_dtype(dtype)``, or one made from a kernel's
+    array by ``tensor_of``) as a tensor of ``dtype``, with ``t``'s memory format."""
+    return t if t.dtype == dtype else t.to(dtype)
+
+
+def tensor_of(a: NDArray[Any], axis: int) -> Tensor:
+    """A kernel's array result of ``to_kernel``'s layout as an (N, C, ...) tensor, no copy."""
+    t = torch.from_numpy(a)
+    return t.movedim(-1, 1) if axis == -1 else t
+
+
+def vector(t: Optional[Tensor]) -> Optional[NDArray[Any]]:
+    """A per-channel parameter as the kernels read it (a view for float32/float64)."""
+    return None if t is None else to_kernel(t)[1]
+
+
+def like(g: Tensor, x: Tensor) -> Tensor:
+    """``g`` (a gradient, a residual) in the kernel dtype and memory layout of ``x``, a tensor
+    from ``to_kernel``: ``g`` itself when it already is, else a copy."""
+    g = g.detach()
+    if g.is_neg():
+        g = g.resolve_neg()
+    if g.dtype == x.dtype and g.stride() == x.stride():
+        return g
+    return torch.empty_like(x).copy_(g)
+
+
+class RunningBuffer:
+    """A running statistic as an array the kernels update in place: a view of the tensor
+    itself for float32/float64 (``write_back`` does nothing), else a float32 copy that
+    ``write_back`` copies into the tensor."""
+
+    __slots__ = ("tensor", "copy", "array")
+
+    def __init__(self, t: Optional[Tensor]) -> None:
+        self.tensor = t
+        self.copy: Optional[Tensor] = None
+        self.array: Optional[NDArray[Any]] = None
+        if t is not None:
+            held, self.array, _ = to_kernel(t)
+            if held.data_ptr() != t.data_ptr() or held.dtype != t.dtype:
+                self.copy = held
+
+    def write_back(self) -> None:
+        if self.copy is not None and self.tensor is not None:
+            with torch.no_grad():
+                self.tensor.copy_(self.copy)
+
+
+def n_threads() -> int:
+    """The thread count for the kernels: PyTorch's own (``torch.set_num_threads``)."""
+    return max(1, torch.get_num_threads())
+
+
+def stats_of(a: NDArray[np.float64]) -> Tensor:
+    """A float64 statistic of the kernels as a tensor (no copy)."""
+    return torch.from_numpy(a)

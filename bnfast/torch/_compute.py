@@ -1,0 +1,218 @@
+"""Batch norm of tensors by the kernels: what the eager autograd functions and the
+operators' CPU implementations both run.
+
+The callers have checked the call (a CPU tensor of a dtype the kernels serve, parameters of
+shape (C,), at least one channel and enough values per channel): each function turns the
+tensors into the kernels' arrays (``_arrays.to_kernel``), calls the compiled entry point of
+``bnfast._kernels`` directly, and falls back to the validated NumPy API (which computes or
+raises a clear error) only if the entry point declines the arrays. Results are tensors in the
+kernel dtype (``_arrays.kernel_dtype``) and float64 NumPy statistics.
+"""
+from __future__ import annotations
+
+from typing import Any, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+from numpy.typing import NDArray
+from torch import Tensor
+
+from .. import _kernels, _training
+from .._functional import batch_norm_backward, batch_norm_forward, batch_norm_inference
+from .._variants import batch_renorm_forward
+from ._arrays import RunningBuffer, like, n_threads, tensor_of, to_kernel, vector
+
+F64 = NDArray[np.float64]
+
+
+def forward_train(x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor],
+                  running_mean: Optional[Tensor], running_var: Optional[Tensor],
+                  momentum: float, eps: float, residual: Optional[Tensor] = None,
+                  relu: bool = False) -> Tuple[Tensor, Tensor, F64, F64]:
+    """``(xk, y, mean, invstd)``: the training forward (``y = relu(bn(x) + residual)`` with
+    the options); ``running_mean``/``running_var`` (when given) are updated in place.
+
+    ``xk`` is ``x`` as the kernels read it (kept for the backward), ``y`` is in its dtype and
+    memory format.
+    """
+    xk, xa, axis = to_kernel(x)
+    y = torch.empty_like(xk)
+    ya = y.numpy() if axis != -1 else y.movedim(1, -1).numpy()
+    ra = None if residual is None else _array_like(residual, xk, axis)
+    g, b = vector(weight), vector(bias)
+    rm, rv = RunningBuffer(running_mean), RunningBuffer(running_var)
+    act = "relu" if relu else None
+    nt = n_threads()
+    try:
+        res = _kernels.forward_train(xa, g, b, axis, eps, rm.array, rv.array, momentum, ya, nt,
+                                     act, ra)
+        if res is None:  # not expected: the validated path computes, or says what is wrong
+            res = batch_norm_forward(xa, g, b, axis=axis, eps=eps, running_mean=rm.array,
+                                     running_var=rv.array, momentum=momentum, out=ya,
+                                     n_threads=nt, activation=act, residual=ra)
+    finally:
+        rm.write_back()
+        rv.write_back()
+    return xk, y, res[1], res[2]
+
+
+def forward_infer(x: Tensor, running_mean: Tensor, running_var: Tensor,
+                  weight: Optional[Tensor], bias: Optional[Tensor], eps: float,
+                  residual: Optional[Tensor] = None, relu: bool = False
+                  ) -> Tuple[Tensor, Tensor]:
+    """``(xk, y)``: the inference forward with the given statistics (and the options)."""
+    xk, xa, axis = to_kernel(x)
+    y = torch.empty_like(xk)
+    ya = y.numpy() if axis != -1 else y.movedim(1, -1).numpy()
+    ra = None if residual is None else _array_like(residual, xk, axis)
+    rm, rv, g, b = vector(running_mean), vector(running_var), vector(weight), vector(bias)
+    act = "relu" if relu else None
+    nt = n_threads()
+    if _kernels.forward_infer(xa, rm, rv, g, b, axis, eps, ya, nt, act, ra) is None:
+        batch_norm_inference(xa, rm, rv, g, b, axis=axis, eps=eps, out=ya, n_threads=nt,
+                             activation=act, residual=ra)
+    return xk, y
+
+
+def running_invstd(running_var: Tensor, eps: float) -> F64:
+    """``1 / sqrt(running_var + eps)`` in float64: what eval mode normalizes with."""
+    v = vector(running_var)
+    assert v is not None
+    return np.float64(1.0) / np.sqrt(v.astype(np.float64) + eps)
+
+
+def running_mean64(running_mean: Tensor) -> F64:
+    v = vector(running_mean)
+    assert v is not None
+    return v.astype(np.float64)
+
+
+def forward_ghost(x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor],
+                  running_mean: Optional[Tensor], running_var: Optional[Tensor],
+                  virtual_batch_size: int, momentum: float, eps: float
+                  ) -> Tuple[Tensor, Tensor, F64, F64]:
+    """``(xk, y, mean, invstd)`` of ghost batch norm: statistics of shape (G, C)."""
+    xk, xa, axis = to_kernel(x)
+    y = torch.empty_like(xk)
+    ya = y.numpy() if axis != -1 else y.movedim(1, -1).numpy()
+    rm, rv = RunningBuffer(running_mean), RunningBuffer(running_var)
+    try:
+        _, mean, invstd = batch_norm_forward(
+            xa, vector(weight), vector(bias), axis=axis, eps=eps, running_mean=rm.array,
+            running_var=rv.array, momentum=momentum, out=ya, n_threads=n_threads(),
+            virtual_batch_size=virtual_batch_size)
+    finally:
+        rm.write_back()
+        rv.write_back()
+    return xk, y, mean, invstd
+
+
+def forward_renorm(x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor],
+                   running_mean: Tensor, running_var: Tensor, r_max: float, d_max: float,
+                   momentum: float, eps: float) -> Tuple[Tensor, Tensor, F64, F64, F64, F64]:
+    """``(xk, y, mean, invstd, r, d)`` of batch renormalization."""
+    xk, xa, axis = to_kernel(x)
+    y = torch.empty_like(xk)
+    ya = y.numpy() if axis != -1 else y.movedim(1, -1).numpy()
+    rm, rv = RunningBuffer(running_mean), RunningBuffer(running_var)
+    assert rm.array is not None and rv.array is not None
+    try:
+        _, mean, invstd, r, d = batch_renorm_forward(
+            xa, rm.array, rv.array, vector(weight), vector(bias), r_max=r_max, d_max=d_max,
+            axis=axis, eps=eps, momentum=momentum, out=ya, n_threads=n_threads())
+    finally:
+        rm.write_back()
+        rv.write_back()
+    return xk, y, mean, invstd, r, d
+
+
+def _array_like(t: Tensor, xk: Tensor, axis: int) -> NDArray[Any]:
+    """``t`` (of x's shape) as an array of the kernel layout of ``xk``."""
+    t = like(t, xk)
+    return t.numpy() if axis != -1 else t.movedim(1, -1).numpy()
+
+
+Grads = Tuple[Optional[Tensor], Optional[F64], Optional[F64], Optional[Tensor]]
+
+
+def backward(grad_output: Tensor, xk: Tensor, weight: Optional[Tensor], mean: F64,
+             invstd: F64, training: bool, needs: Sequence[bool], y: Optional[Tensor] = None,
+             virtual_batch_size: Optional[int] = None,
+             renorm: Optional[Tuple[F64, F64]] = None) -> Grads:
+    """``(dx, dweight, dbias, dresidual)`` by the kernels, each None where ``needs`` (four
+    flags) does not ask for it.
+
+    ``xk`` is the forward's input as ``to_kernel`` gave it; ``dx`` and ``dresidual`` are
+    tensors in its dtype and layout, ``dweight`` and ``dbias`` float64 arrays. ``y`` is the
+    forward's output (kernel dtype) when it went through the fused ReLU; the residual's
+    gradient is the gradient reaching ``bn(x) + residual``.
+    """
+    _, xa, axis = to_kernel(xk)
+    dy = like(grad_output, xk)
+    dya = dy.numpy() if axis != -1 else dy.movedim(1, -1).numpy()
+    ya = None if y is None else _array_like(y, xk, axis)
+    gamma = vector(weight)
+    nt = n_threads()
+    act = None if y is None else "relu"
+    dx: Optional[Tensor] = None
+    dres: Optional[Tensor] = None
+    if training and (virtual_batch_size is not None or renorm is not None):
+        dx = torch.empty_like(xk)
+        out = dx.numpy() if axis != -1 else dx.movedim(1, -1).numpy()
+        _, dgamma, dbeta = batch_norm_backward(dya, xa, mean, invstd, gamma, axis=axis,
+                                               out=out, n_threads=nt,
+                                               virtual_batch_size=virtual_batch_size,
+                                               renorm=renorm)
+    elif training and (needs[0] or needs[3]):
+        dx = torch.empty_like(xk)
+        out = dx.numpy() if axis != -1 else dx.movedim(1, -1).numpy()
+        want_dres = bool(needs[3])
+        res = _kernels.backward(dya, xa, mean, invstd, gamma, axis, out, nt, act, ya, want_dres)
+        if res is None:
+            res = batch_norm_backward(dya, xa, mean, invstd, gamma, axis=axis, out=out,
+                                      n_threads=nt, activation=act, y=ya,
+                                      return_dresidual=want_dres)
+        dgamma, dbeta = res[1], res[2]
+        if want_dres:
+            dres = tensor_of(res[3], axis)
+    elif training:
+        dgamma, dbeta = _sums(dya, xa, mean, invstd, axis, nt, act, ya)
+    else:
+        # Fixed statistics: g = dy * (y > 0), dx = g * gamma * invstd (the inference kernel
+        # with a scale only), dgamma = sum(g * xhat), dbeta = sum(g).
+        if y is not None:
+            dy = torch.where(y > 0, dy, torch.zeros((), dtype=dy.dtype))
+            dya = dy.numpy() if axis != -1 else dy.movedim(1, -1).numpy()
+        dgamma, dbeta = _sums(dya, xa, mean, invstd, axis, nt, None, None)
+        if needs[0]:
+            scale = invstd if gamma is None else invstd * gamma
+            C = scale.shape[0]
+            dx = torch.empty_like(xk)
+            out = dx.numpy() if axis != -1 else dx.movedim(1, -1).numpy()
+            zeros, ones = np.zeros(C), np.ones(C)
+            if _kernels.forward_infer(dya, zeros, ones, scale, None, axis, 0.0, out, nt) is None:
+                batch_norm_inference(dya, zeros, ones, scale, axis=axis, eps=0.0, out=out,
+                                     n_threads=nt)
+        dres = dy
+    return (dx if needs[0] else None, dgamma if needs[1] else None,
+            dbeta if needs[2] else None, dres if needs[3] else None)
+
+
+def _sums(dya: NDArray[Any], xa: NDArray[Any], mean: F64, invstd: F64, axis: int, nt: int,
+          act: Optional[str], ya: Optional[NDArray[Any]]) -> Tuple[F64, F64]:
+    res = _kernels.backward_sums(dya, xa, mean, invstd, axis, nt, act, ya)
+    if res is None:
+        res = _training.backward_sums(dya, xa, mean, invstd, axis=axis, n_threads=nt,
+                                      activation=act, y=ya)
+    return res[0], res[1]
+
+
+def param_grad(g: Optional[F64], dtype: Optional[torch.dtype]) -> Optional[Tensor]:
+    """A float64 gradient array as a tensor of ``dtype`` (None when either is None)."""
+    if g is None or dtype is None:
+        return None
+    if dtype == torch.float64:
+        return torch.from_numpy(g)
+    if dtype == torch.float32:
+        return torch.from_numpy(g.astype(np.float32))
+    return torch.from_numpy(g).to(dtype)

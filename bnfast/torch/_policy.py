@@ -1,0 +1,117 @@
+"""Which code computes a call: the eager fast path, the operators, or PyTorch's own kernel.
+
+- ``eager(x)``: True when nothing traces, transforms or intercepts the call (no
+  torch.compile, torch.export, FX or JIT tracing, no torch.func transform, no dispatch or
+  function mode, a plain ``torch.Tensor``): the layers then call the kernels through a lean
+  ``autograd.Function``, since a dispatcher round trip through a Python operator costs more
+  than a small batch norm itself. Everything else goes through the ``torch.ops.bnfast``
+  operators (``_ops``), which those tools understand.
+- ``forward_ad()``: forward-mode AD is active (``torch.func.jvp``, ``jacfwd``, ``hessian``,
+  ``torch.autograd.forward_ad``): PyTorch's batch norm, which has a forward-mode formula,
+  computes the call.
+- ``torch_is_faster(x, training)``: the hand-off to PyTorch's own kernel for the sizes where
+  it is faster (measured: docs/torch.md, "Speed"), made inside the operators and the eager
+  path alike; ``set_torch_handoff(False)`` keeps every call on bnfast's kernels.
+"""
+from __future__ import annotations
+
+import os
+from typing import Optional
+
+import torch
+import torch.autograd.forward_ad as _fwad
+from torch import Tensor
+
+from ._arrays import HALF, NATIVE
+
+_functorch_stack = torch._C._functorch.peek_interpreter_stack
+_dispatch_modes = torch._C._len_torch_dispatch_stack
+_function_modes = torch._C._is_torch_function_mode_enabled
+
+# Below these many values per call PyTorch's kernel is faster than bnfast's kernels plus
+# their Python glue (1 thread; tools/bench_torch_calls.py measures the crossover). Keys:
+# (training, channels_last).
+_CROSSOVER = {(True, False): 4096, (True, True): 65536, (False, False): 8192,
+              (False, True): 32768}
+# BNFAST_TORCH_HANDOFF=0 in the environment starts with the hand-off off.
+_handoff = os.environ.get("BNFAST_TORCH_HANDOFF", "1").strip() not in ("0", "false", "no")
+
+
+def set_torch_handoff(enabled: bool) -> bool:
+    """Whether small calls go to PyTorch's own batch norm kernel, where it is faster.
+
+    With the hand-off (the default) a call below the measured crossover size (docs/torch.md,
+    "Speed") runs on PyTorch's kernel, inside bnfast's layers and operators, so converting a
+    model never makes it slower. Those calls then have PyTorch's float32 rounding (its
+    variance of offset data loses digits that bnfast's float64 accumulation keeps) and bits
+    that may depend on the thread count. ``set_torch_handoff(False)`` computes every call
+    with bnfast's kernels; so does ``BNFAST_TORCH_HANDOFF=0`` in the environment, read at
+    import.
+
+    Parameters
+    ----------
+    enabled : bool
+
+    Returns
+    -------
+    bool
+        The previous setting.
+
+    Examples
+    --------
+    >>> import bnfast.torch
+    >>> previous = bnfast.torch.set_torch_handoff(False)  # every call on bnfast's kernels
+    >>> bnfast.torch.set_torch_handoff(previous)
+    False
+    """
+    global _handoff
+    if not isinstance(enabled, bool):
+        raise TypeError(f"enabled: expected True or False, got {enabled!r}")
+    previous, _handoff = _handoff, enabled
+    return previous
+
+
+def torch_is_faster(x: Tensor, training: bool) -> bool:
+    """True when PyTorch's kernel computes this (CPU) call faster than bnfast's."""
+    if not _handoff:
+        return False
+    cl = x.dim() >= 3 and not x.is_contiguous()
+    return x.numel() < _CROSSOVER[(training, cl)]
+
+
+def eager(x: Tensor) -> bool:
+    """True when nothing traces, transforms or intercepts a call on ``x``."""
+    return (type(x) is Tensor and _functorch_stack() is None and not _dispatch_modes()
+            and not _function_modes() and not torch.jit.is_tracing()
+            and not torch.compiler.is_compiling() and _fwad._current_level < 0)
+
+
+def forward_ad() -> bool:
+    """True when forward-mode AD is active (``torch.func.jvp``, ``forward_ad.dual_level``)."""
+    return _fwad._current_level >= 0
+
+
+def served(input: Tensor, *others: Optional[Tensor]) -> bool:
+    """True when the kernels compute this call as PyTorch would: a dense CPU ``input`` of
+    float16, bfloat16, float32 or float64 with at least 2 dimensions and one element, and
+    ``others`` (None, per-channel tensors of shape (C,), or tensors of input's shape: a
+    residual, an output) dense CPU tensors whose dtypes PyTorch accepts with input's: one
+    dtype throughout, or half-precision input with float32 per-channel tensors."""
+    dtype = input.dtype
+    if input.device.type != "cpu" or input.layout != torch.strided:
+        return False
+    if (dtype not in NATIVE and dtype not in HALF) or input.dim() < 2 or input.numel() == 0:
+        return False
+    C = input.shape[1]
+    for t in others:
+        if t is None:
+            continue
+        if t.device.type != "cpu" or t.layout != torch.strided:
+            return False
+        if t.dim() == 1:
+            if t.shape[0] != C or not (t.dtype == dtype or (
+                    dtype in HALF and t.dtype == torch.float32)):
+                return False
+        elif t.shape != input.shape or t.dtype != dtype:
+            return False
+    return True
