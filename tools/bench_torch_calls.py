@@ -84,16 +84,19 @@ def make_layers(torch, impls, dim, shape, dtype):
     return layers
 
 
+CLOCK = time.perf_counter
+
+
 def calls_for(fn, target_s=2e-3):
     """How many calls of ``fn`` make a measurable batch (about ``target_s``)."""
     fn()
-    t0 = time.perf_counter()
+    t0 = CLOCK()
     fn()
-    one = max(time.perf_counter() - t0, 1e-7)
+    one = max(CLOCK() - t0, 1e-7)
     return int(min(max(target_s / one, 1), 2000))
 
 
-def run_case(torch, impls, dim, shape, channels_last, dtype, rounds):
+def run_case(torch, impls, dim, shape, channels_last, dtype, rounds, batch_s=2e-3):
     gen = torch.Generator().manual_seed(0)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     x = (torch.randn(shape, generator=gen, dtype=dtype) * 2 + 0.5)
@@ -121,7 +124,7 @@ def run_case(torch, impls, dim, shape, channels_last, dtype, rounds):
         for layer in layers.values():
             layer.train(mode == "train")
         fns = {name: make(layer) for name, layer in layers.items()}
-        n = max(calls_for(fn) for fn in fns.values())
+        n = max(calls_for(fn, batch_s) for fn in fns.values())
         for fn in fns.values():  # warm-up: allocator, first-call paths
             for _ in range(min(n, 20)):
                 fn()
@@ -130,10 +133,10 @@ def run_case(torch, impls, dim, shape, channels_last, dtype, rounds):
         for r in range(rounds):
             for name in (order if r % 2 == 0 else order[::-1]):
                 fn = fns[name]
-                t0 = time.perf_counter()
+                t0 = CLOCK()
                 for _ in range(n):
                     fn()
-                times[name].append((time.perf_counter() - t0) / n)
+                times[name].append((CLOCK() - t0) / n)
         out[mode] = {k: np.asarray(v) for k, v in times.items()}
     return out
 
@@ -151,19 +154,33 @@ def main(argv=None):
     parser.add_argument("--old", metavar="REF", help="also time bnfast.torch at git REF")
     parser.add_argument("--cases", nargs="+", choices=sorted(CASES), default=list(CASES))
     parser.add_argument("--dtype", default="float32", choices=["float32", "float64"])
+    parser.add_argument("--batch-ms", type=float, default=2.0,
+                        help="time of one batch of calls (default 2 ms)")
+    parser.add_argument("--clock", choices=["wall", "thread"], default="wall",
+                        help="thread: the calling thread's CPU time, which a loaded machine "
+                        "disturbs less (1 thread only: other threads' work is not counted)")
+    parser.add_argument("--handoff", choices=["on", "off"], default="on",
+                        help="bnfast.torch.set_torch_handoff (off: bnfast's kernels always)")
     args = parser.parse_args(argv)
+    global CLOCK
+    if args.clock == "thread":
+        if args.threads != 1:
+            parser.error("--clock thread measures one thread: use it with --threads 1")
+        CLOCK = time.thread_time
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
     import torch
 
     import bnfast.torch as bt
 
     torch.set_num_threads(args.threads)
+    bt.set_torch_handoff(args.handoff == "on")
     impls = {"torch": torch.nn, "bnfast": bt}
     if args.old:
         impls["old"] = load_old(args.old)
     dtype = getattr(torch, args.dtype)
     print(f"torch {torch.__version__}, {args.threads} thread(s), {args.dtype}, "
-          f"{args.rounds} interleaved rounds; load average before "
+          f"{args.rounds} interleaved rounds of {args.batch_ms:g} ms, {args.clock} clock, "
+          f"hand-off {args.handoff}; load average before "
           f"{tuple(round(v, 2) for v in os.getloadavg())}")
     others = [k for k in impls if k != "torch"]
     head = "| layer, input | mode | torch (us) | " + " | ".join(
@@ -172,7 +189,7 @@ def main(argv=None):
     print("|---|---|---:|" + "---:|" * len(others))
     for name in args.cases:
         dim, shape, cl = CASES[name]
-        res = run_case(torch, impls, dim, shape, cl, dtype, args.rounds)
+        res = run_case(torch, impls, dim, shape, cl, dtype, args.rounds, args.batch_ms / 1e3)
         label = f"BatchNorm{dim}d {shape}" + (" channels_last" if cl else "")
         for mode, times in res.items():
             cells = [fmt_ratio(times[k], times["torch"]) for k in others]

@@ -8,7 +8,8 @@ tensors changes these two functions and ``kernel_dtype`` only.
 """
 from __future__ import annotations
 
-from typing import Any, Optional, Tuple
+import weakref
+from typing import Any, Dict, Optional, Tuple
 
 import numpy as np
 import torch
@@ -37,7 +38,7 @@ def to_kernel(t: Tensor) -> Tuple[Tensor, NDArray[Any], int]:
     C-contiguous NumPy view and ``axis`` the channel axis of that view (1, or -1 for a
     channels-last tensor viewed as (N, ..., C); 0 for a vector).
     """
-    t = t.detach()
+    t = t.data  # detached (and cheaper than detach())
     if t.dtype not in NATIVE:
         t = t.to(torch.float32)  # keeps a dense tensor's strides (memory format)
     elif t.is_neg():
@@ -64,9 +65,31 @@ def tensor_of(a: NDArray[Any], axis: int) -> Tensor:
     return t.movedim(-1, 1) if axis == -1 else t
 
 
+# id(tensor) -> (weak reference, data_ptr, the tensor's kernel view): parameters and buffers
+# live across calls, and making their NumPy views again each call costs more than the
+# kernels take on a small batch. An entry is used only for the same tensor object with the
+# same storage, and goes when the tensor does.
+_VIEWS: Dict[int, Tuple[Any, int, NDArray[Any]]] = {}
+
+
+def _forget(key: int) -> Any:
+    return lambda _: _VIEWS.pop(key, None)
+
+
 def vector(t: Optional[Tensor]) -> Optional[NDArray[Any]]:
-    """A per-channel parameter as the kernels read it (a view for float32/float64)."""
-    return None if t is None else to_kernel(t)[1]
+    """A per-channel tensor as the kernels read it: a view of a float32/float64 tensor
+    (kept between calls, and written through by the kernels for the running statistics),
+    or a float32 copy of a half one."""
+    if t is None:
+        return None
+    key = id(t)
+    hit = _VIEWS.get(key)
+    if hit is not None and hit[0]() is t and hit[1] == t.data_ptr():
+        return hit[2]
+    held, array, _ = to_kernel(t)
+    if held.data_ptr() == t.data_ptr() and held.dtype == t.dtype:
+        _VIEWS[key] = (weakref.ref(t, _forget(key)), t.data_ptr(), array)
+    return array
 
 
 def like(g: Tensor, x: Tensor) -> Tensor:
@@ -92,9 +115,9 @@ class RunningBuffer:
         self.copy: Optional[Tensor] = None
         self.array: Optional[NDArray[Any]] = None
         if t is not None:
-            held, self.array, _ = to_kernel(t)
-            if held.data_ptr() != t.data_ptr() or held.dtype != t.dtype:
-                self.copy = held
+            self.array = vector(t)
+            if t.dtype not in NATIVE or not t.is_contiguous() or t.is_neg():
+                self.copy = torch.from_numpy(self.array)
 
     def write_back(self) -> None:
         if self.copy is not None and self.tensor is not None:

@@ -25,53 +25,63 @@ from ._arrays import RunningBuffer, like, n_threads, tensor_of, to_kernel, vecto
 F64 = NDArray[np.float64]
 
 
+class Input:
+    """A forward's input as the kernels read it: ``tensor`` (x, or its converted copy), its
+    NumPy view ``array`` and the channel ``axis`` of that view (``_arrays.to_kernel``)."""
+
+    __slots__ = ("tensor", "array", "axis")
+
+    def __init__(self, x: Tensor) -> None:
+        self.tensor, self.array, self.axis = to_kernel(x)
+
+
 def forward_train(x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor],
                   running_mean: Optional[Tensor], running_var: Optional[Tensor],
                   momentum: float, eps: float, residual: Optional[Tensor] = None,
-                  relu: bool = False) -> Tuple[Tensor, Tensor, F64, F64]:
+                  relu: bool = False) -> Tuple[Input, Tensor, F64, F64]:
     """``(xk, y, mean, invstd)``: the training forward (``y = relu(bn(x) + residual)`` with
     the options); ``running_mean``/``running_var`` (when given) are updated in place.
 
-    ``xk`` is ``x`` as the kernels read it (kept for the backward), ``y`` is in its dtype and
+    ``xk`` is ``x`` as the kernels read it (kept for the backward); ``y`` is in its dtype and
     memory format.
     """
-    xk, xa, axis = to_kernel(x)
-    y = torch.empty_like(xk)
-    ya = y.numpy() if axis != -1 else y.movedim(1, -1).numpy()
-    ra = None if residual is None else _array_like(residual, xk, axis)
+    xk = Input(x)
+    xa, axis = xk.array, xk.axis
+    ra = None if residual is None else _array_like(residual, xk.tensor, axis)
     g, b = vector(weight), vector(bias)
     rm, rv = RunningBuffer(running_mean), RunningBuffer(running_var)
     act = "relu" if relu else None
     nt = n_threads()
     try:
-        res = _kernels.forward_train(xa, g, b, axis, eps, rm.array, rv.array, momentum, ya, nt,
-                                     act, ra)
+        # out=None: the kernel allocates y, cheaper than an empty tensor and its view.
+        res = _kernels.forward_train(xa, g, b, axis, eps, rm.array, rv.array, momentum, None,
+                                     nt, act, ra)
         if res is None:  # not expected: the validated path computes, or says what is wrong
             res = batch_norm_forward(xa, g, b, axis=axis, eps=eps, running_mean=rm.array,
-                                     running_var=rv.array, momentum=momentum, out=ya,
-                                     n_threads=nt, activation=act, residual=ra)
+                                     running_var=rv.array, momentum=momentum, n_threads=nt,
+                                     activation=act, residual=ra)
     finally:
         rm.write_back()
         rv.write_back()
-    return xk, y, res[1], res[2]
+    return xk, tensor_of(res[0], axis), res[1], res[2]
 
 
 def forward_infer(x: Tensor, running_mean: Tensor, running_var: Tensor,
                   weight: Optional[Tensor], bias: Optional[Tensor], eps: float,
                   residual: Optional[Tensor] = None, relu: bool = False
-                  ) -> Tuple[Tensor, Tensor]:
+                  ) -> Tuple[Input, Tensor]:
     """``(xk, y)``: the inference forward with the given statistics (and the options)."""
-    xk, xa, axis = to_kernel(x)
-    y = torch.empty_like(xk)
-    ya = y.numpy() if axis != -1 else y.movedim(1, -1).numpy()
-    ra = None if residual is None else _array_like(residual, xk, axis)
+    xk = Input(x)
+    xa, axis = xk.array, xk.axis
+    ra = None if residual is None else _array_like(residual, xk.tensor, axis)
     rm, rv, g, b = vector(running_mean), vector(running_var), vector(weight), vector(bias)
     act = "relu" if relu else None
     nt = n_threads()
-    if _kernels.forward_infer(xa, rm, rv, g, b, axis, eps, ya, nt, act, ra) is None:
-        batch_norm_inference(xa, rm, rv, g, b, axis=axis, eps=eps, out=ya, n_threads=nt,
-                             activation=act, residual=ra)
-    return xk, y
+    ya = _kernels.forward_infer(xa, rm, rv, g, b, axis, eps, None, nt, act, ra)
+    if ya is None:
+        ya = batch_norm_inference(xa, rm, rv, g, b, axis=axis, eps=eps, n_threads=nt,
+                                  activation=act, residual=ra)
+    return xk, tensor_of(ya, axis)
 
 
 def running_invstd(running_var: Tensor, eps: float) -> F64:
@@ -90,10 +100,11 @@ def running_mean64(running_mean: Tensor) -> F64:
 def forward_ghost(x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor],
                   running_mean: Optional[Tensor], running_var: Optional[Tensor],
                   virtual_batch_size: int, momentum: float, eps: float
-                  ) -> Tuple[Tensor, Tensor, F64, F64]:
+                  ) -> Tuple[Input, Tensor, F64, F64]:
     """``(xk, y, mean, invstd)`` of ghost batch norm: statistics of shape (G, C)."""
-    xk, xa, axis = to_kernel(x)
-    y = torch.empty_like(xk)
+    xk = Input(x)
+    xa, axis = xk.array, xk.axis
+    y = torch.empty_like(xk.tensor)
     ya = y.numpy() if axis != -1 else y.movedim(1, -1).numpy()
     rm, rv = RunningBuffer(running_mean), RunningBuffer(running_var)
     try:
@@ -109,10 +120,11 @@ def forward_ghost(x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor],
 
 def forward_renorm(x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor],
                    running_mean: Tensor, running_var: Tensor, r_max: float, d_max: float,
-                   momentum: float, eps: float) -> Tuple[Tensor, Tensor, F64, F64, F64, F64]:
+                   momentum: float, eps: float) -> Tuple[Input, Tensor, F64, F64, F64, F64]:
     """``(xk, y, mean, invstd, r, d)`` of batch renormalization."""
-    xk, xa, axis = to_kernel(x)
-    y = torch.empty_like(xk)
+    xk = Input(x)
+    xa, axis = xk.array, xk.axis
+    y = torch.empty_like(xk.tensor)
     ya = y.numpy() if axis != -1 else y.movedim(1, -1).numpy()
     rm, rv = RunningBuffer(running_mean), RunningBuffer(running_var)
     assert rm.array is not None and rv.array is not None
@@ -135,44 +147,40 @@ def _array_like(t: Tensor, xk: Tensor, axis: int) -> NDArray[Any]:
 Grads = Tuple[Optional[Tensor], Optional[F64], Optional[F64], Optional[Tensor]]
 
 
-def backward(grad_output: Tensor, xk: Tensor, weight: Optional[Tensor], mean: F64,
+def backward(grad_output: Tensor, xk: Input, weight: Optional[Tensor], mean: F64,
              invstd: F64, training: bool, needs: Sequence[bool], y: Optional[Tensor] = None,
              virtual_batch_size: Optional[int] = None,
              renorm: Optional[Tuple[F64, F64]] = None) -> Grads:
     """``(dx, dweight, dbias, dresidual)`` by the kernels, each None where ``needs`` (four
     flags) does not ask for it.
 
-    ``xk`` is the forward's input as ``to_kernel`` gave it; ``dx`` and ``dresidual`` are
+    ``xk`` is the forward's input as the kernels read it; ``dx`` and ``dresidual`` are
     tensors in its dtype and layout, ``dweight`` and ``dbias`` float64 arrays. ``y`` is the
     forward's output (kernel dtype) when it went through the fused ReLU; the residual's
     gradient is the gradient reaching ``bn(x) + residual``.
     """
-    _, xa, axis = to_kernel(xk)
-    dy = like(grad_output, xk)
-    dya = dy.numpy() if axis != -1 else dy.movedim(1, -1).numpy()
-    ya = None if y is None else _array_like(y, xk, axis)
+    xa, axis = xk.array, xk.axis
+    dya = _array_like(grad_output, xk.tensor, axis)
+    ya = None if y is None else _array_like(y, xk.tensor, axis)
     gamma = vector(weight)
     nt = n_threads()
     act = None if y is None else "relu"
     dx: Optional[Tensor] = None
     dres: Optional[Tensor] = None
     if training and (virtual_batch_size is not None or renorm is not None):
-        dx = torch.empty_like(xk)
-        out = dx.numpy() if axis != -1 else dx.movedim(1, -1).numpy()
-        _, dgamma, dbeta = batch_norm_backward(dya, xa, mean, invstd, gamma, axis=axis,
-                                               out=out, n_threads=nt,
-                                               virtual_batch_size=virtual_batch_size,
-                                               renorm=renorm)
+        dxa, dgamma, dbeta = batch_norm_backward(dya, xa, mean, invstd, gamma, axis=axis,
+                                                 n_threads=nt,
+                                                 virtual_batch_size=virtual_batch_size,
+                                                 renorm=renorm)
+        dx = tensor_of(dxa, axis)
     elif training and (needs[0] or needs[3]):
-        dx = torch.empty_like(xk)
-        out = dx.numpy() if axis != -1 else dx.movedim(1, -1).numpy()
         want_dres = bool(needs[3])
-        res = _kernels.backward(dya, xa, mean, invstd, gamma, axis, out, nt, act, ya, want_dres)
+        res = _kernels.backward(dya, xa, mean, invstd, gamma, axis, None, nt, act, ya,
+                                want_dres)
         if res is None:
-            res = batch_norm_backward(dya, xa, mean, invstd, gamma, axis=axis, out=out,
-                                      n_threads=nt, activation=act, y=ya,
-                                      return_dresidual=want_dres)
-        dgamma, dbeta = res[1], res[2]
+            res = batch_norm_backward(dya, xa, mean, invstd, gamma, axis=axis, n_threads=nt,
+                                      activation=act, y=ya, return_dresidual=want_dres)
+        dx, dgamma, dbeta = tensor_of(res[0], axis), res[1], res[2]
         if want_dres:
             dres = tensor_of(res[3], axis)
     elif training:
@@ -180,20 +188,20 @@ def backward(grad_output: Tensor, xk: Tensor, weight: Optional[Tensor], mean: F6
     else:
         # Fixed statistics: g = dy * (y > 0), dx = g * gamma * invstd (the inference kernel
         # with a scale only), dgamma = sum(g * xhat), dbeta = sum(g).
-        if y is not None:
-            dy = torch.where(y > 0, dy, torch.zeros((), dtype=dy.dtype))
-            dya = dy.numpy() if axis != -1 else dy.movedim(1, -1).numpy()
+        if ya is not None:
+            dya = np.where(ya > 0, dya, dya.dtype.type(0))
         dgamma, dbeta = _sums(dya, xa, mean, invstd, axis, nt, None, None)
         if needs[0]:
             scale = invstd if gamma is None else invstd * gamma
             C = scale.shape[0]
-            dx = torch.empty_like(xk)
-            out = dx.numpy() if axis != -1 else dx.movedim(1, -1).numpy()
             zeros, ones = np.zeros(C), np.ones(C)
-            if _kernels.forward_infer(dya, zeros, ones, scale, None, axis, 0.0, out, nt) is None:
-                batch_norm_inference(dya, zeros, ones, scale, axis=axis, eps=0.0, out=out,
-                                     n_threads=nt)
-        dres = dy
+            dxa = _kernels.forward_infer(dya, zeros, ones, scale, None, axis, 0.0, None, nt)
+            if dxa is None:
+                dxa = batch_norm_inference(dya, zeros, ones, scale, axis=axis, eps=0.0,
+                                           n_threads=nt)
+            dx = tensor_of(dxa, axis)
+        if needs[3]:
+            dres = tensor_of(dya, axis)
     return (dx if needs[0] else None, dgamma if needs[1] else None,
             dbeta if needs[2] else None, dres if needs[3] else None)
 

@@ -232,7 +232,7 @@ def batch_norm_backward(grad_output: Tensor, input: Tensor, weight: Opt, save_me
     plain = out is None and k is None and r is None
     if (served(input, weight, out) and grad_output.shape == input.shape
             and not (plain and torch_is_faster(input, training))):
-        xk = to_kernel(input)[0]
+        xk = _compute.Input(input)
         renorm = None if r is None or d is None else (_vec64(r), _vec64(d))
         y = None if out is None else to_kernel(out)[0]
         dx, dgamma, dbeta, dres = _compute.backward(

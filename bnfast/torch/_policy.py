@@ -27,12 +27,14 @@ from ._arrays import HALF, NATIVE
 _functorch_stack = torch._C._functorch.peek_interpreter_stack
 _dispatch_modes = torch._C._len_torch_dispatch_stack
 _function_modes = torch._C._is_torch_function_mode_enabled
+_STRIDED = torch.strided
 
-# Below these many values per call PyTorch's kernel is faster than bnfast's kernels plus
-# their Python glue (1 thread; tools/bench_torch_calls.py measures the crossover). Keys:
-# (training, channels_last).
-_CROSSOVER = {(True, False): 4096, (True, True): 65536, (False, False): 8192,
-              (False, True): 32768}
+# Below these many values per call PyTorch's kernel is faster than bnfast's kernels with
+# their Python glue (1 thread, float32; tools/bench_torch_crossover.py measures them, and
+# docs/torch.md quotes the run). Keys: (training, layout), the layout being "NC" for 2-D
+# input, "NHWC" for channels-last input and "NCHW" for the other (N, C, ...) input.
+_CROSSOVER = {(True, "NC"): 131072, (True, "NCHW"): 65536, (True, "NHWC"): 524288,
+              (False, "NC"): 65536, (False, "NCHW"): 1 << 23, (False, "NHWC"): 262144}
 # BNFAST_TORCH_HANDOFF=0 in the environment starts with the hand-off off.
 _handoff = os.environ.get("BNFAST_TORCH_HANDOFF", "1").strip() not in ("0", "false", "no")
 
@@ -75,8 +77,9 @@ def torch_is_faster(x: Tensor, training: bool) -> bool:
     """True when PyTorch's kernel computes this (CPU) call faster than bnfast's."""
     if not _handoff:
         return False
-    cl = x.dim() >= 3 and not x.is_contiguous()
-    return x.numel() < _CROSSOVER[(training, cl)]
+    dim = x.dim()
+    layout = "NC" if dim == 2 else "NCHW" if x.is_contiguous() else "NHWC"
+    return x.numel() < _CROSSOVER[(training, layout)]
 
 
 def eager(x: Tensor) -> bool:
@@ -91,6 +94,10 @@ def forward_ad() -> bool:
     return _fwad._current_level >= 0
 
 
+_SERVED = frozenset(NATIVE + HALF)
+_PARAMS = {d: frozenset((d, torch.float32)) if d in HALF else frozenset((d,)) for d in _SERVED}
+
+
 def served(input: Tensor, *others: Optional[Tensor]) -> bool:
     """True when the kernels compute this call as PyTorch would: a dense CPU ``input`` of
     float16, bfloat16, float32 or float64 with at least 2 dimensions and one element, and
@@ -98,20 +105,19 @@ def served(input: Tensor, *others: Optional[Tensor]) -> bool:
     residual, an output) dense CPU tensors whose dtypes PyTorch accepts with input's: one
     dtype throughout, or half-precision input with float32 per-channel tensors."""
     dtype = input.dtype
-    if input.device.type != "cpu" or input.layout != torch.strided:
-        return False
-    if (dtype not in NATIVE and dtype not in HALF) or input.dim() < 2 or input.numel() == 0:
+    if not (dtype in _SERVED and input.is_cpu and input.layout is _STRIDED
+            and input.dim() >= 2 and input.numel()):
         return False
     C = input.shape[1]
+    params = _PARAMS[dtype]
     for t in others:
         if t is None:
             continue
-        if t.device.type != "cpu" or t.layout != torch.strided:
+        if not (t.is_cpu and t.layout is _STRIDED):
             return False
         if t.dim() == 1:
-            if t.shape[0] != C or not (t.dtype == dtype or (
-                    dtype in HALF and t.dtype == torch.float32)):
+            if t.numel() != C or t.dtype not in params:
                 return False
-        elif t.shape != input.shape or t.dtype != dtype:
+        elif t.shape != input.shape or t.dtype is not dtype:
             return False
     return True

@@ -31,11 +31,6 @@ def check_eps(eps: float, training: bool) -> None:
         raise ValueError(f"batch_norm eps must be non-negative, but got {eps}")
 
 
-def _unit(momentum: object) -> bool:
-    return (isinstance(momentum, numbers.Real) and not isinstance(momentum, bool)
-            and 0.0 <= float(momentum) <= 1.0)
-
-
 def _torch_ops(input: Tensor, running_mean: Optional[Tensor], running_var: Optional[Tensor],
                weight: Optional[Tensor], bias: Optional[Tensor], training: bool,
                momentum: float, eps: float, residual: Optional[Tensor], relu: bool,
@@ -64,31 +59,29 @@ def compute(input: Tensor, running_mean: Optional[Tensor], running_var: Optional
     ``renorm=(r_max, d_max)`` the variants (training only).
     """
     variant = training and (virtual_batch_size is not None or renorm is not None)
-    plain = residual is None and not relu and not variant
-    if input.device.type != "cpu":
-        return _torch_ops(input, running_mean, running_var, weight, bias, training, momentum,
-                          eps, residual, relu, variant)
-    if not torch.compiler.is_compiling():
-        if (torch.jit.is_tracing() or _policy.forward_ad()
-                or torch.overrides.has_torch_function_variadic(input, residual)):
+    if _policy.eager(input) and (residual is None or type(residual) is Tensor):
+        plain = residual is None and not relu and not variant
+        if plain and _policy.torch_is_faster(input, training):
+            # The hand-off, checked first since it is the cheapest path: aten's batch norm,
+            # with the checks F.batch_norm would repeat done already.
+            return torch.batch_norm(input, weight, bias, running_mean, running_var, training,
+                                    momentum, eps, False)
+        if not (_policy.served(input, running_mean, running_var, weight, bias, residual)
+                and (not training or running_mean is None or 0.0 <= momentum <= 1.0)):
             return _torch_ops(input, running_mean, running_var, weight, bias, training,
                               momentum, eps, residual, relu, variant)
-        if _policy.eager(input):
-            if not (_policy.served(input, running_mean, running_var, weight, bias, residual)
-                    and (not training or running_mean is None or _unit(momentum))):
-                return _torch_ops(input, running_mean, running_var, weight, bias, training,
-                                  momentum, eps, residual, relu, variant)
-            if plain:
-                if _policy.torch_is_faster(input, training):
-                    return F.batch_norm(input, running_mean, running_var, weight, bias,
-                                        training, momentum, eps)
-                return plain_forward(input, weight, bias, running_mean, running_var, training,
-                                     float(momentum), float(eps))
-            out: Tensor = OptionsFunction.apply(
-                input, weight, bias, residual, running_mean, running_var, training,
-                float(momentum), float(eps), relu, virtual_batch_size if variant else None,
-                renorm if variant else None)
-            return out
+        if plain:
+            return plain_forward(input, weight, bias, running_mean, running_var, training,
+                                 momentum, eps)
+        out: Tensor = OptionsFunction.apply(
+            input, weight, bias, residual, running_mean, running_var, training, momentum, eps,
+            relu, virtual_batch_size if variant else None, renorm if variant else None)
+        return out
+    if not input.is_cpu or not torch.compiler.is_compiling() and (
+            torch.jit.is_tracing() or _policy.forward_ad()
+            or torch.overrides.has_torch_function_variadic(input, residual)):
+        return _torch_ops(input, running_mean, running_var, weight, bias, training, momentum,
+                          eps, residual, relu, variant)
     return _operators(input, running_mean, running_var, weight, bias, training, momentum, eps,
                       residual, relu, virtual_batch_size if variant else None,
                       renorm if variant else None)

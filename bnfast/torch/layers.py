@@ -49,12 +49,15 @@ def layer_forward(module: _BatchNorm, input: Tensor, residual: Optional[Tensor] 
     momentum = module.momentum
     factor = 0.0 if momentum is None else momentum
     track = module.track_running_stats
+    # The parameters and buffers straight from their dicts (nn.Module.__getattr__ is slow).
+    buffers, params = module._buffers, module._parameters
     if training and track:
-        if module.num_batches_tracked is not None:
-            module.num_batches_tracked.add_(1)
+        num_batches = buffers.get("num_batches_tracked")
+        if num_batches is not None:
+            num_batches.add_(1)
             if momentum is None:  # cumulative moving average
-                factor = 1.0 / float(module.num_batches_tracked)
-    running_mean, running_var = module.running_mean, module.running_var
+                factor = 1.0 / float(num_batches)
+    running_mean, running_var = buffers.get("running_mean"), buffers.get("running_var")
     if training:
         bn_training = True
         if not track:
@@ -64,12 +67,12 @@ def layer_forward(module: _BatchNorm, input: Tensor, residual: Optional[Tensor] 
     eps = module.eps
     if bn_training:
         check_batch_size(input)
-    check_eps(float(eps), bn_training)
+    check_eps(eps, bn_training)
     limits: Optional[Tuple[float, float]] = None
     if training and renorm:
         limits = (getattr(module, "r_max"), getattr(module, "d_max"))  # floats (checked)
-    return compute(input, running_mean, running_var, module.weight, module.bias, bn_training,
-                   float(factor), float(eps), residual, activation == "relu",
+    return compute(input, running_mean, running_var, params.get("weight"), params.get("bias"),
+                   bn_training, float(factor), float(eps), residual, activation == "relu",
                    k if training else None, limits)
 
 
