@@ -230,8 +230,10 @@ def batch_norm_backward(grad_output: Tensor, input: Tensor, weight: Opt, save_me
     mask = tuple(bool(m) for m in output_mask)
     k = virtual_batch_size if virtual_batch_size > 0 else None
     plain = out is None and k is None and r is None
+    # The hand-off covers the training backward: aten's eval-mode backward wants the running
+    # variance, which this operator does not take (the kernels compute that one).
     if (served(input, weight, out) and grad_output.shape == input.shape
-            and not (plain and torch_is_faster(input, training))):
+            and not (plain and training and torch_is_faster(input, training))):
         xk = _compute.Input(input)
         renorm = None if r is None or d is None else (_vec64(r), _vec64(d))
         y = None if out is None else to_kernel(out)[0]
