@@ -65,7 +65,7 @@ def layer_forward(module: _BatchNorm, input: Tensor, residual: Optional[Tensor] 
     else:
         bn_training = running_mean is None and running_var is None
     eps = module.eps
-    if bn_training:
+    if bn_training and not torch.jit.is_tracing():  # F.batch_norm checks it when tracing
         check_batch_size(input)
     check_eps(eps, bn_training)
     limits: Optional[Tuple[float, float]] = None
@@ -120,13 +120,18 @@ class _CPUForward:
         return str(text)
 
     def forward(self, input: Tensor, residual: Optional[Tensor] = None) -> Tensor:
-        if not isinstance(input, Tensor):
-            return super().forward(input)  # type: ignore[misc]  # PyTorch's own error
         # getattr: a layer pickled before these options existed has none of them.
+        activation = getattr(self, "activation", None)
+        k = getattr(self, "virtual_batch_size", None)
+        renorm = getattr(self, "renorm", False)
+        if not isinstance(input, Tensor) or (
+                torch.jit.is_tracing() and residual is None and activation is None
+                and k is None and not renorm):
+            # PyTorch's own forward: its error for a non-tensor, and under torch.jit.trace
+            # its graph and warnings, no other.
+            return super().forward(input)  # type: ignore[misc]
         return layer_forward(self, input, residual,  # type: ignore[arg-type]
-                             getattr(self, "activation", None),
-                             getattr(self, "virtual_batch_size", None),
-                             getattr(self, "renorm", False))
+                             activation, k, renorm)
 
 
 class BatchNorm1d(_CPUForward, torch.nn.BatchNorm1d):
