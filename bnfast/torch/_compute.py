@@ -75,6 +75,7 @@ def forward_infer(x: Tensor, running_mean: Tensor, running_var: Tensor,
     xa, axis = xk.array, xk.axis
     ra = None if residual is None else _array_like(residual, xk.tensor, axis)
     rm, rv, g, b = vector(running_mean), vector(running_var), vector(weight), vector(bias)
+    assert rm is not None and rv is not None
     act = "relu" if relu else None
     nt = n_threads()
     ya = _kernels.forward_infer(xa, rm, rv, g, b, axis, eps, None, nt, act, ra)
@@ -168,15 +169,13 @@ def backward(grad_output: Tensor, xk: Input, weight: Optional[Tensor], mean: F64
     dx: Optional[Tensor] = None
     dres: Optional[Tensor] = None
     if training and (virtual_batch_size is not None or renorm is not None):
-        dxa, dgamma, dbeta = batch_norm_backward(dya, xa, mean, invstd, gamma, axis=axis,
-                                                 n_threads=nt,
-                                                 virtual_batch_size=virtual_batch_size,
-                                                 renorm=renorm)
-        dx = tensor_of(dxa, axis)
+        variant = batch_norm_backward(dya, xa, mean, invstd, gamma, axis=axis, n_threads=nt,
+                                      virtual_batch_size=virtual_batch_size, renorm=renorm)
+        dx, dgamma, dbeta = tensor_of(variant[0], axis), variant[1], variant[2]
     elif training and (needs[0] or needs[3]):
         want_dres = bool(needs[3])
-        res = _kernels.backward(dya, xa, mean, invstd, gamma, axis, None, nt, act, ya,
-                                want_dres)
+        res: Any = _kernels.backward(dya, xa, mean, invstd, gamma, axis, None, nt, act, ya,
+                                     want_dres)
         if res is None:
             res = batch_norm_backward(dya, xa, mean, invstd, gamma, axis=axis, n_threads=nt,
                                       activation=act, y=ya, return_dresidual=want_dres)

@@ -123,7 +123,7 @@ def _ghost_setup(ctx: Any, inputs: Tuple[Any, ...], output: Any) -> None:
 
 def _ghost_backward(ctx: Any, grad_out: Tensor, *_: Any) -> Tuple[Optional[Tensor], ...]:
     n = ctx.needs_input_grad
-    dx, dw, db, _ = _call_backward(ctx, grad_out, (n[0], n[1], n[2], False))
+    dx, dw, db, _unused = _call_backward(ctx, grad_out, (n[0], n[1], n[2], False))
     return dx, dw, db, None, None, None, None, None
 
 
@@ -136,7 +136,7 @@ def _renorm_setup(ctx: Any, inputs: Tuple[Any, ...], output: Any) -> None:
 
 def _renorm_backward(ctx: Any, grad_out: Tensor, *_: Any) -> Tuple[Optional[Tensor], ...]:
     n = ctx.needs_input_grad
-    dx, dw, db, _ = _call_backward(ctx, grad_out, (n[0], n[1], n[2], False))
+    dx, dw, db, _unused = _call_backward(ctx, grad_out, (n[0], n[1], n[2], False))
     return dx, dw, db, None, None, None, None, None, None
 
 

@@ -259,7 +259,8 @@ def batch_norm_backward(grad_output: Tensor, input: Tensor, weight: Opt, save_me
         outs = backward_formula(grad_output, input, weight, out, spec)
         dtypes = (input.dtype, _param_dtype(input, weight), _param_dtype(input, weight),
                   input.dtype)
-        grads = [o.to(dt) if m else None for o, dt, m in zip(outs, dtypes, mask)]
+        grads = [o.to(dt) if m and o is not None else None
+                 for o, dt, m in zip(outs, dtypes, mask)]
     return tuple(g if m and g is not None else _nothing(input)  # type: ignore[return-value]
                  for g, m in zip(grads, mask))
 
