@@ -163,3 +163,21 @@ def test_channels_last_output_under_inductor():
     assert y.is_contiguous(memory_format=torch.channels_last)
     want = copy.deepcopy(layer)(x)
     assert np.array_equal(y.detach().numpy(), want.detach().numpy())
+
+
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+def test_compiled_handoff_uses_aten_below_the_crossover(training):
+    """With the hand-off on, torch.compile traces aten's batch norm (for inductor to fuse)
+    below the compiled crossover and bnfast's operator above it; torch.export always keeps
+    the operator."""
+    bt.set_torch_handoff(True)  # the kernels_only fixture restores it
+    for n, ours in ((64, False), (bt._policy._COMPILED_CROSSOVER[(training, "NC")], True)):
+        torch._dynamo.reset()
+        rec = Recorder()
+        layer = bt.BatchNorm1d(8).train(training)
+        x = torch.randn(n // 8, 8)
+        torch.compile(layer, backend=rec, fullgraph=True)(x)
+        names = [t for t in rec.targets if "batch_norm" in t]
+        assert names and all(("bnfast" in t) == ours for t in names), (n, names)
+    ep = torch.export.export(bt.BatchNorm1d(8).train(training), (torch.randn(8, 8),))
+    assert any("bnfast" in str(n.target) for n in ep.graph.nodes)

@@ -12,6 +12,8 @@
 - ``torch_is_faster(x, training)``: the hand-off to PyTorch's own kernel for the sizes where
   it is faster (measured: docs/torch.md, "Speed"), made inside the operators and the eager
   path alike; ``set_torch_handoff(False)`` keeps every call on bnfast's kernels.
+- ``inductor_is_faster(x, training)``: the same under torch.compile (not torch.export), where
+  the call then is aten's batch norm for inductor to fuse instead of bnfast's operator.
 """
 from __future__ import annotations
 
@@ -35,6 +37,12 @@ _STRIDED = torch.strided
 # input, "NHWC" for channels-last input and "NCHW" for the other (N, C, ...) input.
 _CROSSOVER = {(True, "NC"): 131072, (True, "NCHW"): 65536, (True, "NHWC"): 524288,
               (False, "NC"): 65536, (False, "NCHW"): 1 << 23, (False, "NHWC"): 262144}
+# The same under torch.compile, against inductor's batch norm fused with its neighbours
+# (ReLU here): bnfast's operators pay the dispatcher and stay outside inductor's fusion, so
+# inductor wins up to larger sizes (tools/bench_torch_crossover.py --compiled).
+_COMPILED_CROSSOVER = {(True, "NC"): 131072, (True, "NCHW"): 131072, (True, "NHWC"): 1 << 20,
+                       (False, "NC"): 1 << 20, (False, "NCHW"): 1 << 20,
+                       (False, "NHWC"): 1 << 20}
 # BNFAST_TORCH_HANDOFF=0 in the environment starts with the hand-off off.
 _handoff = os.environ.get("BNFAST_TORCH_HANDOFF", "1").strip() not in ("0", "false", "no")
 
@@ -73,13 +81,20 @@ def set_torch_handoff(enabled: bool) -> bool:
     return previous
 
 
+def _layout(x: Tensor) -> str:
+    return "NC" if x.dim() == 2 else "NCHW" if x.is_contiguous() else "NHWC"
+
+
 def torch_is_faster(x: Tensor, training: bool) -> bool:
     """True when PyTorch's kernel computes this (CPU) call faster than bnfast's."""
-    if not _handoff:
-        return False
-    dim = x.dim()
-    layout = "NC" if dim == 2 else "NCHW" if x.is_contiguous() else "NHWC"
-    return x.numel() < _CROSSOVER[(training, layout)]
+    return _handoff and x.numel() < _CROSSOVER[(training, _layout(x))]
+
+
+def inductor_is_faster(x: Tensor, training: bool) -> bool:
+    """True when, under torch.compile, aten's batch norm (which inductor fuses with its
+    neighbours) is faster than bnfast's operator: decided at trace time, so a symbolic batch
+    size puts a guard on this comparison (crossing it recompiles)."""
+    return _handoff and x.numel() < _COMPILED_CROSSOVER[(training, _layout(x))]
 
 
 def eager(x: Tensor) -> bool:

@@ -82,6 +82,12 @@ def compute(input: Tensor, running_mean: Optional[Tensor], running_var: Optional
             or torch.overrides.has_torch_function_variadic(input, residual)):
         return _torch_ops(input, running_mean, running_var, weight, bias, training, momentum,
                           eps, residual, relu, variant)
+    if (not variant and torch.compiler.is_compiling() and not torch.compiler.is_exporting()
+            and _policy.inductor_is_faster(input, training)):
+        # torch.compile, below the compiled crossover: aten's batch norm, which inductor
+        # fuses with the ReLU and residual around it (torch.export keeps the operators).
+        return _torch_ops(input, running_mean, running_var, weight, bias, training, momentum,
+                          eps, residual, relu, False)
     return _operators(input, running_mean, running_var, weight, bias, training, momentum, eps,
                       residual, relu, virtual_batch_size if variant else None,
                       renorm if variant else None)
