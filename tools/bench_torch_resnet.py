@@ -16,7 +16,9 @@ SGD update; "eval" is a forward under no_grad in eval mode.
 Each thread count runs in a fresh process (OMP_NUM_THREADS and torch.set_num_threads set to
 it). Within a process, "torch" and "bnfast" run the same weights and data; every round times
 each variant once in turn (interleaved, the order alternating), after warm-up steps that also
-compile the compiled variants (inductor, compile time excluded). Each line gives the median
+compile the compiled variants (inductor, compile time excluded). ``--clock thread`` (1 thread
+only) times the main thread's CPU time instead of the wall clock: on a loaded machine it
+keeps the spread far smaller. Each line gives the median
 time of PyTorch's step and the median [25th-75th percentile] of the per-round ratio
 bnfast / torch. The load average is printed with the results: on a loaded machine, rerun.
 """
@@ -110,11 +112,12 @@ def worker(args, threads):
                         fn()
                 times = {name: [] for name in fns}
                 order = list(fns)
+                clock = time.thread_time if args.clock == "thread" else time.perf_counter
                 for r in range(args.rounds):
                     for name in (order if r % 2 == 0 else order[::-1]):
-                        t0 = time.perf_counter()
+                        t0 = clock()
                         fns[name]()
-                        times[name].append(time.perf_counter() - t0)
+                        times[name].append(clock() - t0)
                 results.append({"format": fmt_name, "mode": mode, "kind": kind,
                                 "threads": threads, "torch": times["torch"],
                                 "bnfast": times["bnfast"]})
@@ -133,19 +136,25 @@ def main(argv=None):
                         choices=["NCHW", "channels_last"])
     parser.add_argument("--modes", nargs="+", default=["eager", "compiled"],
                         choices=["eager", "compiled"])
+    parser.add_argument("--clock", choices=["wall", "thread"], default="wall",
+                        help="thread: the main thread's CPU time, which a loaded machine "
+                        "disturbs less (with --threads 1 only)")
     parser.add_argument("--quick", action="store_true",
                         help="a smoke run: width 8, 16x16 input, 2 rounds, 1 warm-up")
     parser.add_argument("--worker", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.quick:
         args.width, args.size, args.rounds, args.warmup = 8, 16, 2, 1
+    if args.clock == "thread" and args.threads != [1] and args.worker is None:
+        parser.error("--clock thread measures one thread: use it with --threads 1")
     if args.worker is not None:
         print(json.dumps(worker(args, args.worker)))
         return
     import torch
 
     print(f"torch {torch.__version__}, {os.cpu_count()} CPUs; batch {args.batch}, input "
-          f"{args.size}x{args.size}, width {args.width}; {args.rounds} interleaved rounds; "
+          f"{args.size}x{args.size}, width {args.width}; {args.rounds} interleaved rounds, "
+          f"{args.clock} clock; "
           f"load average before {tuple(round(v, 2) for v in os.getloadavg())}")
     print("| layout | mode | step | threads | torch (ms) | bnfast / torch |")
     print("|---|---|---|---:|---:|---:|")

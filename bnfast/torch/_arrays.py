@@ -2,9 +2,11 @@
 
 ``to_kernel`` gives any CPU tensor as the NumPy array the compiled kernels read (float32 or
 float64, C-contiguous, channels first or channels last), and ``from_kernel`` turns a kernel's
-result back into a tensor of the caller's dtype. Today float16 and bfloat16 are computed in
-float32 (a converted copy in, a conversion back out); a switch to zero-copy views of half
-tensors changes these two functions and ``kernel_dtype`` only.
+result array back into a tensor of the caller's dtype; ``vector`` (per-channel tensors) and
+``RunningBuffer`` (running statistics the kernels update) go through ``to_kernel``. Today
+float16 and bfloat16 are computed in float32 (a converted copy in, a conversion back out); a
+switch to zero-copy views of half tensors changes ``to_kernel``, ``from_kernel`` and
+``kernel_dtype`` only.
 """
 from __future__ import annotations
 
@@ -25,20 +27,23 @@ def kernel_dtype(dtype: torch.dtype) -> torch.dtype:
     return dtype if dtype in NATIVE else torch.float32
 
 
-def channels_last(t: Tensor) -> bool:
-    """True when ``t`` is laid out (N, ..., C) in memory but not (N, C, ...)."""
-    return t.dim() >= 3 and not t.is_contiguous() and t.movedim(1, -1).is_contiguous()
-
-
-def to_kernel(t: Tensor) -> Tuple[Tensor, NDArray[Any], int]:
+def to_kernel(t: Tensor, like: Optional[Tuple[Tensor, NDArray[Any], int]] = None
+              ) -> Tuple[Tensor, NDArray[Any], int]:
     """``t`` as the kernels read it: ``(tensor, array, axis)``.
 
     ``tensor`` holds the memory (``t`` itself when it is already float32/float64 and
     contiguous or channels-last; otherwise a converted or contiguous copy), ``array`` is its
     C-contiguous NumPy view and ``axis`` the channel axis of that view (1, or -1 for a
-    channels-last tensor viewed as (N, ..., C); 0 for a vector).
+    channels-last tensor viewed as (N, ..., C); 0 for a vector). With ``like`` (what this
+    function returned for the input x), ``t`` (a gradient, a residual: x's shape) comes in
+    the dtype and layout of x's array.
     """
     t = t.data  # detached (and cheaper than detach())
+    if like is not None:
+        held, axis = like[0], like[2]
+        if t.dtype != held.dtype or t.stride() != held.stride() or t.is_neg():
+            t = torch.empty_like(held).copy_(t)
+        return t, (t.numpy() if axis != -1 else t.movedim(1, -1).numpy()), axis
     if t.dtype not in NATIVE:
         t = t.to(torch.float32)  # keeps a dense tensor's strides (memory format)
     elif t.is_neg():
@@ -53,16 +58,14 @@ def to_kernel(t: Tensor) -> Tuple[Tensor, NDArray[Any], int]:
     return t, t.numpy(), 1
 
 
-def from_kernel(t: Tensor, dtype: torch.dtype) -> Tensor:
-    """A kernel result ``t`` (a tensor of ``kernel_dtype(dtype)``, or one made from a kernel's
-    array by ``tensor_of``) as a tensor of ``dtype``, with ``t``'s memory format."""
-    return t if t.dtype == dtype else t.to(dtype)
-
-
-def tensor_of(a: NDArray[Any], axis: int) -> Tensor:
-    """A kernel's array result of ``to_kernel``'s layout as an (N, C, ...) tensor, no copy."""
+def from_kernel(a: NDArray[Any], axis: int, dtype: torch.dtype) -> Tensor:
+    """The reverse of ``to_kernel``: a kernel's result ``a`` (an array of the layout
+    ``to_kernel`` gave for ``axis``) as an (N, C, ...) tensor of ``dtype``, with no copy
+    when ``a`` is of that dtype already (a conversion from float32 for half types)."""
     t = torch.from_numpy(a)
-    return t.movedim(-1, 1) if axis == -1 else t
+    if axis == -1:
+        t = t.movedim(-1, 1)
+    return t if t.dtype == dtype else t.to(dtype)
 
 
 # id(tensor) -> (weak reference, data_ptr, the tensor's kernel view): parameters and buffers
@@ -92,17 +95,6 @@ def vector(t: Optional[Tensor]) -> Optional[NDArray[Any]]:
     return array
 
 
-def like(g: Tensor, x: Tensor) -> Tensor:
-    """``g`` (a gradient, a residual) in the kernel dtype and memory layout of ``x``, a tensor
-    from ``to_kernel``: ``g`` itself when it already is, else a copy."""
-    g = g.detach()
-    if g.is_neg():
-        g = g.resolve_neg()
-    if g.dtype == x.dtype and g.stride() == x.stride():
-        return g
-    return torch.empty_like(x).copy_(g)
-
-
 class RunningBuffer:
     """A running statistic as an array the kernels update in place: a view of the tensor
     itself for float32/float64 (``write_back`` does nothing), else a float32 copy that
@@ -128,8 +120,3 @@ class RunningBuffer:
 def n_threads() -> int:
     """The thread count for the kernels: PyTorch's own (``torch.set_num_threads``)."""
     return max(1, torch.get_num_threads())
-
-
-def stats_of(a: NDArray[np.float64]) -> Tensor:
-    """A float64 statistic of the kernels as a tensor (no copy)."""
-    return torch.from_numpy(a)

@@ -32,21 +32,22 @@ def plain_forward(input: Tensor, weight: Optional[Tensor], bias: Optional[Tensor
                                            (running_mean, running_var, training, momentum, eps))
         return out
     if training:
-        y = _compute.forward_train(input, weight, bias, running_mean, running_var, momentum,
-                                   eps)[1]
+        xk, y = _compute.forward_train(input, weight, bias, running_mean, running_var,
+                                       momentum, eps)[:2]
     else:
         assert running_mean is not None and running_var is not None
-        y = _compute.forward_infer(input, running_mean, running_var, weight, bias, eps)[1]
-    return from_kernel(y, input.dtype)
+        xk, y = _compute.forward_infer(input, running_mean, running_var, weight, bias, eps)
+    return from_kernel(y, xk.axis, input.dtype)
 
 
 def _grads_out(ctx: Any, grads: _compute.Grads, weight: Optional[Tensor],
                bias: Optional[Tensor]) -> Tuple[Optional[Tensor], ...]:
     dx, dgamma, dbeta, dres = grads
-    return (None if dx is None else from_kernel(dx, ctx.input_dtype),
+    axis = ctx.xk.axis
+    return (None if dx is None else from_kernel(dx, axis, ctx.input_dtype),
             _compute.param_grad(dgamma, None if weight is None else weight.dtype),
             _compute.param_grad(dbeta, None if bias is None else bias.dtype),
-            None if dres is None else from_kernel(dres, ctx.residual_dtype))
+            None if dres is None else from_kernel(dres, axis, ctx.residual_dtype))
 
 
 class _PlainFunction(torch.autograd.Function):
@@ -70,7 +71,7 @@ class _PlainFunction(torch.autograd.Function):
         ctx.save_for_backward(input, weight, bias)
         ctx.xk, ctx.mean, ctx.invstd, ctx.training, ctx.eps = xk, mean, invstd, training, eps
         ctx.input_dtype = input.dtype
-        return from_kernel(y, input.dtype)
+        return from_kernel(y, xk.axis, input.dtype)
 
     @staticmethod
     def backward(ctx: Any, grad_output: Tensor) -> Tuple[Optional[Tensor], ...]:
@@ -123,13 +124,11 @@ class OptionsFunction(torch.autograd.Function):
                                            residual, relu)
             mean = _compute.running_mean64(running_mean)
             invstd = _compute.running_invstd(running_var, eps)
-        out = from_kernel(y, input.dtype)
-        if relu and out is y:
-            ctx.save_for_backward(input, weight, bias, y)  # the output: in-place changes seen
-            ctx.y = None
-        else:
-            ctx.save_for_backward(input, weight, bias, None)
-            ctx.y = y if relu else None  # the kernel-dtype output the mask is taken from
+        out = from_kernel(y, xk.axis, input.dtype)
+        # The output is saved (in-place changes to it are detected: the ReLU's mask is taken
+        # from it); ya, the kernel's array of it (float32 for half input), feeds the kernels.
+        ctx.save_for_backward(input, weight, bias, out if relu else None)
+        ctx.ya = y if relu else None
         ctx.xk, ctx.mean, ctx.invstd, ctx.training, ctx.kw = xk, mean, invstd, training, kw
         ctx.eps, ctx.relu, ctx.input_dtype = eps, relu, input.dtype
         ctx.residual_dtype = None if residual is None else residual.dtype
@@ -138,14 +137,12 @@ class OptionsFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, grad_output: Tensor) -> Tuple[Optional[Tensor], ...]:
         input, weight, bias, y = ctx.saved_tensors
-        if y is None:
-            y = ctx.y
         needs = ctx.needs_input_grad
         want = (needs[0], needs[1], needs[2], needs[3] and not ctx.kw)
 
         def first_order() -> Tuple[Optional[Tensor], ...]:
             grads = _compute.backward(grad_output, ctx.xk, weight, ctx.mean, ctx.invstd,
-                                      ctx.training, want, y, **ctx.kw)
+                                      ctx.training, want, ctx.ya, **ctx.kw)
             return _grads_out(ctx, grads, weight, bias)
 
         if records_graph(grad_output, input, weight):

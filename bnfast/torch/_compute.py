@@ -5,8 +5,8 @@ The callers have checked the call (a CPU tensor of a dtype the kernels serve, pa
 shape (C,), at least one channel and enough values per channel): each function turns the
 tensors into the kernels' arrays (``_arrays.to_kernel``), calls the compiled entry point of
 ``bnfast._kernels`` directly, and falls back to the validated NumPy API (which computes or
-raises a clear error) only if the entry point declines the arrays. Results are tensors in the
-kernel dtype (``_arrays.kernel_dtype``) and float64 NumPy statistics.
+raises a clear error) only if the entry point declines the arrays. Results are arrays of the
+input's kernel layout (``_arrays.from_kernel`` makes them tensors) and float64 statistics.
 """
 from __future__ import annotations
 
@@ -20,34 +20,40 @@ from torch import Tensor
 from .. import _kernels, _training
 from .._functional import batch_norm_backward, batch_norm_forward, batch_norm_inference
 from .._variants import batch_renorm_forward
-from ._arrays import RunningBuffer, like, n_threads, tensor_of, to_kernel, vector
+from ._arrays import RunningBuffer, n_threads, to_kernel, vector
 
 F64 = NDArray[np.float64]
+Array = NDArray[Any]
 
 
 class Input:
     """A forward's input as the kernels read it: ``tensor`` (x, or its converted copy), its
     NumPy view ``array`` and the channel ``axis`` of that view (``_arrays.to_kernel``)."""
 
-    __slots__ = ("tensor", "array", "axis")
+    __slots__ = ("tensor", "array", "axis", "view")
 
     def __init__(self, x: Tensor) -> None:
-        self.tensor, self.array, self.axis = to_kernel(x)
+        self.view = to_kernel(x)
+        self.tensor, self.array, self.axis = self.view
+
+    def like(self, t: Tensor) -> Array:
+        """``t`` (x's shape: a gradient, a residual, an output) as an array of this layout."""
+        return to_kernel(t, self.view)[1]
 
 
 def forward_train(x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor],
                   running_mean: Optional[Tensor], running_var: Optional[Tensor],
                   momentum: float, eps: float, residual: Optional[Tensor] = None,
-                  relu: bool = False) -> Tuple[Input, Tensor, F64, F64]:
+                  relu: bool = False) -> Tuple[Input, Array, F64, F64]:
     """``(xk, y, mean, invstd)``: the training forward (``y = relu(bn(x) + residual)`` with
     the options); ``running_mean``/``running_var`` (when given) are updated in place.
 
-    ``xk`` is ``x`` as the kernels read it (kept for the backward); ``y`` is in its dtype and
-    memory format.
+    ``xk`` is ``x`` as the kernels read it (kept for the backward); ``y`` is an array of its
+    kernel layout.
     """
     xk = Input(x)
     xa, axis = xk.array, xk.axis
-    ra = None if residual is None else _array_like(residual, xk.tensor, axis)
+    ra = None if residual is None else xk.like(residual)
     g, b = vector(weight), vector(bias)
     rm, rv = RunningBuffer(running_mean), RunningBuffer(running_var)
     act = "relu" if relu else None
@@ -63,17 +69,17 @@ def forward_train(x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor],
     finally:
         rm.write_back()
         rv.write_back()
-    return xk, tensor_of(res[0], axis), res[1], res[2]
+    return xk, res[0], res[1], res[2]
 
 
 def forward_infer(x: Tensor, running_mean: Tensor, running_var: Tensor,
                   weight: Optional[Tensor], bias: Optional[Tensor], eps: float,
                   residual: Optional[Tensor] = None, relu: bool = False
-                  ) -> Tuple[Input, Tensor]:
+                  ) -> Tuple[Input, Array]:
     """``(xk, y)``: the inference forward with the given statistics (and the options)."""
     xk = Input(x)
     xa, axis = xk.array, xk.axis
-    ra = None if residual is None else _array_like(residual, xk.tensor, axis)
+    ra = None if residual is None else xk.like(residual)
     rm, rv, g, b = vector(running_mean), vector(running_var), vector(weight), vector(bias)
     assert rm is not None and rv is not None
     act = "relu" if relu else None
@@ -82,7 +88,7 @@ def forward_infer(x: Tensor, running_mean: Tensor, running_var: Tensor,
     if ya is None:
         ya = batch_norm_inference(xa, rm, rv, g, b, axis=axis, eps=eps, n_threads=nt,
                                   activation=act, residual=ra)
-    return xk, tensor_of(ya, axis)
+    return xk, ya
 
 
 def running_invstd(running_var: Tensor, eps: float) -> F64:
@@ -101,77 +107,64 @@ def running_mean64(running_mean: Tensor) -> F64:
 def forward_ghost(x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor],
                   running_mean: Optional[Tensor], running_var: Optional[Tensor],
                   virtual_batch_size: int, momentum: float, eps: float
-                  ) -> Tuple[Input, Tensor, F64, F64]:
+                  ) -> Tuple[Input, Array, F64, F64]:
     """``(xk, y, mean, invstd)`` of ghost batch norm: statistics of shape (G, C)."""
     xk = Input(x)
-    xa, axis = xk.array, xk.axis
-    y = torch.empty_like(xk.tensor)
-    ya = y.numpy() if axis != -1 else y.movedim(1, -1).numpy()
     rm, rv = RunningBuffer(running_mean), RunningBuffer(running_var)
     try:
-        _, mean, invstd = batch_norm_forward(
-            xa, vector(weight), vector(bias), axis=axis, eps=eps, running_mean=rm.array,
-            running_var=rv.array, momentum=momentum, out=ya, n_threads=n_threads(),
-            virtual_batch_size=virtual_batch_size)
+        ya, mean, invstd = batch_norm_forward(
+            xk.array, vector(weight), vector(bias), axis=xk.axis, eps=eps,
+            running_mean=rm.array, running_var=rv.array, momentum=momentum,
+            n_threads=n_threads(), virtual_batch_size=virtual_batch_size)
     finally:
         rm.write_back()
         rv.write_back()
-    return xk, y, mean, invstd
+    return xk, ya, mean, invstd
 
 
 def forward_renorm(x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor],
                    running_mean: Tensor, running_var: Tensor, r_max: float, d_max: float,
-                   momentum: float, eps: float) -> Tuple[Input, Tensor, F64, F64, F64, F64]:
+                   momentum: float, eps: float) -> Tuple[Input, Array, F64, F64, F64, F64]:
     """``(xk, y, mean, invstd, r, d)`` of batch renormalization."""
     xk = Input(x)
-    xa, axis = xk.array, xk.axis
-    y = torch.empty_like(xk.tensor)
-    ya = y.numpy() if axis != -1 else y.movedim(1, -1).numpy()
     rm, rv = RunningBuffer(running_mean), RunningBuffer(running_var)
     assert rm.array is not None and rv.array is not None
     try:
-        _, mean, invstd, r, d = batch_renorm_forward(
-            xa, rm.array, rv.array, vector(weight), vector(bias), r_max=r_max, d_max=d_max,
-            axis=axis, eps=eps, momentum=momentum, out=ya, n_threads=n_threads())
+        ya, mean, invstd, r, d = batch_renorm_forward(
+            xk.array, rm.array, rv.array, vector(weight), vector(bias), r_max=r_max,
+            d_max=d_max, axis=xk.axis, eps=eps, momentum=momentum, n_threads=n_threads())
     finally:
         rm.write_back()
         rv.write_back()
-    return xk, y, mean, invstd, r, d
+    return xk, ya, mean, invstd, r, d
 
 
-def _array_like(t: Tensor, xk: Tensor, axis: int) -> NDArray[Any]:
-    """``t`` (of x's shape) as an array of the kernel layout of ``xk``."""
-    t = like(t, xk)
-    return t.numpy() if axis != -1 else t.movedim(1, -1).numpy()
-
-
-Grads = Tuple[Optional[Tensor], Optional[F64], Optional[F64], Optional[Tensor]]
+Grads = Tuple[Optional[Array], Optional[F64], Optional[F64], Optional[Array]]
 
 
 def backward(grad_output: Tensor, xk: Input, weight: Optional[Tensor], mean: F64,
-             invstd: F64, training: bool, needs: Sequence[bool], y: Optional[Tensor] = None,
+             invstd: F64, training: bool, needs: Sequence[bool], ya: Optional[Array] = None,
              virtual_batch_size: Optional[int] = None,
              renorm: Optional[Tuple[F64, F64]] = None) -> Grads:
     """``(dx, dweight, dbias, dresidual)`` by the kernels, each None where ``needs`` (four
     flags) does not ask for it.
 
     ``xk`` is the forward's input as the kernels read it; ``dx`` and ``dresidual`` are
-    tensors in its dtype and layout, ``dweight`` and ``dbias`` float64 arrays. ``y`` is the
-    forward's output (kernel dtype) when it went through the fused ReLU; the residual's
-    gradient is the gradient reaching ``bn(x) + residual``.
+    arrays of its kernel layout, ``dweight`` and ``dbias`` float64 arrays. ``ya`` is the
+    forward's output (an array of the kernel layout) when it went through the fused ReLU;
+    the residual's gradient is the gradient reaching ``bn(x) + residual``.
     """
     xa, axis = xk.array, xk.axis
-    dya = _array_like(grad_output, xk.tensor, axis)
-    ya = None if y is None else _array_like(y, xk.tensor, axis)
+    dya = xk.like(grad_output)
     gamma = vector(weight)
     nt = n_threads()
-    act = None if y is None else "relu"
-    dx: Optional[Tensor] = None
-    dres: Optional[Tensor] = None
+    act = None if ya is None else "relu"
+    dx: Optional[Array] = None
+    dres: Optional[Array] = None
     if training and (virtual_batch_size is not None or renorm is not None):
         variant = batch_norm_backward(dya, xa, mean, invstd, gamma, axis=axis, n_threads=nt,
                                       virtual_batch_size=virtual_batch_size, renorm=renorm)
-        dx, dgamma, dbeta = tensor_of(variant[0], axis), variant[1], variant[2]
+        dx, dgamma, dbeta = variant[0], variant[1], variant[2]
     elif training and (needs[0] or needs[3]):
         want_dres = bool(needs[3])
         res: Any = _kernels.backward(dya, xa, mean, invstd, gamma, axis, None, nt, act, ya,
@@ -179,9 +172,9 @@ def backward(grad_output: Tensor, xk: Input, weight: Optional[Tensor], mean: F64
         if res is None:
             res = batch_norm_backward(dya, xa, mean, invstd, gamma, axis=axis, n_threads=nt,
                                       activation=act, y=ya, return_dresidual=want_dres)
-        dx, dgamma, dbeta = tensor_of(res[0], axis), res[1], res[2]
+        dx, dgamma, dbeta = res[0], res[1], res[2]
         if want_dres:
-            dres = tensor_of(res[3], axis)
+            dres = res[3]
     elif training:
         dgamma, dbeta = _sums(dya, xa, mean, invstd, axis, nt, act, ya)
     else:
@@ -198,9 +191,9 @@ def backward(grad_output: Tensor, xk: Input, weight: Optional[Tensor], mean: F64
             if dxa is None:
                 dxa = batch_norm_inference(dya, zeros, ones, scale, axis=axis, eps=0.0,
                                            n_threads=nt)
-            dx = tensor_of(dxa, axis)
+            dx = dxa
         if needs[3]:
-            dres = tensor_of(dya, axis)
+            dres = dya
     return (dx if needs[0] else None, dgamma if needs[1] else None,
             dbeta if needs[2] else None, dres if needs[3] else None)
 

@@ -37,7 +37,7 @@ import torch
 from torch import Tensor
 
 from . import _compute
-from ._arrays import from_kernel, kernel_dtype, to_kernel
+from ._arrays import from_kernel, kernel_dtype, vector
 from ._grad import BackwardSpec, backward_formula
 from ._policy import served, torch_is_faster
 
@@ -107,9 +107,9 @@ def batch_norm_train(input: Tensor, weight: Opt, bias: Opt, running_mean: Opt, r
     plain = residual is None and not relu
     if (_kernels_serve(input, momentum, weight, bias, rm, rv, residual)
             and not (plain and torch_is_faster(input, True))):
-        _, y, mean, invstd = _compute.forward_train(input, weight, bias, rm, rv, momentum, eps,
-                                                    residual, relu)
-        out = _like_input(from_kernel(y, input.dtype), input)
+        xk, y, mean, invstd = _compute.forward_train(input, weight, bias, rm, rv, momentum,
+                                                     eps, residual, relu)
+        out = _like_input(from_kernel(y, xk.axis, input.dtype), input)
     else:
         out, mean, invstd = torch.ops.aten.native_batch_norm(input, weight, bias, rm, rv, True,
                                                              momentum, eps)
@@ -145,9 +145,9 @@ def batch_norm_infer(input: Tensor, running_mean: Tensor, running_var: Tensor, w
     plain = residual is None and not relu
     if served(input, running_mean, running_var, weight, bias, residual) and not (
             plain and torch_is_faster(input, False)):
-        y = _compute.forward_infer(input, running_mean, running_var, weight, bias, eps,
-                                   residual, relu)[1]
-        return _like_input(from_kernel(y, input.dtype), input)
+        xk, y = _compute.forward_infer(input, running_mean, running_var, weight, bias, eps,
+                                       residual, relu)
+        return _like_input(from_kernel(y, xk.axis, input.dtype), input)
     out = torch.ops.aten.native_batch_norm(input, weight, bias, running_mean, running_var,
                                            False, 0.0, eps)[0]
     return _epilogue(out, residual, relu)
@@ -176,9 +176,10 @@ def ghost_batch_norm_train(input: Tensor, weight: Opt, bias: Opt, running_mean: 
     rm = None if running_mean is None else running_mean.clone()
     rv = None if running_var is None else running_var.clone()
     _variant_device(input, "virtual_batch_size", weight, bias, rm, rv)
-    _, y, mean, invstd = _compute.forward_ghost(input, weight, bias, rm, rv,
-                                                virtual_batch_size, momentum, eps)
-    return (_like_input(from_kernel(y, input.dtype), input), *_stats(input, mean, invstd),
+    xk, y, mean, invstd = _compute.forward_ghost(input, weight, bias, rm, rv,
+                                                 virtual_batch_size, momentum, eps)
+    return (_like_input(from_kernel(y, xk.axis, input.dtype), input),
+            *_stats(input, mean, invstd),
             _nothing(input) if rm is None else rm, _nothing(input) if rv is None else rv)
 
 
@@ -202,9 +203,10 @@ def batch_renorm_train(input: Tensor, weight: Opt, bias: Opt, running_mean: Tens
                                             Tensor]:
     rm, rv = running_mean.clone(), running_var.clone()
     _variant_device(input, "renorm", weight, bias, rm, rv)
-    _, y, mean, invstd, r, d = _compute.forward_renorm(input, weight, bias, rm, rv, r_max,
-                                                       d_max, momentum, eps)
-    return (_like_input(from_kernel(y, input.dtype), input), *_stats(input, mean, invstd),
+    xk, y, mean, invstd, r, d = _compute.forward_renorm(input, weight, bias, rm, rv, r_max,
+                                                        d_max, momentum, eps)
+    return (_like_input(from_kernel(y, xk.axis, input.dtype), input),
+            *_stats(input, mean, invstd),
             *_stats(input, r, d), rm, rv)
 
 
@@ -236,14 +238,16 @@ def batch_norm_backward(grad_output: Tensor, input: Tensor, weight: Opt, save_me
             and not (plain and training and torch_is_faster(input, training))):
         xk = _compute.Input(input)
         renorm = None if r is None or d is None else (_vec64(r), _vec64(d))
-        y = None if out is None else to_kernel(out)[0]
+        ya = None if out is None else xk.like(out)
         dx, dgamma, dbeta, dres = _compute.backward(
             grad_output, xk, weight, _vec64(save_mean), _vec64(save_invstd), training, mask,
-            y, k, renorm)
+            ya, k, renorm)
         pdtype = _param_dtype(input, weight)
-        grads = [None if dx is None else _like_input(from_kernel(dx, input.dtype), input),
+        grads = [None if dx is None else _like_input(from_kernel(dx, xk.axis, input.dtype),
+                                                     input),
                  _compute.param_grad(dgamma, pdtype), _compute.param_grad(dbeta, pdtype),
-                 None if dres is None else _like_input(from_kernel(dres, input.dtype), input)]
+                 None if dres is None else _like_input(from_kernel(dres, xk.axis, input.dtype),
+                                                       input)]
         if grads[3] is not None and grads[3].data_ptr() == grad_output.data_ptr():
             grads[3] = grads[3].clone()  # an operator's output never aliases an input
     elif plain and training:
@@ -266,7 +270,7 @@ def batch_norm_backward(grad_output: Tensor, input: Tensor, weight: Opt, save_me
 
 
 def _vec64(t: Tensor) -> Any:
-    return to_kernel(t.to(torch.float64))[1]
+    return vector(t.to(torch.float64))
 
 
 def _param_dtype(input: Tensor, weight: Opt) -> torch.dtype:

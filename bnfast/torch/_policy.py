@@ -32,17 +32,21 @@ _function_modes = torch._C._is_torch_function_mode_enabled
 _STRIDED = torch.strided
 
 # Below these many values per call PyTorch's kernel is faster than bnfast's kernels with
-# their Python glue (1 thread, float32; tools/bench_torch_crossover.py measures them, and
-# docs/torch.md quotes the run). Keys: (training, layout), the layout being "NC" for 2-D
-# input, "NHWC" for channels-last input and "NCHW" for the other (N, C, ...) input.
-_CROSSOVER = {(True, "NC"): 131072, (True, "NCHW"): 65536, (True, "NHWC"): 524288,
+# their Python glue (1 thread, float32; tools/bench_torch_crossover.py measures one layer,
+# tools/bench_torch_resnet.py a model; docs/torch.md quotes both). Keys: (training, layout),
+# the layout being "NC" for 2-D input, "NHWC" for channels-last input and "NCHW" for the
+# other (N, C, ...) input. Channels-last training gains only once memory-bound: a layer of
+# 4.2M values measured slower inside a ResNet, one of 6.4M faster alone.
+_CROSSOVER = {(True, "NC"): 131072, (True, "NCHW"): 65536, (True, "NHWC"): 5 << 20,
               (False, "NC"): 65536, (False, "NCHW"): 1 << 23, (False, "NHWC"): 262144}
-# The same under torch.compile, against inductor's batch norm fused with its neighbours
-# (ReLU here): bnfast's operators pay the dispatcher and stay outside inductor's fusion, so
-# inductor wins up to larger sizes (tools/bench_torch_crossover.py --compiled).
-_COMPILED_CROSSOVER = {(True, "NC"): 131072, (True, "NCHW"): 131072, (True, "NHWC"): 1 << 20,
-                       (False, "NC"): 1 << 20, (False, "NCHW"): 1 << 20,
-                       (False, "NHWC"): 1 << 20}
+# The same under torch.compile, against inductor's batch norm fused with its neighbours: a
+# bnfast operator pays the dispatcher and stays outside inductor's fusion (its output is
+# written, then read again by the ReLU and residual add that inductor would have fused), so
+# inductor wins up to far larger sizes. tools/bench_torch_crossover.py --compiled measures
+# BN followed by ReLU; in a whole model (tools/bench_torch_resnet.py) the extra pass costs
+# more, and the operators were still slower at 2M-4M values: they take over from 2^23.
+_COMPILED_CROSSOVER = {(training, layout): 1 << 23 for training in (True, False)
+                       for layout in ("NC", "NCHW", "NHWC")}
 # BNFAST_TORCH_HANDOFF=0 in the environment starts with the hand-off off.
 _handoff = os.environ.get("BNFAST_TORCH_HANDOFF", "1").strip() not in ("0", "false", "no")
 

@@ -17,8 +17,7 @@ from ..distributed import (
     torch_all_reduce,
 )
 from . import _compute
-from ._arrays import HALF, NATIVE, RunningBuffer, from_kernel, like, n_threads, tensor_of
-from ._arrays import to_kernel, vector
+from ._arrays import HALF, NATIVE, RunningBuffer, from_kernel, n_threads, to_kernel, vector
 from ._grad import NotTwiceDifferentiable, records_graph
 from .functional import check_eps
 from .layers import layer_forward
@@ -33,7 +32,8 @@ class _SyncBatchNormFunction(torch.autograd.Function):
     def forward(ctx: Any, input: Tensor, weight: Optional[Tensor], bias: Optional[Tensor],
                 running_mean: Optional[Tensor], running_var: Optional[Tensor], eps: float,
                 momentum: float, process_group: Any) -> Tensor:
-        xk, xa, axis = to_kernel(input)
+        xk = to_kernel(input)
+        xa, axis = xk[1], xk[2]
         rm, rv = RunningBuffer(running_mean), RunningBuffer(running_var)
         try:
             ya, mean, invstd = sync_batch_norm_forward(
@@ -46,7 +46,7 @@ class _SyncBatchNormFunction(torch.autograd.Function):
         ctx.save_for_backward(input, weight, bias)
         ctx.xk, ctx.mean, ctx.invstd = xk, mean, invstd
         ctx.process_group, ctx.input_dtype = process_group, input.dtype
-        return from_kernel(tensor_of(ya, axis), input.dtype)
+        return from_kernel(ya, axis, input.dtype)
 
     @staticmethod
     def backward(ctx: Any, grad_output: Tensor) -> Tuple[Optional[Tensor], ...]:
@@ -69,21 +69,18 @@ class _SyncBatchNormFunction(torch.autograd.Function):
                         ) -> Tuple[Optional[Tensor], ...]:
         """(dx, dweight, dbias, None) by the kernels and the group's all-reduce."""
         xk = ctx.xk
-        _, xa, axis = to_kernel(xk)
-        dy = like(grad_output, xk)
-        dya = to_kernel(dy)[1]
+        _, xa, axis = xk
+        dya = to_kernel(grad_output, xk)[1]
         nt = n_threads()
         dx: Optional[Tensor] = None
         if needs[0]:
             # Every rank's input needs its gradient alike, so every rank joins the all-reduce.
-            dx = torch.empty_like(xk)
-            _, dgamma, dbeta = sync_batch_norm_backward(
+            dxa, dgamma, dbeta = sync_batch_norm_backward(
                 dya, xa, ctx.mean, ctx.invstd, vector(weight),
-                all_reduce=torch_all_reduce(ctx.process_group), axis=axis,
-                out=to_kernel(dx)[1], n_threads=nt)
-            dx = from_kernel(dx, ctx.input_dtype)
-        elif xk.numel() == 0:
-            C = xk.shape[1]
+                all_reduce=torch_all_reduce(ctx.process_group), axis=axis, n_threads=nt)
+            dx = from_kernel(dxa, axis, ctx.input_dtype)
+        elif xa.size == 0:
+            C = xk[0].shape[1]
             dgamma, dbeta = np.zeros(C), np.zeros(C)
         else:
             dgamma, dbeta = _training.backward_sums(dya, xa, ctx.mean, ctx.invstd, axis=axis,
