@@ -127,3 +127,47 @@ def test_set_torch_handoff_takes_a_bool_and_the_environment_variable():
         else:
             os.environ["BNFAST_TORCH_HANDOFF"] = old
     assert done.stdout.strip() == "False", done.stderr[-2000:]
+
+
+@pytest.mark.parametrize("path", ["eager", "operator"])
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+def test_handoff_of_the_fused_options_is_torchs_composite(rng, path, training):
+    """Below the crossover, relu(bn(x) + residual) is PyTorch's batch norm, then the add and
+    the ReLU: its bits, forward and backward, in the eager path and inside the operator."""
+    shape, C = (6, 3, 2, 2), 3
+    x0 = torch.from_numpy(rng.standard_normal(shape) + 1).float()
+    r0 = torch.from_numpy(rng.standard_normal(shape)).float()
+    w0 = torch.from_numpy(rng.uniform(0.5, 2, C)).float()
+    dy = torch.from_numpy(rng.standard_normal(shape)).float()
+    rm, rv = torch.zeros(C), torch.ones(C) * 2
+    previous = bt.set_torch_handoff(True)
+    try:
+        assert bt._policy.torch_is_faster(x0, training)
+        xs, rs, ws = ([t.clone().requires_grad_() for _ in range(2)] for t in (x0, r0, w0))
+        if path == "eager":
+            layer = bt.BatchNorm2d(C, activation="relu", bias=False).train(training)
+            with torch.no_grad():
+                layer.weight.copy_(w0)
+                layer.running_var.fill_(2.0)
+            ws[0] = layer.weight
+            y = layer(xs[0], rs[0])
+        elif training:
+            y = torch.ops.bnfast.batch_norm_train(xs[0], ws[0], None, rm.clone(), rv.clone(),
+                                                  rs[0], 0.1, 1e-5, True)[0]
+        else:
+            y = torch.ops.bnfast.batch_norm_infer(xs[0], rm, rv, ws[0], None, rs[0], 1e-5,
+                                                  True)
+        want = torch.relu(torch.nn.functional.batch_norm(
+            xs[1], rm.clone(), rv.clone(), ws[1], None, training, 0.1, 1e-5) + rs[1])
+    finally:
+        bt.set_torch_handoff(previous)
+    y.backward(dy)
+    want.backward(dy)
+    assert torch.equal(y, want)
+    for name, got, exp in (("dx", xs[0].grad, xs[1].grad), ("dres", rs[0].grad, rs[1].grad),
+                           ("dweight", ws[0].grad, ws[1].grad)):
+        if path == "operator" and not training and name != "dres":
+            # eval-mode backward stays on the kernels (tests/test_torch_ops.py bounds it)
+            torch.testing.assert_close(got, exp)
+        else:
+            assert torch.equal(got, exp), name

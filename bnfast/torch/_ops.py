@@ -104,9 +104,8 @@ def batch_norm_train(input: Tensor, weight: Opt, bias: Opt, running_mean: Opt, r
                      ) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     rm = None if running_mean is None else running_mean.clone()
     rv = None if running_var is None else running_var.clone()
-    plain = residual is None and not relu
     if (_kernels_serve(input, momentum, weight, bias, rm, rv, residual)
-            and not (plain and torch_is_faster(input, True))):
+            and not torch_is_faster(input, True)):
         xk, y, mean, invstd = _compute.forward_train(input, weight, bias, rm, rv, momentum,
                                                      eps, residual, relu)
         out = _like_input(from_kernel(y, xk.axis, input.dtype), input)
@@ -142,9 +141,8 @@ def _fake_running(input: Tensor, t: Opt) -> Tensor:
          "Tensor? weight, Tensor? bias, Tensor? residual, float eps, bool relu) -> Tensor")
 def batch_norm_infer(input: Tensor, running_mean: Tensor, running_var: Tensor, weight: Opt,
                      bias: Opt, residual: Opt, eps: float, relu: bool) -> Tensor:
-    plain = residual is None and not relu
     if served(input, running_mean, running_var, weight, bias, residual) and not (
-            plain and torch_is_faster(input, False)):
+            torch_is_faster(input, False)):
         xk, y = _compute.forward_infer(input, running_mean, running_var, weight, bias, eps,
                                        residual, relu)
         return _like_input(from_kernel(y, xk.axis, input.dtype), input)
@@ -231,11 +229,11 @@ def batch_norm_backward(grad_output: Tensor, input: Tensor, weight: Opt, save_me
                         ) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
     mask = tuple(bool(m) for m in output_mask)
     k = virtual_batch_size if virtual_batch_size > 0 else None
-    plain = out is None and k is None and r is None
+    variant = k is not None or r is not None
     # The hand-off covers the training backward: aten's eval-mode backward wants the running
     # variance, which this operator does not take (the kernels compute that one).
     if (served(input, weight, out) and grad_output.shape == input.shape
-            and not (plain and training and torch_is_faster(input, training))):
+            and not (not variant and training and torch_is_faster(input, training))):
         xk = _compute.Input(input)
         renorm = None if r is None or d is None else (_vec64(r), _vec64(d))
         ya = None if out is None else xk.like(out)
@@ -250,12 +248,14 @@ def batch_norm_backward(grad_output: Tensor, input: Tensor, weight: Opt, save_me
                                                        input)]
         if grads[3] is not None and grads[3].data_ptr() == grad_output.data_ptr():
             grads[3] = grads[3].clone()  # an operator's output never aliases an input
-    elif plain and training:
+    elif not variant and training:
+        # aten's backward of the batch norm, after the ReLU's mask (y > 0, as the kernels).
+        g = grad_output if out is None else torch.where(out > 0, grad_output, 0)
         sd = _aten_stat(input)
         grads = list(torch.ops.aten.native_batch_norm_backward(
-            grad_output, input, weight, None, None, save_mean.to(sd), save_invstd.to(sd), True,
-            eps, list(mask[:3])))
-        grads.append(grad_output.clone() if mask[3] else None)
+            g, input, weight, None, None, save_mean.to(sd), save_invstd.to(sd), True, eps,
+            list(mask[:3])))
+        grads.append((g.clone() if g is grad_output else g) if mask[3] else None)
     else:
         spec = BackwardSpec(save_mean, save_invstd, eps, training, relu=out is not None,
                             residual=mask[3], virtual_batch_size=k,

@@ -61,11 +61,15 @@ def compute(input: Tensor, running_mean: Optional[Tensor], running_var: Optional
     variant = training and (virtual_batch_size is not None or renorm is not None)
     if _policy.eager(input) and (residual is None or type(residual) is Tensor):
         plain = residual is None and not relu and not variant
-        if plain and _policy.torch_is_faster(input, training):
-            # The hand-off, checked first since it is the cheapest path: aten's batch norm,
-            # with the checks F.batch_norm would repeat done already.
-            return torch.batch_norm(input, weight, bias, running_mean, running_var, training,
-                                    momentum, eps, False)
+        if not variant and _policy.torch_is_faster(input, training):
+            # The hand-off, checked first since it is the cheapest path: aten's batch norm
+            # (with the checks F.batch_norm would repeat done already), then the residual and
+            # the ReLU as separate operations.
+            if plain:
+                return torch.batch_norm(input, weight, bias, running_mean, running_var,
+                                        training, momentum, eps, False)
+            return _torch_ops(input, running_mean, running_var, weight, bias, training,
+                              momentum, eps, residual, relu, False)
         if not (_policy.served(input, running_mean, running_var, weight, bias, residual)
                 and (not training or running_mean is None or 0.0 <= momentum <= 1.0)):
             return _torch_ops(input, running_mean, running_var, weight, bias, training,
