@@ -5,11 +5,12 @@ Usage: python _torch_sync_worker.py RANK WORLD_SIZE INIT_METHOD CASE_FILE OUT_FI
 CASE_FILE (torch.save'd list of cases, run one after the other) holds for each case the
 whole batch ``x``, the upstream weights ``g`` of each step (the loss of step t is
 ``sum(model(x) * g[t])``), the model's ``state_dict``, the rows of each rank (``sizes``),
-``memory_format``, ``lr`` and ``ddp``. The rank trains the model converted by
+``memory_format``, ``lr``, ``ddp`` and ``compile``. The rank trains the model converted by
 ``bnfast.torch.convert_sync_batchnorm`` on its rows, either wrapped in
 DistributedDataParallel (``ddp``) or all-reducing the parameter gradients (sum) itself before
 each SGD step, and saves per step its output, its input gradient and this rank's parameter
-gradients (``ddp``: the sum over the ranks), and the final buffers. OUT_FILE receives the
+gradients (``ddp``: the sum over the ranks), and the final buffers; with ``compile`` the
+model runs through torch.compile (the count of graphs it made is saved too). OUT_FILE receives the
 list of those results.
 """
 import datetime
@@ -43,6 +44,10 @@ def run_case(rank, case):
         trained = torch.nn.parallel.DistributedDataParallel(model)
     else:
         trained = model
+    if case.get("compile"):
+        # The synchronized forward stays eager (torch.compiler.disable): the rest compiles.
+        torch._dynamo.reset()
+        trained = torch.compile(trained, backend="aot_eager")
     # DDP averages the gradients over the ranks: scale the rate so that the step is the sum's.
     lr = case["lr"] * (world_size if case["ddp"] else 1)
     opt = torch.optim.SGD(model.parameters(), lr=lr)
@@ -61,7 +66,8 @@ def run_case(rank, case):
                       "y_channels_last": y.is_contiguous(memory_format=torch.channels_last)})
         opt.step()
         opt.zero_grad()
-    return {"steps": steps,
+    graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"] if case.get("compile") else 0
+    return {"steps": steps, "graphs": graphs,
             "buffers": {k: v.clone() for k, v in model.state_dict().items()}}
 
 

@@ -11,6 +11,7 @@ from _helpers import run_python
 
 torch = pytest.importorskip("torch")
 bt = pytest.importorskip("bnfast.torch")
+from _torch_helpers import kernels_only  # noqa: E402,F401  (autouse: bnfast's kernels only)
 F = torch.nn.functional
 
 

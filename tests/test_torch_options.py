@@ -10,6 +10,7 @@ from _helpers import backward_scales, elementwise_scale, output_rtol, stat_rtol,
 
 torch = pytest.importorskip("torch")
 bt = pytest.importorskip("bnfast.torch")
+from _torch_helpers import kernels_only  # noqa: E402,F401  (autouse: bnfast's kernels only)
 
 # (id, bnfast class, torch class, shape, memory format)
 LAYOUTS = [
@@ -438,7 +439,7 @@ def test_fallback_is_the_same_math(rng, monkeypatch, training):
     xs = [_tensor(x64, torch.float64).requires_grad_(True) for _ in range(2)]
     rs = [_tensor(res64, torch.float64).requires_grad_(True) for _ in range(2)]
     y_fused = fused(xs[0], rs[0])
-    monkeypatch.setattr(bt, "_handled", lambda *args: False)
+    monkeypatch.setattr(bt._policy, "served", lambda *args: False)  # the kernels decline
     y_fallback = fallback(xs[1], rs[1])
     assert y_fallback.grad_fn.name() == "ReluBackward0"  # really torch's operations
     n = x64.size // C if training else 0
@@ -458,7 +459,7 @@ def test_fallback_is_the_same_math(rng, monkeypatch, training):
 
 
 def test_variants_refuse_unserved_input(rng, monkeypatch):
-    monkeypatch.setattr(bt, "_handled", lambda *args: False)
+    monkeypatch.setattr(bt._policy, "served", lambda *args: False)  # the kernels decline
     x = _tensor(rng.standard_normal((4, 3, 2, 2)), torch.float32)
     for kw in ({"virtual_batch_size": 2}, {"renorm": True}):
         with pytest.raises(NotImplementedError, match="CPU kernels only"):

@@ -184,10 +184,12 @@ def _launch(case_file, out_files, timeout=300):
 
 
 # (dtype, rows of rank 0 and rank 1, memory format, DistributedDataParallel or a hand-made
-# gradient all-reduce): unequal batches, and an empty rank.
-GLOO_CASES = [("float64", (3, 5), "contiguous_format", False),
-              ("float32", (0, 6), "channels_last", True)]
-GLOO_IDS = ["float64-3+5-NCHW", "float32-0+6-channels_last-DDP"]
+# gradient all-reduce, torch.compile): unequal batches, an empty rank, and a compiled model
+# (the synchronized forward eager inside it).
+GLOO_CASES = [("float64", (3, 5), "contiguous_format", False, False),
+              ("float32", (0, 6), "channels_last", True, False),
+              ("float64", (4, 2), "contiguous_format", False, True)]
+GLOO_IDS = ["float64-3+5-NCHW", "float32-0+6-channels_last-DDP", "float64-4+2-compiled"]
 
 
 @pytest.fixture(scope="module")
@@ -204,7 +206,7 @@ def gloo_run(tmp_path_factory):
     print(f"random seed: {seed} (replay with BNFAST_TEST_SEED={seed})")
     gen = torch.Generator().manual_seed(seed % 2**63)
     cases = []
-    for dtype, sizes, memory_format, ddp in GLOO_CASES:
+    for dtype, sizes, memory_format, ddp, compiled in GLOO_CASES:
         tdtype = getattr(torch, dtype)
         N, C = sum(sizes), 4
         x = (torch.randn(N, 3, 6, 5, generator=gen, dtype=torch.float64) * 2 + 5).to(tdtype)
@@ -216,7 +218,7 @@ def gloo_run(tmp_path_factory):
             model[1].bias.normal_(generator=gen)
         cases.append({"x": x, "g": g, "state_dict": model.state_dict(), "sizes": sizes,
                       "memory_format": memory_format, "lr": 0.1, "channels": C,
-                      "ddp": ddp})
+                      "ddp": ddp, "compile": compiled})
     tmp = tmp_path_factory.mktemp("gloo")
     torch.save(cases, tmp / "cases.pt")
     outs = [tmp / f"rank{r}.pt" for r in range(2)]
@@ -233,7 +235,7 @@ def test_sync_batchnorm_two_gloo_processes_train_like_one(gloo_run, case_index):
     cases, results = gloo_run
     case = cases[case_index]
     ranks = [r[case_index] for r in results]
-    dtype, _, memory_format, ddp = GLOO_CASES[case_index]
+    dtype, _, memory_format, ddp, compiled = GLOO_CASES[case_index]
     x, g, C = case["x"], case["g"], case["channels"]
     tdtype = x.dtype
     fmt = getattr(torch, memory_format)
@@ -287,3 +289,5 @@ def test_sync_batchnorm_two_gloo_processes_train_like_one(gloo_run, case_index):
         assert torch.equal(ranks[1]["buffers"][name], value), name
     if memory_format == "channels_last":
         assert all(r["steps"][0]["y_channels_last"] for r in ranks if len(r["steps"][0]["y"]))
+    if compiled:  # the convolution compiled around the eager synchronized forward
+        assert all(r["graphs"] >= 1 for r in ranks)

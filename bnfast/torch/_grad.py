@@ -1,12 +1,14 @@
 """Second-order gradients of bnfast.torch's batch norm.
 
-The first-order backward is computed by the kernels (``_BatchNormFunction.backward`` and
-friends); when autograd records a graph of it (``create_graph=True``, ``torch.func.grad`` of a
-gradient, gradient penalties, Hessian-vector products) it runs inside ``BackwardFunction``
-instead, an ``autograd.Function`` whose forward is that same kernel backward (the same bits)
-and whose own backward is the vector-Jacobian product of ``backward_formula``: the batch norm
-backward written in differentiable PyTorch operations. Every order above the first is thus
-the derivative of the exact formula, in float64, at the batch's statistics.
+The first-order backward is computed by the kernels (the eager autograd functions of
+``_autograd`` and the ``bnfast::batch_norm_backward`` operator of ``_ops``); when autograd
+records a graph of it (``create_graph=True``, ``torch.func.grad`` of a gradient, gradient
+penalties, Hessian-vector products) its derivative is the vector-Jacobian product of
+``backward_formula`` (``formula_vjp``): the batch norm backward written in differentiable
+PyTorch operations. In eager mode that runs inside ``BackwardFunction``, an
+``autograd.Function`` whose forward is the kernel backward (the same bits); the operator's
+autograd registration calls ``formula_vjp`` itself. Every order above the first is thus the
+derivative of the exact formula, in float64, at the batch's statistics.
 
 Paths with no formula here (SyncBatchNorm's collective backward) go through
 ``NotTwiceDifferentiable``, which raises when a gradient of the gradient is asked for: never
@@ -29,23 +31,25 @@ class BackwardSpec:
     """What the first-order backward of one call needs besides the tensors.
 
     ``mean`` and ``invstd`` are the statistics that normalized (the batch's in training mode,
-    shape (C,) or (G, C) for ghost batch norm; the running ones in eval mode); ``eps`` is the
-    forward's. ``relu``: the output went through the fused ReLU (``y`` is then a tensor
+    shape (C,) or (G, C) for ghost batch norm; the running ones in eval mode), as arrays or
+    tensors; ``eps`` is the forward's (used in training mode only). ``relu``: the output went through the fused ReLU (``y`` is then a tensor
     argument); ``residual``: a residual was added (its gradient is asked for);
     ``virtual_batch_size`` and ``renorm`` (r, d) as in the NumPy API.
     """
 
-    mean: np.ndarray
-    invstd: np.ndarray
+    mean: Any
+    invstd: Any
     eps: float
     training: bool
     relu: bool = False
     residual: bool = False
     virtual_batch_size: Optional[int] = None
-    renorm: Optional[Tuple[np.ndarray, np.ndarray]] = None
+    renorm: Optional[Tuple[Any, Any]] = None
 
 
 def _per_channel(v: Any, shape: Sequence[int], dtype: torch.dtype) -> Tensor:
+    if isinstance(v, Tensor):
+        return v.detach().to(dtype).reshape(shape)
     return torch.as_tensor(np.asarray(v), dtype=dtype).reshape(shape)
 
 
@@ -132,34 +136,47 @@ class BackwardFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, *grads: Optional[Tensor]) -> Tuple[Optional[Tensor], ...]:
         grad_output, input, weight, y = ctx.saved_tensors
-        wanted = [i for i in range(3) if ctx.needs_input_grad[i]]
-        result: list = [None] * 6
-        if not wanted:
-            return tuple(result)
-        # Partial derivatives (every other argument held fixed), taken by torch.func.vjp on
-        # the saved tensors themselves: with create_graph the result is recorded as a
-        # function of their histories, so the third order is right too.
-        tensors = (grad_output, input, weight)
-        y_fixed = None if y is None else y.detach()
+        wanted = tuple(i for i in range(3) if ctx.needs_input_grad[i])
+        got = formula_vjp((grad_output, input, weight), y, ctx.spec, ctx.present, wanted,
+                          grads)
+        return (*got, None, None, None)
 
-        def formula(*args: Tensor) -> Grads:
-            full = list(tensors)
-            for i, t in zip(wanted, args):
-                full[i] = t
-            outs = backward_formula(full[0], full[1], full[2], y_fixed, ctx.spec)
-            return tuple(o if present else torch.zeros(()) for o, present
-                         in zip(outs, ctx.present))  # type: ignore[return-value]
 
-        pulled = torch.func.vjp(formula, *[tensors[i] for i in wanted])
-        outs, vjp = pulled[0], pulled[1]
-        cotangents = tuple(torch.zeros_like(o) if g is None or not present else g.to(o.dtype)
-                           for o, g, present in zip(outs, grads, ctx.present))
-        got = vjp(cotangents)
-        for i, g in zip(wanted, got):
-            t = tensors[i]
-            assert t is not None
-            result[i] = None if g is None else g.to(t.dtype)
+def formula_vjp(tensors: Tuple[Tensor, Tensor, Optional[Tensor]], y: Optional[Tensor],
+                spec: BackwardSpec, present: Sequence[bool], wanted: Sequence[int],
+                grads: Sequence[Optional[Tensor]]) -> Tuple[Optional[Tensor], ...]:
+    """The gradients with respect to ``tensors = (grad_output, input, weight)`` (those whose
+    index is in ``wanted``, None for the others) of the first-order backward's outputs
+    ``(dx, dweight, dbias, dresidual)`` against the cotangents ``grads`` (None or a tensor
+    each; ``present`` says which outputs exist).
+
+    Partial derivatives (every other argument held fixed), taken by torch.func.vjp on the
+    tensors themselves: with create_graph the result is recorded as a function of their
+    histories, so the third order is right too.
+    """
+    result: list = [None, None, None]
+    if not wanted:
         return tuple(result)
+    y_fixed = None if y is None else y.detach()
+
+    def formula(*args: Tensor) -> Grads:
+        full = list(tensors)
+        for i, t in zip(wanted, args):
+            full[i] = t
+        assert full[0] is not None and full[1] is not None
+        outs = backward_formula(full[0], full[1], full[2], y_fixed, spec)
+        return tuple(o if p else torch.zeros(()) for o, p in zip(outs, present))  # type: ignore
+
+    pulled = torch.func.vjp(formula, *[tensors[i] for i in wanted])
+    outs, vjp = pulled[0], pulled[1]
+    cotangents = tuple(torch.zeros_like(o) if g is None or not p else g.to(o.dtype)
+                       for o, g, p in zip(outs, grads, present))
+    got = vjp(cotangents)
+    for i, g in zip(wanted, got):
+        t = tensors[i]
+        assert t is not None
+        result[i] = None if g is None else g.to(t.dtype)
+    return tuple(result)
 
 
 class NotTwiceDifferentiable(torch.autograd.Function):
