@@ -285,7 +285,9 @@ def test_input_modified_in_place_before_backward_is_detected():
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
 @pytest.mark.parametrize("params_dtype", ["float32", "same"])
 def test_half_precision_is_computed_in_float32(seed, dtype, params_dtype):
-    """float16/bfloat16: converted to float32, computed, converted back (exactly that)."""
+    """float16/bfloat16: the bits of the float32 computation on the same values rounded
+    once (the kernels widen half values as they load them; channels-last input, whose plan
+    does not depend on the element size)."""
     gen = torch.Generator().manual_seed(seed % 2**63)
     tdtype = getattr(torch, dtype)
     pdtype = torch.float32 if params_dtype == "float32" else tdtype

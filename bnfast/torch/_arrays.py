@@ -1,12 +1,13 @@
 """Tensors as the kernels' arrays, and back: the one place where that conversion happens.
 
-``to_kernel`` gives any CPU tensor as the NumPy array the compiled kernels read (float32 or
-float64, C-contiguous, channels first or channels last), and ``from_kernel`` turns a kernel's
-result array back into a tensor of the caller's dtype; ``vector`` (per-channel tensors) and
-``RunningBuffer`` (running statistics the kernels update) go through ``to_kernel``. Today
-float16 and bfloat16 are computed in float32 (a converted copy in, a conversion back out); a
-switch to zero-copy views of half tensors changes ``to_kernel``, ``from_kernel`` and
-``kernel_dtype`` only.
+``to_kernel`` gives any CPU tensor as the NumPy array the compiled kernels read
+(C-contiguous, channels first or channels last), and ``from_kernel`` turns a kernel's result
+array back into a tensor, both without a copy for float32, float64, float16 and bfloat16:
+the kernels load and store half values themselves (widened to float32 in registers,
+docs/design.md §1). float16 tensors are viewed as NumPy float16, bfloat16 tensors as
+``BFLOAT16_BITS`` (their bits; NumPy has no bfloat16 of its own and bnfast never imports
+ml_dtypes). ``vector`` (per-channel tensors) and ``RunningBuffer`` (running statistics the
+kernels update) give half per-channel tensors as float32 copies.
 """
 from __future__ import annotations
 
@@ -18,13 +19,24 @@ import torch
 from numpy.typing import NDArray
 from torch import Tensor
 
+from .._dtypes import BFLOAT16_BITS
+
 NATIVE = (torch.float32, torch.float64)
 HALF = (torch.float16, torch.bfloat16)
+_KERNEL_DTYPES = NATIVE + HALF
 
 
 def kernel_dtype(dtype: torch.dtype) -> torch.dtype:
-    """The dtype the kernels compute a tensor of ``dtype`` in (float32 for half types)."""
-    return dtype if dtype in NATIVE else torch.float32
+    """The dtype of the kernels' arrays for a tensor of ``dtype``: its own for the four float
+    types (half ones are loaded and stored as they are), float32 for any other."""
+    return dtype if dtype in _KERNEL_DTYPES else torch.float32
+
+
+def _numpy(t: Tensor) -> NDArray[Any]:
+    """The NumPy view of a dense tensor of a kernel dtype (bfloat16: as BFLOAT16_BITS)."""
+    if t.dtype == torch.bfloat16:
+        return t.view(torch.int16).numpy().view(BFLOAT16_BITS)
+    return t.numpy()
 
 
 def to_kernel(t: Tensor, like: Optional[Tuple[Tensor, NDArray[Any], int]] = None
@@ -43,26 +55,29 @@ def to_kernel(t: Tensor, like: Optional[Tuple[Tensor, NDArray[Any], int]] = None
         held, axis = like[0], like[2]
         if t.dtype != held.dtype or t.stride() != held.stride() or t.is_neg():
             t = torch.empty_like(held).copy_(t)
-        return t, (t.numpy() if axis != -1 else t.movedim(1, -1).numpy()), axis
-    if t.dtype not in NATIVE:
+        return t, _numpy(t if axis != -1 else t.movedim(1, -1)), axis
+    if t.dtype not in _KERNEL_DTYPES:
         t = t.to(torch.float32)  # keeps a dense tensor's strides (memory format)
     elif t.is_neg():
         t = t.resolve_neg()
     if t.is_contiguous():
-        return t, t.numpy(), 1 if t.dim() > 1 else 0
+        return t, _numpy(t), 1 if t.dim() > 1 else 0
     if t.dim() >= 3:
         last = t.movedim(1, -1)
         if last.is_contiguous():
-            return t, last.numpy(), -1
+            return t, _numpy(last), -1
     t = t.contiguous()
-    return t, t.numpy(), 1
+    return t, _numpy(t), 1
 
 
 def from_kernel(a: NDArray[Any], axis: int, dtype: torch.dtype) -> Tensor:
     """The reverse of ``to_kernel``: a kernel's result ``a`` (an array of the layout
     ``to_kernel`` gave for ``axis``) as an (N, C, ...) tensor of ``dtype``, with no copy
-    when ``a`` is of that dtype already (a conversion from float32 for half types)."""
-    t = torch.from_numpy(a)
+    when ``a`` is of that dtype already."""
+    if a.dtype == BFLOAT16_BITS:
+        t = torch.from_numpy(a.view(np.int16)).view(torch.bfloat16)
+    else:
+        t = torch.from_numpy(a)
     if axis == -1:
         t = t.movedim(-1, 1)
     return t if t.dtype == dtype else t.to(dtype)
@@ -89,6 +104,8 @@ def vector(t: Optional[Tensor]) -> Optional[NDArray[Any]]:
     hit = _VIEWS.get(key)
     if hit is not None and hit[0]() is t and hit[1] == t.data_ptr():
         return hit[2]
+    if t.dtype in HALF:  # per-channel vectors of half models: float32, as PyTorch keeps them
+        return t.data.float().numpy()
     held, array, _ = to_kernel(t)
     if held.data_ptr() == t.data_ptr() and held.dtype == t.dtype:
         _VIEWS[key] = (weakref.ref(t, _forget(key)), t.data_ptr(), array)

@@ -20,6 +20,7 @@ from torch import Tensor
 from .. import _kernels, _training
 from .._functional import batch_norm_backward, batch_norm_forward, batch_norm_inference
 from .._variants import batch_renorm_forward
+from .._dtypes import BFLOAT16_BITS
 from ._arrays import RunningBuffer, n_threads, to_kernel, vector
 
 F64 = NDArray[np.float64]
@@ -39,6 +40,16 @@ class Input:
     def like(self, t: Tensor) -> Array:
         """``t`` (x's shape: a gradient, a residual, an output) as an array of this layout."""
         return to_kernel(t, self.view)[1]
+
+
+def _relu_masked(dya: Array, ya: Array) -> Array:
+    """``dy`` where ``y > 0``, else +0 (the ReLU's gradient), for every kernel dtype: the
+    bits of a bfloat16 ``y`` (BFLOAT16_BITS) are positive and at most +infinity's."""
+    if ya.dtype == BFLOAT16_BITS:
+        bits = ya.view(np.uint16)
+        keep = (bits > 0) & (bits <= 0x7F80)
+        return np.where(keep, dya.view(np.uint16), np.uint16(0)).view(BFLOAT16_BITS)
+    return np.where(ya > 0, dya, dya.dtype.type(0))
 
 
 def forward_train(x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor],
@@ -181,7 +192,7 @@ def backward(grad_output: Tensor, xk: Input, weight: Optional[Tensor], mean: F64
         # Fixed statistics: g = dy * (y > 0), dx = g * gamma * invstd (the inference kernel
         # with a scale only), dgamma = sum(g * xhat), dbeta = sum(g).
         if ya is not None:
-            dya = np.where(ya > 0, dya, dya.dtype.type(0))
+            dya = _relu_masked(dya, ya)
         dgamma, dbeta = _sums(dya, xa, mean, invstd, axis, nt, None, None)
         if needs[0]:
             scale = invstd if gamma is None else invstd * gamma
