@@ -28,10 +28,12 @@
  * claimed (other processes want the CPU) holds the caller until it runs again.  When a call
  * waits for such a straggler (over 0.1 ms and a quarter of its own part of the work: a
  * helper that runs leaves it at most one task to wait for), the pool backs off: calls run on
- * their own thread for 10 ms, then 20, 40, ... up to a second while it keeps happening, and
- * back to helpers after a call without it.  On a machine that other processes keep busy,
- * default threads then cost what one thread costs, and at most one call a second probes
- * whether helpers run again.
+ * their own thread for 10 ms, twice as long after each further straggler, up to a second,
+ * and a quarter less long after each call with helpers that had none (so the back-off grows
+ * while more than about three calls with helpers in ten meet a straggler, and fades away on
+ * a machine that has become quiet).  On a machine that other processes keep busy, default
+ * threads then cost what one thread costs, and about one call a second probes whether
+ * helpers run again.
  *
  * Linux sleeps on futexes; other POSIX systems on a mutex and condition variable; elsewhere
  * (Windows) there is no pool and plan.pxi runs the tasks in an OpenMP loop.  Helpers are
@@ -95,12 +97,13 @@ static struct {
     int64_t backoff_ns;             /* the last back-off (0: none); written under busy */
     int64_t backoff_until;          /* atomic: calls run on their own thread until then */
     int64_t backoffs;               /* atomic: how many times the pool backed off */
+    int64_t helped;                 /* atomic: claims that helpers ran (diagnostics) */
     pthread_mutex_t start_lock;
 #ifndef BN_POOL_FUTEX
     pthread_mutex_t lock;
     pthread_cond_t job_cv, done_cv;
 #endif
-} bn_pool = {0, 0, 0, 0, 0, 0, {0, 0}, 0, 0, NULL, NULL, 0, 0, 0, 0, 0,
+} bn_pool = {0, 0, 0, 0, 0, 0, {0, 0}, 0, 0, NULL, NULL, 0, 0, 0, 0, 0, 0,
              PTHREAD_MUTEX_INITIALIZER,
 #ifndef BN_POOL_FUTEX
              PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, PTHREAD_COND_INITIALIZER
@@ -192,6 +195,8 @@ static void bn_pool_drain(int caller)
         const npy_intp end = (i + 1) * per < n ? (i + 1) * per : n;
         for (npy_intp k = i * per; k < end; k++)
             bn_pool.fn(bn_pool.ctx, k);
+        if (!caller)
+            __atomic_add_fetch(&bn_pool.helped, 1, __ATOMIC_RELAXED);
         if (__atomic_add_fetch(&bn_pool.done, 1, __ATOMIC_ACQ_REL) == (int64_t)tasks) {
             __atomic_store_n(&bn_pool.finished, (uint32_t)(t >> (2 * BN_TICKET_BITS)),
                              __ATOMIC_SEQ_CST);
@@ -269,6 +274,14 @@ static int bn_pool_start(int want)
     return BN_LOAD(&bn_pool.n_helpers);
 }
 
+/* A call with helpers met no straggler: a quarter less of the back-off (under the minimum,
+ * none).  Called under busy. */
+static void bn_pool_ease(void)
+{
+    const int64_t b = bn_pool.backoff_ns - bn_pool.backoff_ns / 4;
+    bn_pool.backoff_ns = b < BN_BACKOFF_MIN_NS / 2 ? 0 : b;
+}
+
 /* fn(ctx, i) for every i < n_tasks on up to nt threads (this one included), each task once.
  * `per`: consecutive tasks per claim (>= 1), fewer claims for many cheap tasks.  A call
  * made while another call's job runs (another Python thread, or a task that calls back)
@@ -322,10 +335,10 @@ static void bn_pool_run(bn_task_fn fn, void *ctx, npy_intp n_tasks, int nt, npy_
             BN_STORE(&bn_pool.backoff_until, end + b);
             __atomic_add_fetch(&bn_pool.backoffs, 1, __ATOMIC_RELAXED);
         } else {
-            bn_pool.backoff_ns = 0;
+            bn_pool_ease();
         }
     } else {
-        bn_pool.backoff_ns = 0;
+        bn_pool_ease();
     }
     BN_STORE(&bn_pool.busy, 0);
 }
@@ -333,6 +346,7 @@ static void bn_pool_run(bn_task_fn fn, void *ctx, npy_intp n_tasks, int nt, npy_
 static int bn_pool_enabled(void) { return 1; }
 static int bn_pool_helpers(void) { return BN_LOAD(&bn_pool.n_helpers); }
 static int64_t bn_pool_backoffs(void) { return BN_LOAD(&bn_pool.backoffs); }
+static int64_t bn_pool_helped(void) { return BN_LOAD(&bn_pool.helped); }
 
 #else  /* no pool: plan.pxi runs its OpenMP loop (or a plain loop) instead */
 #define BN_HAVE_POOL 0
@@ -346,6 +360,7 @@ static void bn_pool_run(bn_task_fn fn, void *ctx, npy_intp n_tasks, int nt, npy_
 static int bn_pool_enabled(void) { return 0; }
 static int bn_pool_helpers(void) { return 0; }
 static int64_t bn_pool_backoffs(void) { return 0; }
+static int64_t bn_pool_helped(void) { return 0; }
 #endif
 
 /* The tasks of plan.pxi are typed by the element type of their array; the pool calls

@@ -51,6 +51,11 @@ def pool_helpers():
     return bn_pool_helpers()
 
 
+def pool_helped():
+    """How many claims of tasks the pool's helper threads have run (diagnostics)."""
+    return bn_pool_helped()
+
+
 def pool_backoffs():
     """How many times the pool backed off to one thread after a call waited for a helper
     that the scheduler had stopped (bn_pool.h)."""

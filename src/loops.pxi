@@ -22,6 +22,7 @@ cdef extern from "bn_pool.h" nogil:
     int bn_pool_enabled()
     int bn_pool_helpers()
     long long bn_pool_backoffs()
+    long long bn_pool_helped()
     void bn_call_f32(void *ctx, intp i)
     void bn_call_f64(void *ctx, intp i)
     void bn_call_f16(void *ctx, intp i)

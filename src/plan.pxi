@@ -34,7 +34,7 @@ cdef enum:
     # 1 thread); 512 for the backward sums (two inputs), 256 for the weighted NaN-skipping
     # statistics. Measured against 128/256/512/1024 for C = 256-2048 (2-core EPYC, same
     # run): the backward sums took 1.1-1.3x the time with 256 as with 512.
-    # An array of few rows still gets up to MIN_TILE_TASKS tasks, one per 65,536 values, for
+    # An array of few rows still gets up to MIN_TILE_TASKS tasks, one per TILE_TASK_VALUES, for
     # the threads its work is worth: narrower tiles of the same block height (down to
     # NARROW_TILE_C channels) while there are fewer than WHOLE_ROW_CHUNKS blocks, then lower
     # blocks (down to MIN_TILE_ROWS rows). (1024, 1024) is 16 tasks of 256 channels x 256
@@ -42,6 +42,7 @@ cdef enum:
     TILE_C = 1024
     NARROW_TILE_C = 256
     MIN_TILE_TASKS = 16
+    TILE_TASK_VALUES = 65536
     MIN_TILE_ROWS = 256
     GRAD_TILE_C = 512
     MASKED_TILE_C = 256
@@ -60,8 +61,11 @@ cdef enum:
     TARGET_TASKS = 64
     # ... but a chunk never shrinks below this many elements.
     MIN_CHUNK = 32768
-    # A thread is only woken for at least this many elements of work.
-    MIN_PER_THREAD = 65536
+    # A thread is only woken for at least this many elements of work: some 30-60 us at one
+    # thread, against a helper's wake-up of 10-50 us on a VM and longer on a busy machine.
+    # (65,536 before the pool: a 0.25 MiB backward then went to two threads, 0.7x the time
+    # on a quiet machine and up to 8x its median at the 90th percentile on a busy one.)
+    MIN_PER_THREAD = 131072
     # Channels of at most this many bytes (runs layout) are reduced and then normalized by
     # one task while they sit in L2/L3: the training forward then reads x once from memory.
     FUSE_MAX_BYTES = 1 << 20
@@ -132,7 +136,7 @@ cdef Plan make_plan(intp outer, intp C, intp inner, intp itemsize,
             # The plain statistics want enough tasks for the threads the work is worth:
             # first narrower tiles of the same block height (down to NARROW_TILE_C
             # channels), then lower blocks (down to MIN_TILE_ROWS rows).
-            wanted = min(MIN_TILE_TASKS, outer * C // MIN_PER_THREAD)
+            wanted = min(MIN_TILE_TASKS, outer * C // TILE_TASK_VALUES)
             while (p.n_ctasks * p.n_blocks < wanted and p.n_blocks < WHOLE_ROW_CHUNKS
                    and p.ctile > NARROW_TILE_C):
                 p.n_ctasks += 1
