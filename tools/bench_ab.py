@@ -19,8 +19,10 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import json
 import os
 import random
+import subprocess
 import sys
 import tempfile
 import time
@@ -99,6 +101,84 @@ def time_batch(f, n):
     return (CLOCK() - t0) / n
 
 
+def make_case(sname, dtype, rng):
+    shape, axis = SHAPES[sname] if sname in SHAPES else parse_shape(sname)
+    x = (rng.standard_normal(shape) * 2 + 3).astype(dtype)
+    dy = rng.standard_normal(shape).astype(dtype)
+    C = shape[axis]
+    g = rng.uniform(0.5, 1.5, C).astype(dtype)
+    b = rng.standard_normal(C).astype(dtype)
+    return x, dy, g, b, axis, sname.split(":")[0]
+
+
+def contender_calls(who, a, nt, x, dy, g, b, axis, layout, pool, mods, torch):
+    """{name: call} for the contenders named in `who` (base, new, torch, copy)."""
+    fs = {}
+    for k in who:
+        if k in mods:
+            fs[k] = calls(mods[k], a_op(a), x, dy, g, b, axis, nt)
+        elif k == "torch" and torch is not None:
+            tf = torch_call(torch, a_op(a), x, dy, g, b, layout)
+            if tf is not None:
+                fs[k] = tf
+        elif k == "copy":
+            dst = np.empty_like(x).reshape(-1)
+            srcs, dsts = np.array_split(x.reshape(-1), nt), np.array_split(dst, nt)
+            fs[k] = lambda: list(pool.map(np.copyto, dsts, srcs))  # noqa: E731
+    return fs
+
+
+def a_op(a):
+    return a._op
+
+
+def worker(a):
+    """--worker: time every (threads, shape, op) case of one contender once; JSON lines."""
+    who = a.worker
+    mods = {}
+    torch = None
+    if who in ("base", "new"):
+        mods[who] = load("bnbase" if who == "base" else "bnnew", getattr(a, who))
+    elif who == "torch":
+        import torch
+    out = {}
+    for nt in a.threads:
+        if torch is not None:
+            torch.set_num_threads(nt)
+        pool = ThreadPoolExecutor(nt)
+        rng = np.random.default_rng(0)
+        for sname in a.shapes:
+            x, dy, g, b, axis, layout = make_case(sname, a.dtype, rng)
+            for op in a.ops:
+                a._op = op
+                fs = contender_calls([who], a, nt, x, dy, g, b, axis, layout, pool, mods, torch)
+                if who not in fs:
+                    continue
+                f = fs[who]
+                f()
+                reps = max(1, int(0.02 / max(time_batch(f, 1), 1e-7)))
+                time_batch(f, reps)             # warm: pages touched, threads started
+                out[f"{nt}|{sname}|{op}"] = time_batch(f, reps)
+        pool.shutdown()
+    print(json.dumps(out))
+
+
+def run_processes(a, argv):
+    """--processes: per round, one process per contender in a shuffled order."""
+    who = ["base", "new", "copy"] + ([] if a.no_torch else ["torch"])
+    res = {}
+    for _ in range(a.rounds):
+        order = list(who)
+        random.shuffle(order)
+        for k in order:
+            cmd = [sys.executable, os.path.abspath(__file__), *argv, "--worker", k]
+            got = json.loads(subprocess.run(cmd, check=True, capture_output=True,
+                                            text=True).stdout.strip().splitlines()[-1])
+            for case, t in got.items():
+                res.setdefault(case, {}).setdefault(k, []).append(t)
+    return res
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser()
     ap.add_argument("--base", required=True)
@@ -112,10 +192,18 @@ def main(argv=None):
     ap.add_argument("--cpu", action="store_true",
                     help="time process CPU time instead of wall time (1 thread: less affected "
                          "by a loaded machine's scheduling)")
-    a = ap.parse_args(argv)
+    ap.add_argument("--processes", action="store_true",
+                    help="each contender in processes of its own, one per round (see above)")
+    ap.add_argument("--worker", help=argparse.SUPPRESS)
+    raw = list(sys.argv[1:] if argv is None else argv)
+    a = ap.parse_args(raw)
     global CLOCK
     if a.cpu:
         CLOCK = time.process_time
+    if a.worker:
+        return worker(a)
+    if a.processes:
+        return report_processes(a, run_processes(a, [r for r in raw if r != "--processes"]))
     mods = {"base": load("bnbase", a.base), "new": load("bnnew", a.new)}
     torch = None
     if not a.no_torch:
@@ -172,6 +260,28 @@ def main(argv=None):
                       f"{med['new'] / floor:9.2f}", flush=True)
         pool.shutdown()
     print(f"# load average at end: {os.getloadavg()}  (times in ms: median[p25-p75])")
+
+
+def report_processes(a, res):
+    print(f"# load average at end: {os.getloadavg()}  (times in ms: median[p25-p75] over "
+          f"{a.rounds} processes each)")
+    print(f"{'op':8} {'shape':18} thr  {'base':>16} {'new':>16} {'torch':>16} "
+          f"{'floor':>9}  new/base new/torch new/floor")
+    for case, per in res.items():
+        nt, sname, op = case.split("|")
+        med = {k: float(np.median(v)) for k, v in per.items()}
+
+        def cell(k):
+            if k not in per:
+                return f"{'-':>16}"
+            lo, hi = np.percentile(per[k], 25), np.percentile(per[k], 75)
+            return f"{med[k] * 1e3:7.3f}[{lo * 1e3:.2f}-{hi * 1e3:.2f}]".rjust(16)
+
+        floor = PASSES[op] * med["copy"]
+        tr = f"{med['new'] / med['torch']:9.2f}" if "torch" in med else f"{'-':>9}"
+        print(f"{op:8} {sname:18} {nt:>3}  {cell('base')} {cell('new')} {cell('torch')} "
+              f"{floor * 1e3:9.3f}  {med['new'] / med['base']:8.2f} {tr} "
+              f"{med['new'] / floor:9.2f}", flush=True)
 
 
 if __name__ == "__main__":

@@ -3,7 +3,7 @@
 Usage::
 
     PYTHONPATH=. python tools/bench_torch_calls.py [--rounds 15] [--threads 1]
-        [--old REF] [--cases NAME ...] [--dtype float32]
+        [--old REF] [--cases NAME ...] [--dtype float32|float64|float16|bfloat16]
 
 For every case (a layer and an input shape and layout) it times, on the same tensors:
 
@@ -153,7 +153,8 @@ def main(argv=None):
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--old", metavar="REF", help="also time bnfast.torch at git REF")
     parser.add_argument("--cases", nargs="+", choices=sorted(CASES), default=list(CASES))
-    parser.add_argument("--dtype", default="float32", choices=["float32", "float64"])
+    parser.add_argument("--dtype", default="float32",
+                        choices=["float32", "float64", "float16", "bfloat16"])
     parser.add_argument("--batch-ms", type=float, default=2.0,
                         help="time of one batch of calls (default 2 ms)")
     parser.add_argument("--clock", choices=["wall", "thread"], default="wall",

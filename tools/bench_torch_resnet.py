@@ -5,13 +5,15 @@ Usage::
 
     PYTHONPATH=. python tools/bench_torch_resnet.py [--threads 1 2] [--rounds 7]
         [--batch 16] [--size 32] [--width 32] [--formats NCHW channels_last]
-        [--modes eager compiled] [--quick]
+        [--modes eager compiled] [--autocast bfloat16] [--quick]
 
 The model is written here (no torchvision): a ResNet-18-like stack of basic blocks (conv3x3
 -> BN -> ReLU -> conv3x3 -> BN, plus the identity or a strided 1x1 conv -> BN, then ReLU), four
 stages of two blocks with widths width, 2 width, 4 width, 8 width, global average pooling and
 a linear layer: 20 batch norm layers. A step is forward, cross-entropy loss, backward and an
-SGD update; "eval" is a forward under no_grad in eval mode.
+SGD update; "eval" is a forward under no_grad in eval mode. ``--autocast bfloat16`` runs the
+forwards under ``torch.autocast("cpu", dtype=torch.bfloat16)``: the convolutions compute in
+bfloat16, and batch norm receives bfloat16 input with float32 parameters.
 
 Each thread count runs in a fresh process (OMP_NUM_THREADS and torch.set_num_threads set to
 it). Within a process, "torch" and "bnfast" run the same weights and data; every round times
@@ -70,7 +72,14 @@ def worker(args, threads):
 
     import torch
 
+    import contextlib
+
     import bnfast.torch as bt
+
+    def autocast():
+        if args.autocast is None:
+            return contextlib.nullcontext()
+        return torch.autocast("cpu", dtype=getattr(torch, args.autocast))
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
@@ -95,14 +104,15 @@ def worker(args, threads):
 
                 def step(model=model, run=run, opt=opt):
                     model.train()
-                    loss = torch.nn.functional.cross_entropy(run(x), target)
+                    with autocast():
+                        loss = torch.nn.functional.cross_entropy(run(x), target)
                     opt.zero_grad(set_to_none=True)
                     loss.backward()
                     opt.step()
 
                 def evaluate(model=model, run=run_eval):
                     model.eval()
-                    with torch.no_grad():
+                    with torch.no_grad(), autocast():
                         run(x)
 
                 steps[name], evals[name] = step, evaluate
@@ -139,6 +149,8 @@ def main(argv=None):
     parser.add_argument("--clock", choices=["wall", "thread"], default="wall",
                         help="thread: the main thread's CPU time, which a loaded machine "
                         "disturbs less (with --threads 1 only)")
+    parser.add_argument("--autocast", choices=["bfloat16"],
+                        help="run the forwards under torch.autocast('cpu', dtype=...)")
     parser.add_argument("--quick", action="store_true",
                         help="a smoke run: width 8, 16x16 input, 2 rounds, 1 warm-up")
     parser.add_argument("--worker", type=int, help=argparse.SUPPRESS)
@@ -154,7 +166,7 @@ def main(argv=None):
 
     print(f"torch {torch.__version__}, {os.cpu_count()} CPUs; batch {args.batch}, input "
           f"{args.size}x{args.size}, width {args.width}; {args.rounds} interleaved rounds, "
-          f"{args.clock} clock; "
+          f"{args.clock} clock; autocast {args.autocast or 'off'}; "
           f"load average before {tuple(round(v, 2) for v in os.getloadavg())}")
     print("| layout | mode | step | threads | torch (ms) | bnfast / torch |")
     print("|---|---|---|---:|---:|---:|")
