@@ -100,15 +100,14 @@ static inline bn_vf8 bn_load8_bf16_avx2(const bn_bf16 *p)
 }
 static inline void bn_store8_bf16_avx2(bn_bf16 *p, bn_vf8 f)
 {
-    const __m256i u = _mm256_castps_si256((__m256)f);
-    const __m256i nan = _mm256_cmpgt_epi32(_mm256_and_si256(u, _mm256_set1_epi32(0x7fffffff)),
-                                           _mm256_set1_epi32(0x7f800000));
-    const __m256i odd = _mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(1));
+    /* t: the top halves; r: rounded to nearest even; a NaN becomes 0x7fc0 with its sign. */
+    const __m256i u = _mm256_castps_si256((__m256)f), t = _mm256_srli_epi32(u, 16);
+    const __m256i nan = _mm256_castps_si256(_mm256_cmp_ps((__m256)f, (__m256)f, _CMP_UNORD_Q));
+    const __m256i odd = _mm256_and_si256(t, _mm256_set1_epi32(1));
     const __m256i r = _mm256_srli_epi32(
         _mm256_add_epi32(_mm256_add_epi32(u, _mm256_set1_epi32(0x7fff)), odd), 16);
-    const __m256i q = _mm256_or_si256(
-        _mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(0x8000)),
-        _mm256_set1_epi32(0x7fc0));
+    const __m256i q = _mm256_or_si256(_mm256_and_si256(t, _mm256_set1_epi32(0x8000)),
+                                      _mm256_set1_epi32(0x7fc0));
     const __m256i h = _mm256_blendv_epi8(r, q, nan);
     _mm_storeu_si128((__m128i *)(void *)p,
                      _mm_packus_epi32(_mm256_castsi256_si128(h),
