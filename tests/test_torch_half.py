@@ -124,3 +124,30 @@ def test_bfloat16_autocast_training_step_matches_pytorch(seed):
                    for p in model.parameters())
     for a, b in zip(*losses):
         assert abs(a - b) <= 2 * 2.0 ** -8 * abs(b), losses
+
+
+@pytest.mark.parametrize("dtype", HALVES)
+def test_half_handoff_thresholds(dtype, monkeypatch):
+    """With the hand-off on, half-precision eval calls are PyTorch's kernel at any size (it
+    was faster at every size measured), and half training calls are bnfast's kernels from
+    the half thresholds up: the kernel spy sees exactly those calls."""
+    bt.set_torch_handoff(True)  # the kernels_only fixture restores it
+    calls = []
+    for name in ("forward_train", "forward_infer"):
+        real = getattr(_kernels, name)
+        monkeypatch.setattr(_kernels, name,
+                            lambda *a, _real=real, _name=name: calls.append(_name) or _real(*a))
+    big = torch.randn(bt._policy._HALF_CROSSOVER[(True, "NC")] // 8, 8).to(dtype)
+    small = big[: big.shape[0] // 2]
+    for x, training, want in ((big, True, ["forward_train"]), (small, True, []),
+                              (big, False, [])):
+        calls.clear()
+        layer = bt.BatchNorm1d(8).to(dtype).train(training)
+        with torch.no_grad():
+            y = layer(x)
+        assert calls == want, (x.shape, training)
+        ref = torch.nn.BatchNorm1d(8).to(dtype).train(training)
+        with torch.no_grad():
+            want_y = ref(x)
+        tol = 8 * float(torch.finfo(dtype).eps)  # a few roundings to the half type
+        assert torch.allclose(y.float(), want_y.float(), rtol=tol, atol=tol)

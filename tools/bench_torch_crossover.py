@@ -5,6 +5,7 @@ Usage::
 
     PYTHONPATH=. python tools/bench_torch_crossover.py [--rounds 9] [--threads 1]
         [--clock wall|thread] [--layouts NC NCHW NHWC] [--modes train eval]
+        [--dtype float32|float64|float16|bfloat16] [--large] [--compiled]
 
 For each layout (NC: (N, 64); NCHW and NHWC (channels_last): (N, 64, 8, 8)) and mode
 (training forward+backward, eval forward under no_grad) it doubles N and times bnfast's layer
@@ -17,6 +18,10 @@ call from which the median ratio stays at or below 1.
 inductor fuses), bnfast's operators against inductor's own batch norm, over fewer and larger
 shapes (every shape and mode is a compilation of each variant, seconds apiece): the
 crossover of the compiled path (``_policy._COMPILED_CROSSOVER``).
+
+``--large``: sizes from 0.4M to 13M values, where the half-precision calls cross
+(``--dtype float16`` or ``bfloat16``; the layers are converted to that dtype, as
+``model.to(torch.bfloat16)`` does).
 """
 from __future__ import annotations
 
@@ -33,6 +38,12 @@ SHAPES = {
     "NC": [(n, 64) for n in (8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192)],
     "NCHW": [(n, 64, 8, 8) for n in (1, 2, 4, 8, 16, 32, 64, 128)],
     "NHWC": [(n, 64, 8, 8) for n in (1, 2, 4, 8, 16, 32, 64, 128)],
+}
+# --large: past the float32 crossovers, where half-precision calls may cross (0.4M-13M values).
+LARGE_SHAPES = {
+    "NC": [(n, 64) for n in (8192, 16384, 32768, 65536, 131072, 262144)],
+    "NCHW": [(n, 64, 28, 28) for n in (8, 16, 32)] + [(n, 64, 56, 56) for n in (16, 32, 64)],
+    "NHWC": [(n, 64, 28, 28) for n in (8, 16, 32)] + [(n, 64, 56, 56) for n in (16, 32, 64)],
 }
 COMPILED_SHAPES = {
     "NC": [(n, 64) for n in (256, 2048, 16384, 131072)],
@@ -89,7 +100,10 @@ def main(argv=None):
     parser.add_argument("--layouts", nargs="+", choices=list(SHAPES), default=list(SHAPES))
     parser.add_argument("--modes", nargs="+", choices=["train", "eval"],
                         default=["train", "eval"])
-    parser.add_argument("--dtype", default="float32", choices=["float32", "float64"])
+    parser.add_argument("--dtype", default="float32",
+                        choices=["float32", "float64", "float16", "bfloat16"])
+    parser.add_argument("--large", action="store_true",
+                        help="larger shapes (0.4M-13M values): the half-precision crossovers")
     parser.add_argument("--compiled", action="store_true",
                         help="torch.compile (inductor): bnfast's operators vs inductor's BN")
     args = parser.parse_args(argv)
@@ -117,7 +131,8 @@ def main(argv=None):
     crossover = {}
     for layout in args.layouts:
         rows = {mode: [] for mode in args.modes}
-        for shape in (COMPILED_SHAPES if args.compiled else SHAPES)[layout]:
+        grid = COMPILED_SHAPES if args.compiled else LARGE_SHAPES if args.large else SHAPES
+        for shape in grid[layout]:
             dim = 1 if len(shape) == 2 else 2
             if args.compiled:
                 res = compiled_case(torch, bt, shape, layout == "NHWC", dtype, args.rounds,

@@ -47,6 +47,18 @@ _CROSSOVER = {(True, "NC"): 131072, (True, "NCHW"): 65536, (True, "NHWC"): 5 << 
 # more, and the operators were still slower at 2M-4M values: they take over from 2^23.
 _COMPILED_CROSSOVER = {(training, layout): 1 << 23 for training in (True, False)
                        for layout in ("NC", "NCHW", "NHWC")}
+# float16 and bfloat16 input (tools/bench_torch_crossover.py --dtype float16/bfloat16
+# --large, 1 thread): PyTorch's half kernel was faster than bnfast's in eval at every size
+# measured (up to 12.8M values: 1.02-1.7x), so half eval calls always go to it; in
+# training bnfast's kernels win from 1M values in (N, C) (bfloat16 0.75 to 0.44, float16
+# about even), from 5M channels-last (0.73-0.87) and from 8M NCHW (0.81 at 12.8M). Under
+# torch.compile half calls keep the float32 threshold in training and PyTorch's kernel in
+# eval, for the same reasons.
+_NEVER = float("inf")
+_HALF_CROSSOVER = {(True, "NC"): 1 << 20, (True, "NCHW"): 1 << 23, (True, "NHWC"): 5 << 20,
+                   (False, "NC"): _NEVER, (False, "NCHW"): _NEVER, (False, "NHWC"): _NEVER}
+_HALF_COMPILED_CROSSOVER = {(True, layout): 1 << 23 for layout in ("NC", "NCHW", "NHWC")}
+_HALF_COMPILED_CROSSOVER.update({(False, layout): _NEVER for layout in ("NC", "NCHW", "NHWC")})
 # BNFAST_TORCH_HANDOFF=0 in the environment starts with the hand-off off.
 _handoff = os.environ.get("BNFAST_TORCH_HANDOFF", "1").strip() not in ("0", "false", "no")
 
@@ -91,14 +103,16 @@ def _layout(x: Tensor) -> str:
 
 def torch_is_faster(x: Tensor, training: bool) -> bool:
     """True when PyTorch's kernel computes this (CPU) call faster than bnfast's."""
-    return _handoff and x.numel() < _CROSSOVER[(training, _layout(x))]
+    table = _HALF_CROSSOVER if x.dtype in HALF else _CROSSOVER
+    return _handoff and x.numel() < table[(training, _layout(x))]
 
 
 def inductor_is_faster(x: Tensor, training: bool) -> bool:
     """True when, under torch.compile, aten's batch norm (which inductor fuses with its
     neighbours) is faster than bnfast's operator: decided at trace time, so a symbolic batch
     size puts a guard on this comparison (crossing it recompiles)."""
-    return _handoff and x.numel() < _COMPILED_CROSSOVER[(training, _layout(x))]
+    table = _HALF_COMPILED_CROSSOVER if x.dtype in HALF else _COMPILED_CROSSOVER
+    return _handoff and x.numel() < table[(training, _layout(x))]
 
 
 def eager(x: Tensor) -> bool:
