@@ -55,8 +55,9 @@ def batch_norm_forward(
     Parameters
     ----------
     x : array_like
-        Real input: float32 and float64 natively, float16 computed in float32, integers and
-        bool in float64. 1-D input is a single channel.
+        Real input: float32 and float64 natively; float16 and bfloat16 (``ml_dtypes``)
+        loaded and stored by the kernels, computed in float32 with float64 statistics;
+        integers and bool in float64. 1-D input is a single channel.
     gamma, beta : array_like of shape (C,), optional
         Per-channel scale and shift (default 1 and 0).
     axis : int or None, default 1

@@ -171,7 +171,7 @@ def test_compiled_handoff_uses_aten_below_the_crossover(training):
     below the compiled crossover and bnfast's operator above it; torch.export always keeps
     the operator."""
     bt.set_torch_handoff(True)  # the kernels_only fixture restores it
-    for n, ours in ((64, False), (bt._policy._COMPILED_CROSSOVER[(training, "NC")], True)):
+    for n, ours in ((64, False), (bt._policy._COMPILED_CROSSOVERS[False][(training, "NC")], True)):
         torch._dynamo.reset()
         rec = Recorder()
         layer = bt.BatchNorm1d(8).train(training)

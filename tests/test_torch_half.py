@@ -127,17 +127,20 @@ def test_bfloat16_autocast_training_step_matches_pytorch(seed):
 
 
 @pytest.mark.parametrize("dtype", HALVES)
-def test_half_handoff_thresholds(dtype, monkeypatch):
+def test_half_handoff_thresholds(dtype, monkeypatch, request):
     """With the hand-off on, half-precision eval calls are PyTorch's kernel at any size (it
     was faster at every size measured), and half training calls are bnfast's kernels from
     the half thresholds up: the kernel spy sees exactly those calls."""
     bt.set_torch_handoff(True)  # the kernels_only fixture restores it
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the 1-thread table: the smaller sizes
+    request.addfinalizer(lambda: torch.set_num_threads(threads))
     calls = []
     for name in ("forward_train", "forward_infer"):
         real = getattr(_kernels, name)
         monkeypatch.setattr(_kernels, name,
                             lambda *a, _real=real, _name=name: calls.append(_name) or _real(*a))
-    big = torch.randn(bt._policy._HALF_CROSSOVER[(True, "NC")] // 8, 8).to(dtype)
+    big = torch.randn(bt._policy._CROSSOVERS[(True, False)][(True, "NC")] // 8, 8).to(dtype)
     small = big[: big.shape[0] // 2]
     for x, training, want in ((big, True, ["forward_train"]), (small, True, []),
                               (big, False, [])):
@@ -151,3 +154,22 @@ def test_half_handoff_thresholds(dtype, monkeypatch):
             want_y = ref(x)
         tol = 8 * float(torch.finfo(dtype).eps)  # a few roundings to the half type
         assert torch.allclose(y.float(), want_y.float(), rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["f32", "f16"])
+def test_crossover_follows_dtype_and_threads(dtype, threads, request):
+    """The hand-off reads the table of the input's precision and PyTorch's thread count:
+    a call exactly at the threshold is bnfast's, one value less is PyTorch's."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    request.addfinalizer(lambda: torch.set_num_threads(before))
+    bt.set_torch_handoff(True)  # the kernels_only fixture restores it
+    table = bt._policy._CROSSOVERS[(dtype is torch.float16, threads > 1)]
+    x = torch.empty(0, 4, dtype=dtype)
+    for training in (True, False):
+        n = table[(training, "NC")]
+        assert bt._policy.crossover(x, training) == n
+        if n != float("inf"):
+            assert not bt._policy.torch_is_faster(torch.empty(n // 4, 4, dtype=dtype), training)
+            assert bt._policy.torch_is_faster(torch.empty(n // 4 - 1, 4, dtype=dtype), training)

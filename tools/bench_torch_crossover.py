@@ -17,7 +17,7 @@ call from which the median ratio stays at or below 1.
 ``--compiled``: the same for torch.compile (inductor) of batch norm followed by ReLU (what
 inductor fuses), bnfast's operators against inductor's own batch norm, over fewer and larger
 shapes (every shape and mode is a compilation of each variant, seconds apiece): the
-crossover of the compiled path (``_policy._COMPILED_CROSSOVER``).
+crossover of the compiled path (``_policy._COMPILED_CROSSOVERS``).
 
 ``--large``: sizes from 0.4M to 13M values, where the half-precision calls cross
 (``--dtype float16`` or ``bfloat16``; the layers are converted to that dtype, as

@@ -32,33 +32,52 @@ _function_modes = torch._C._is_torch_function_mode_enabled
 _STRIDED = torch.strided
 
 # Below these many values per call PyTorch's kernel is faster than bnfast's kernels with
-# their Python glue (1 thread, float32; tools/bench_torch_crossover.py measures one layer,
-# tools/bench_torch_resnet.py a model; docs/torch.md quotes both). Keys: (training, layout),
+# their Python glue (tools/bench_torch_crossover.py measures one layer, with --threads,
+# --dtype and --large; tools/bench_torch_resnet.py a model; docs/torch.md quotes both).
+# One table per (half-precision input, more than one thread), keyed by (training, layout),
 # the layout being "NC" for 2-D input, "NHWC" for channels-last input and "NCHW" for the
-# other (N, C, ...) input. Channels-last training gains only once memory-bound: a layer of
-# 4.2M values measured slower inside a ResNet, one of 6.4M faster alone.
-_CROSSOVER = {(True, "NC"): 131072, (True, "NCHW"): 65536, (True, "NHWC"): 5 << 20,
-              (False, "NC"): 65536, (False, "NCHW"): 1 << 23, (False, "NHWC"): 262144}
+# other (N, C, ...) input; float64 takes float32's. The multi-thread tables were measured
+# at 2 threads: PyTorch's kernels gain more from the second thread on calls up to a few
+# million values than bnfast's do, so bnfast's kernels take over later there.
+_NEVER = float("inf")
+_CROSSOVERS = {
+    # float32, 1 thread. Channels-last training gains only once memory-bound: a layer of
+    # 4.2M values measured slower inside a ResNet, one of 6.4M faster alone.
+    (False, False): {(True, "NC"): 131072, (True, "NCHW"): 65536, (True, "NHWC"): 5 << 20,
+                     (False, "NC"): 65536, (False, "NCHW"): 1 << 23,
+                     (False, "NHWC"): 262144},
+    # float32, 2 threads: training from 0.4M values (NCHW 0.66 at 401,408, 1.06 at
+    # 262,144) and 0.5M ((N, C): 0.71); channels-last training and every eval from 2^23
+    # (1.02-1.30 up to 6.4M values, 0.19-0.39 at 12.8M).
+    (False, True): {(True, "NC"): 1 << 19, (True, "NCHW"): 3 << 17, (True, "NHWC"): 1 << 23,
+                    (False, "NC"): 1 << 23, (False, "NCHW"): 1 << 23,
+                    (False, "NHWC"): 1 << 23},
+    # float16 and bfloat16, 1 thread: PyTorch's half kernel was faster in eval at every
+    # size measured (up to 12.8M values: 1.02-1.7x); in training bnfast's kernels win from
+    # 1M values in (N, C) (bfloat16 0.75 to 0.44, float16 about even), from 5M
+    # channels-last (0.73-0.87) and from 8M NCHW (0.81 at 12.8M).
+    (True, False): {(True, "NC"): 1 << 20, (True, "NCHW"): 1 << 23, (True, "NHWC"): 5 << 20,
+                    (False, "NC"): _NEVER, (False, "NCHW"): _NEVER, (False, "NHWC"): _NEVER},
+    # float16 and bfloat16, 2 threads: PyTorch's kernel was faster at every size up to
+    # 12.8M values but for (N, C) training at 16.8M (0.44-0.85) and channels-last training
+    # at 12.8M (0.60-1.01).
+    (True, True): {(True, "NC"): 1 << 24, (True, "NCHW"): _NEVER, (True, "NHWC"): 1 << 23,
+                   (False, "NC"): _NEVER, (False, "NCHW"): _NEVER, (False, "NHWC"): _NEVER},
+}
 # The same under torch.compile, against inductor's batch norm fused with its neighbours: a
 # bnfast operator pays the dispatcher and stays outside inductor's fusion (its output is
 # written, then read again by the ReLU and residual add that inductor would have fused), so
 # inductor wins up to far larger sizes. tools/bench_torch_crossover.py --compiled measures
 # BN followed by ReLU; in a whole model (tools/bench_torch_resnet.py) the extra pass costs
 # more, and the operators were still slower at 2M-4M values: they take over from 2^23.
-_COMPILED_CROSSOVER = {(training, layout): 1 << 23 for training in (True, False)
-                       for layout in ("NC", "NCHW", "NHWC")}
-# float16 and bfloat16 input (tools/bench_torch_crossover.py --dtype float16/bfloat16
-# --large, 1 thread): PyTorch's half kernel was faster than bnfast's in eval at every size
-# measured (up to 12.8M values: 1.02-1.7x), so half eval calls always go to it; in
-# training bnfast's kernels win from 1M values in (N, C) (bfloat16 0.75 to 0.44, float16
-# about even), from 5M channels-last (0.73-0.87) and from 8M NCHW (0.81 at 12.8M). Under
-# torch.compile half calls keep the float32 threshold in training and PyTorch's kernel in
-# eval, for the same reasons.
-_NEVER = float("inf")
-_HALF_CROSSOVER = {(True, "NC"): 1 << 20, (True, "NCHW"): 1 << 23, (True, "NHWC"): 5 << 20,
-                   (False, "NC"): _NEVER, (False, "NCHW"): _NEVER, (False, "NHWC"): _NEVER}
-_HALF_COMPILED_CROSSOVER = {(True, layout): 1 << 23 for layout in ("NC", "NCHW", "NHWC")}
-_HALF_COMPILED_CROSSOVER.update({(False, layout): _NEVER for layout in ("NC", "NCHW", "NHWC")})
+# Half-precision calls keep that threshold in training and PyTorch's kernel in eval, where
+# eager PyTorch was already faster. Keyed by half-precision input.
+_COMPILED_CROSSOVERS = {
+    False: {(training, layout): 1 << 23 for training in (True, False)
+            for layout in ("NC", "NCHW", "NHWC")},
+    True: {(training, layout): 1 << 23 if training else _NEVER for training in (True, False)
+           for layout in ("NC", "NCHW", "NHWC")},
+}
 # BNFAST_TORCH_HANDOFF=0 in the environment starts with the hand-off off.
 _handoff = os.environ.get("BNFAST_TORCH_HANDOFF", "1").strip() not in ("0", "false", "no")
 
@@ -101,17 +120,23 @@ def _layout(x: Tensor) -> str:
     return "NC" if x.dim() == 2 else "NCHW" if x.is_contiguous() else "NHWC"
 
 
+def crossover(x: Tensor, training: bool) -> float:
+    """The number of values per call from which bnfast's kernels compute a call like this
+    one, at PyTorch's current thread count (``inf``: never)."""
+    table = _CROSSOVERS[(x.dtype in HALF, torch.get_num_threads() > 1)]
+    return table[(training, _layout(x))]
+
+
 def torch_is_faster(x: Tensor, training: bool) -> bool:
     """True when PyTorch's kernel computes this (CPU) call faster than bnfast's."""
-    table = _HALF_CROSSOVER if x.dtype in HALF else _CROSSOVER
-    return _handoff and x.numel() < table[(training, _layout(x))]
+    return _handoff and x.numel() < crossover(x, training)
 
 
 def inductor_is_faster(x: Tensor, training: bool) -> bool:
     """True when, under torch.compile, aten's batch norm (which inductor fuses with its
     neighbours) is faster than bnfast's operator: decided at trace time, so a symbolic batch
     size puts a guard on this comparison (crossing it recompiles)."""
-    table = _HALF_COMPILED_CROSSOVER if x.dtype in HALF else _COMPILED_CROSSOVER
+    table = _COMPILED_CROSSOVERS[x.dtype in HALF]
     return _handoff and x.numel() < table[(training, _layout(x))]
 
 
