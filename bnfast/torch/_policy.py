@@ -38,8 +38,11 @@ _STRIDED = torch.strided
 # the layout being "NC" for 2-D input, "NHWC" for channels-last input and "NCHW" for the
 # other (N, C, ...) input; float64 takes float32's. The multi-thread tables were measured
 # at 2 threads: PyTorch's kernels gain more from the second thread on calls up to a few
-# million values than bnfast's do, so bnfast's kernels take over later there.
-_NEVER = float("inf")
+# million values than bnfast's do, so bnfast's kernels take over later there. From 32 MiB
+# per tensor (2^23 float32 values, 2^24 half ones) glibc serves each fresh output with new
+# pages from the kernel, and PyTorch's calls slow down by 5-10x while bnfast's (NumPy asks
+# for huge pages for large arrays) slow down less: bnfast's kernels compute every call from
+# there.
 _CROSSOVERS = {
     # float32, 1 thread. Channels-last training gains only once memory-bound: a layer of
     # 4.2M values measured slower inside a ResNet, one of 6.4M faster alone.
@@ -48,35 +51,35 @@ _CROSSOVERS = {
                      (False, "NHWC"): 262144},
     # float32, 2 threads: training from 0.4M values (NCHW 0.66 at 401,408, 1.06 at
     # 262,144) and 0.5M ((N, C): 0.71); channels-last training and every eval from 2^23
-    # (1.02-1.30 up to 6.4M values, 0.19-0.39 at 12.8M).
+    # (0.83-1.38 up to 6.4M values, 0.19-0.39 from 8.4M).
     (False, True): {(True, "NC"): 1 << 19, (True, "NCHW"): 3 << 17, (True, "NHWC"): 1 << 23,
                     (False, "NC"): 1 << 23, (False, "NCHW"): 1 << 23,
                     (False, "NHWC"): 1 << 23},
     # float16 and bfloat16, 1 thread: PyTorch's half kernel was faster in eval at every
-    # size measured (up to 12.8M values: 1.02-1.7x); in training bnfast's kernels win from
-    # 1M values in (N, C) (bfloat16 0.75 to 0.44, float16 about even), from 5M
-    # channels-last (0.73-0.87) and from 8M NCHW (0.81 at 12.8M).
+    # size up to 12.8M values (1.02-1.7x), and slower from 16.8M (0.31-0.39 at 25.7M and
+    # 33.5M); in training bnfast's kernels win from 1M values in (N, C) (bfloat16 0.75 to
+    # 0.44, float16 about even), from 5M channels-last (0.73-0.87) and from 8M NCHW (0.81
+    # at 12.8M).
     (True, False): {(True, "NC"): 1 << 20, (True, "NCHW"): 1 << 23, (True, "NHWC"): 5 << 20,
-                    (False, "NC"): _NEVER, (False, "NCHW"): _NEVER, (False, "NHWC"): _NEVER},
+                    (False, "NC"): 1 << 24, (False, "NCHW"): 1 << 24, (False, "NHWC"): 1 << 24},
     # float16 and bfloat16, 2 threads: PyTorch's kernel was faster at every size up to
-    # 12.8M values but for (N, C) training at 16.8M (0.44-0.85) and channels-last training
-    # at 12.8M (0.60-1.01).
-    (True, True): {(True, "NC"): 1 << 24, (True, "NCHW"): _NEVER, (True, "NHWC"): 1 << 23,
-                   (False, "NC"): _NEVER, (False, "NCHW"): _NEVER, (False, "NHWC"): _NEVER},
+    # 12.8M values but for channels-last training at 12.8M (0.60-1.01); from 16.8M values
+    # bnfast's (eval 0.39-0.52, NCHW training 0.62-0.87 at 25.7M).
+    (True, True): {(True, "NC"): 1 << 24, (True, "NCHW"): 1 << 24, (True, "NHWC"): 1 << 23,
+                   (False, "NC"): 1 << 24, (False, "NCHW"): 1 << 24, (False, "NHWC"): 1 << 24},
 }
 # The same under torch.compile, against inductor's batch norm fused with its neighbours: a
 # bnfast operator pays the dispatcher and stays outside inductor's fusion (its output is
 # written, then read again by the ReLU and residual add that inductor would have fused), so
 # inductor wins up to far larger sizes. tools/bench_torch_crossover.py --compiled measures
 # BN followed by ReLU; in a whole model (tools/bench_torch_resnet.py) the extra pass costs
-# more, and the operators were still slower at 2M-4M values: they take over from 2^23.
-# Half-precision calls keep that threshold in training and PyTorch's kernel in eval, where
-# eager PyTorch was already faster. Keyed by half-precision input.
+# more, and the operators were still slower at 2M-4M values: they take over from 2^23,
+# and for half-precision input, whose eager calls cross later, from 2^24. Keyed by
+# half-precision input.
 _COMPILED_CROSSOVERS = {
-    False: {(training, layout): 1 << 23 for training in (True, False)
-            for layout in ("NC", "NCHW", "NHWC")},
-    True: {(training, layout): 1 << 23 if training else _NEVER for training in (True, False)
-           for layout in ("NC", "NCHW", "NHWC")},
+    half: {(training, layout): 1 << (24 if half else 23) for training in (True, False)
+           for layout in ("NC", "NCHW", "NHWC")}
+    for half in (False, True)
 }
 # BNFAST_TORCH_HANDOFF=0 in the environment starts with the hand-off off.
 _handoff = os.environ.get("BNFAST_TORCH_HANDOFF", "1").strip() not in ("0", "false", "no")
@@ -120,9 +123,9 @@ def _layout(x: Tensor) -> str:
     return "NC" if x.dim() == 2 else "NCHW" if x.is_contiguous() else "NHWC"
 
 
-def crossover(x: Tensor, training: bool) -> float:
+def crossover(x: Tensor, training: bool) -> int:
     """The number of values per call from which bnfast's kernels compute a call like this
-    one, at PyTorch's current thread count (``inf``: never)."""
+    one, at PyTorch's current thread count."""
     table = _CROSSOVERS[(x.dtype in HALF, torch.get_num_threads() > 1)]
     return table[(training, _layout(x))]
 
