@@ -22,38 +22,44 @@
  * call, for a segment of 4 to 16 rows, they cost about 7 cycles a column: more than wide rows
  * save, so row_normalize_ep still takes the float32 loop only up to BN_F32_ROW_COLS columns.)
  *
- * Error of the float32 forward.  The mean is split into m_h = fl(mean) and m_l = fl(mean - m_h)
- * (mean - m_h is exact in float64), and
- *     y = fl(fl(fl(fl(x - m_h) - m_l) * fl(scale)) + fl(shift)).
- * u = 2^-24 (half an ulp of 1 in float32); D = x - mean, t = D * scale and y* = t + shift are
- * exact, with the float64 coefficients taken as exact.
- * (1) d = fl(fl(x - m_h) - m_l) has |d - D| <= (2u + 6u^2) |D|, whatever the offset.
- *     Let e = mean - m_h: x - m_h = D + e; |m_l - e| <= u |e| (the range of bn_loops.h keeps
- *     a nonzero e above 2^-113, a normal float); and since m_h is the float nearest the mean,
- *     |e| <= |D| for every float x.
- *     - When x - m_h is exact (Sterbenz: x and m_h of one sign and within a factor 2, the
- *       offset data case; or x or m_h zero; or a subnormal difference), the first subtraction
- *       adds nothing and the second rounds D + (e - m_l): |d - D| <= u|D| + u(1 + u)|D|.
- *     - Otherwise (x far from the mean: outliers, small-magnitude data, a mean near zero),
- *       |x - m_h| >= |m_h| / 2 while |e| <= u |m_h|, so |e| <= 2u |x - m_h| and
- *       |x - m_h| <= |D| / (1 - 2u): the first subtraction errs by at most u |D| (1 + 3u),
- *       m_l is about 2u^2 |D| or less off e, and the second subtraction rounds once: 2u |D|
- *       again, to first order.
- *     The split carries the accuracy, not Sterbenz alone: fl(x - fl(mean)) would be off by up
- *     to u |mean| (0.06 at an offset of 1e6).
- * (2) Times fl(scale) (u) and rounded (u): |p - t| <= (4u + O(u^2)) |t|.
- * (3) Plus fl(shift) (u |shift|) and rounded (u |y|):
+ * Error of the float32 forward.  A channel whose scale is finite and nonzero is computed
+ * around its zero crossing z = fl(mean - fl(shift / scale)) (float64; bn_f32_norm_coefs in
+ * bn_loops.h), split into z_h = fl(z) and z_l = fl(z - z_h) (z - z_h is exact in float64):
+ *     y = fl(fl(fl(fl(x - z_h) - z_l) * fl(scale)) + 0).
+ * u = 2^-24 (half an ulp of 1 in float32); Z = mean - shift / scale, D = x - Z and
+ * y* = D * scale = (x - mean) * scale + shift are exact, with the float64 coefficients taken as
+ * exact; |z - Z| <= 2^-52 (|mean| + |shift / scale|), two float64 roundings.
+ * (1) d = fl(fl(x - z_h) - z_l) has |d - (x - z)| <= (2u + 6u^2) |x - z|, whatever the offset.
+ *     Let e = z - z_h: x - z_h = (x - z) + e; |z_l - e| <= u |e| (the range of bn_loops.h
+ *     keeps a nonzero e above 2^-113, a normal float); and since z_h is the float nearest z,
+ *     |e| <= |x - z| for every float x.
+ *     - When x - z_h is exact (Sterbenz: x and z_h of one sign and within a factor 2, the
+ *       offset data case; or x or z_h zero; or a subnormal difference), the first subtraction
+ *       adds nothing and the second rounds (x - z) + (e - z_l): u|x - z| + u(1 + u)|x - z|.
+ *     - Otherwise (x far from z: outliers, small-magnitude data, z near zero),
+ *       |x - z_h| >= |z_h| / 2 while |e| <= u |z_h|, so |e| <= 2u |x - z_h| and
+ *       |x - z_h| <= |x - z| / (1 - 2u): the first subtraction errs by at most u |x - z|
+ *       (1 + 3u), z_l is about 2u^2 |x - z| or less off e, and the second subtraction rounds
+ *       once: 2u |x - z| again, to first order.
+ *     The split carries the accuracy, not Sterbenz alone: fl(x - fl(z)) would be off by up
+ *     to u |z| (0.06 at an offset of 1e6).
+ * (2) Times fl(scale) (u) and rounded (u), and the + 0 exact:
+ *         |y - y*| <= (4u + O(u^2)) |y*| + 2^-51 (|mean * scale| + |shift|),
+ *     the last term from z - Z.  At most four half-ulps of |y*| itself, where the float64 loop
+ *     gives one: also where (x - mean) * scale cancels the shift and y* is near 0, which the
+ *     plain form below would leave with the absolute error of rounding the shift.  Gradual
+ *     underflow adds at most 2^-150 (the product), and an output within the bound of the
+ *     overflow threshold may round to inf instead of FLT_MAX.
+ * (3) Any other channel (scale zero, infinite or out of range, or z out of the split's range)
+ *     takes the plain form, the mean split as z was, fl(shift) added and the sum rounded:
  *         |y - y*| <= u (|y*| + 4 |t| + |shift|) + O(u^2)  <=  5u (|y*| + |shift|),
- *     as |t| <= |y*| + |shift|: at most five half-ulps of |y*| + |shift|, where the float64
- *     loop gives half an ulp of |y*|.  The bound is relative to |y*| + |shift|: where t cancels
- *     the shift, y keeps the absolute error of rounding them.  Gradual underflow adds at most
- *     2^-150 (the product; a subtraction or sum with a subnormal result is exact), and an
- *     output within the bound of the overflow threshold may round to inf instead of FLT_MAX.
+ *     with t = (x - mean) * scale and |t| <= |y*| + |shift|; a zero scale gives the shift
+ *     exactly (finite x).
  * What the tests ask: tests/test_accuracy.py (float32 1e4..1e6 + N(0, 1), every layout) wants
- * y within 1e-5 with shift 0 and |y| < 6: the bound is 5u * 6 = 1.8e-6.  The reference,
- * functional, parity and fuzz tests allow OUTPUT_RTOL = 2e-6 = 33.5u of float32 relative plus
- * 33.5u of the largest |y*| absolute; the shift is at most max |y*| (within a channel t has mean
- * 0, so some y* has the sign of the shift and |y*| >= |shift|), so the bound is 10u max |y*|.
+ * y within 1e-5 with shift 0 and |y| < 6: the bound is 4u * 6 = 1.4e-6; and, with shifts that
+ * cancel, 4u |y*| plus 2^-50 of the terms.  The reference, functional, parity and fuzz tests
+ * allow OUTPUT_RTOL = 2e-6 = 33.5u of float32 relative plus 33.5u of the largest |y*| absolute,
+ * far above either bound.
  *
  * Error of the float32 backward.  a and the mean are split alike (a_h, a_l, m_h, m_l), k is
  * distributed over both terms with w = fl(b * k) (the product in float64), and

@@ -206,37 +206,68 @@ static inline void bn_f32_split(double v, float *hi, float *lo)
     *lo = isfinite(v) ? (float)(v - (double)h) : 0.0f;
 }
 
-/* Forward coefficients of n channels in float32, for the float32 loops: the mean split in two,
- * scale and shift rounded.  Returns 0 when one of them is out of range: the float64 loop must
- * run instead. */
+/* Forward coefficients of n channels in float32, for the float32 loops, which compute
+ * y = ((x - h) - l) * s + b.  A channel with a finite nonzero scale takes the form of its zero
+ * crossing: h + l = z = mean - shift / scale (in float64, split in two), s = scale, b = 0, so
+ * that y = (x - z) * scale errs relative to y itself, also where x - mean and the shift cancel
+ * (bn_elementwise_impl.h, "Error of the float32 forward").  Any other channel (scale zero or
+ * not finite, z out of the split's range) takes the plain form: h + l = mean, s = scale,
+ * b = shift.  Returns 0 when a coefficient of the form taken is out of range: the float64 loop
+ * must run instead. */
+static inline int bn_f32_norm_coef(double mean, double scale, double shift, float *mh,
+                                   float *ml, float *s, float *b)
+{
+    const double z = mean - shift / scale;
+    *s = (float)scale;
+    if (scale != 0.0 && isfinite(scale) && isfinite(z) && !bn_f32_bad(z, BN_F32_SPLIT_MIN, 0)
+        && !bn_f32_bad(scale, BN_F32_COEF_MIN, 0)) {
+        bn_f32_split(z, mh, ml);
+        *b = 0.0f;
+        return 0;
+    }
+    bn_f32_split(mean, mh, ml);
+    *b = (float)shift;
+    return bn_f32_bad(mean, BN_F32_SPLIT_MIN, 1) | bn_f32_bad(scale, BN_F32_COEF_MIN, 1)
+           | bn_f32_bad(shift, BN_F32_COEF_MIN, 1);
+}
+
 BN_INLINE int bn_f32_norm_coefs(const double *mean, const double *scale, const double *shift,
                                 npy_intp n, float *mh, float *ml, float *s, float *b)
 {
     npy_intp c = 0;
     int bad = 0;
 #ifdef BN_VECTOR_TYPES
+    /* Four channels at a time: both forms, and a lane select; the scalar function's values. */
+    const long long abs_bits = 0x7fffffffffffffffLL;
+    const bn_vl abs_mask = {abs_bits, abs_bits, abs_bits, abs_bits};
     bn_vl vbad = BN_VLZERO;
     for (; c + 4 <= n; c += 4) {
         bn_vd m, sc, sh;
         BN_VLOAD_f64(m, mean + c);
         BN_VLOAD_f64(sc, scale + c);
         BN_VLOAD_f64(sh, shift + c);
-        bn_f32_vsplit(&m, mh + c, ml + c);
+        const bn_vd z = m - sh / sc;
+        const bn_vd az = (bn_vd)((bn_vl)z & abs_mask), as = (bn_vd)((bn_vl)sc & abs_mask);
+        /* finite nonzero scale in range, finite z in the split's range */
+        const bn_vl zform = (as >= BN_VSPLAT(BN_F32_COEF_MIN))
+                            & (as <= BN_VSPLAT(BN_F32_COEF_MAX))
+                            & ((az == BN_VZERO) | (az >= BN_VSPLAT(BN_F32_SPLIT_MIN)))
+                            & (az <= BN_VSPLAT(BN_F32_COEF_MAX));
+        const bn_vd hv = (bn_vd)((zform & (bn_vl)z) | (~zform & (bn_vl)m));
+        const bn_vd bv = (bn_vd)(~zform & (bn_vl)sh);
+        bn_vl pbad = BN_VLZERO;
+        bn_f32_vsplit(&hv, mh + c, ml + c);
         bn_f32_vstore(s + c, &sc);
-        bn_f32_vstore(b + c, &sh);
-        bn_f32_vbad(&vbad, &m, BN_F32_SPLIT_MIN, 1);
-        bn_f32_vbad(&vbad, &sc, BN_F32_COEF_MIN, 1);
-        bn_f32_vbad(&vbad, &sh, BN_F32_COEF_MIN, 1);
+        bn_f32_vstore(b + c, &bv);
+        bn_f32_vbad(&pbad, &m, BN_F32_SPLIT_MIN, 1);
+        bn_f32_vbad(&pbad, &sc, BN_F32_COEF_MIN, 1);
+        bn_f32_vbad(&pbad, &sh, BN_F32_COEF_MIN, 1);
+        vbad |= ~zform & pbad;
     }
     bad = ((vbad[0] | vbad[1]) | (vbad[2] | vbad[3])) != 0;
 #endif
-    for (; c < n; c++) {
-        bn_f32_split(mean[c], mh + c, ml + c);
-        s[c] = (float)scale[c];
-        b[c] = (float)shift[c];
-        bad |= bn_f32_bad(mean[c], BN_F32_SPLIT_MIN, 1) | bn_f32_bad(scale[c], BN_F32_COEF_MIN, 1)
-               | bn_f32_bad(shift[c], BN_F32_COEF_MIN, 1);
-    }
+    for (; c < n; c++)
+        bad |= bn_f32_norm_coef(mean[c], scale[c], shift[c], mh + c, ml + c, s + c, b + c);
     return !bad;
 }
 

@@ -175,3 +175,31 @@ def test_merging_states_keeps_the_documented_bound(rng):
     n = x.shape[0]
     err = np.abs(m2 / n - want)
     assert np.all(err <= bound / n + stat_rtol(n) * want), (err / want, bound / n / want)
+
+
+@pytest.mark.parametrize("shape, axis", [pytest.param((200_000, 3), 1, id="NC"),
+                                         pytest.param((8, 3, 100, 250), 1, id="NCHW"),
+                                         pytest.param((8, 100, 250, 3), -1, id="NHWC")])
+@pytest.mark.parametrize("offset", [0.0, 1e4])
+def test_float32_y_is_accurate_where_beta_cancels(rng, shape, axis, offset):
+    """float32 y = (x - z) * scale around the zero crossing z = mean - beta / scale
+    (bn_elementwise_impl.h): within 4 float32 roundings of |y| itself, plus 2^-51 of
+    |mean * scale| + |beta| for z's float64 rounding, also at y near 0 where gamma x_hat cancels beta
+    (the old formula erred by float32 roundings of |beta| there)."""
+    C = shape[axis]
+    x = (offset + rng.standard_normal(shape)).astype(np.float32)
+    gamma = rng.uniform(0.5, 2.0, C) * rng.choice([-1.0, 1.0], C)
+    beta = rng.uniform(-3.0, 3.0, C)
+    rm = offset + rng.uniform(-0.1, 0.1, C)
+    rv = rng.uniform(0.5, 2.0, C)
+    y = bnfast.batch_norm_inference(x, rm, rv, gamma, beta, axis=axis)
+    want = ref.batch_norm_inference(x.astype(np.float64), rm, rv, gamma, beta, axis=axis)
+    bshape = [1] * len(shape)
+    bshape[axis] = C
+    scale = gamma / np.sqrt(rv + 1e-5)
+    terms = (np.abs(rm * scale) + np.abs(beta)).reshape(bshape)
+    u = unit_roundoff(np.float32)
+    err = np.abs(y.astype(np.float64) - want)
+    bound = 4 * u * (1 + 4 * u) * np.abs(want) + 2.0 ** -50 * terms + 2.0 ** -149
+    assert np.all(err <= bound), float(np.max(err / bound))
+    assert np.sum(np.abs(want) < 1e-3 * np.abs(beta).max()) > 0  # y near 0 was checked
