@@ -9,7 +9,7 @@ from _helpers import (
     INPUT_KINDS, LAYOUT_IDS, LAYOUT_PARAMS, assert_backward_close, assert_forward_close,
     assert_inference_close, assert_moments_close, stat_scales,
     make_channel_params, make_input, n_channels, output_rtol, stat_rtol, unit_roundoff,
-    values_per_channel, working_dtype)
+    values_per_channel)
 
 # Gamma/beta variants: absent, float64, float32, integer, gamma only.
 PARAM_KINDS = ["none", "float64", "float32", "int", "gamma-only"]

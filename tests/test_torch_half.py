@@ -2,7 +2,6 @@
 copy, both layouts and directions, and a bfloat16 autocast training step against PyTorch's."""
 import copy
 
-import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
