@@ -15,20 +15,15 @@ on exit). Prints one table per spinner count, with the load average before and a
 from __future__ import annotations
 
 import argparse
-import importlib
 import os
 import sys
-import tempfile
 import time
 
 import numpy as np
 
 
-def load(name: str, pkg_dir: str):
-    link = tempfile.mkdtemp(prefix="bnbusy_")
-    os.symlink(os.path.abspath(pkg_dir), os.path.join(link, name))
-    sys.path.insert(0, link)
-    return importlib.import_module(name)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench_ab import calls, load  # noqa: E402  (the calls as the A/B times them)
 
 
 CASES = [((1024, 64), "NC", "float32"), ((4096, 64), "NC", "float32"),
@@ -36,18 +31,6 @@ CASES = [((1024, 64), "NC", "float32"), ((4096, 64), "NC", "float32"),
          ((32, 64, 56, 56), "NCHW", "float32"), ((32, 64, 80, 80), "NCHW", "float32")]
 QUICK = [((4096, 64), "NC", "float32"), ((20000, 100), "NC", "float64"),
          ((32, 64, 56, 56), "NCHW", "float32")]
-
-
-def calls_for(mod, op, x, dy, g, b, axis, nt):
-    C = x.shape[axis]
-    rm, rv = np.zeros(C, x.dtype), np.ones(C, x.dtype)
-    if op == "train":
-        return lambda: mod.batch_norm_forward(x, g, b, axis=axis, running_mean=rm,
-                                              running_var=rv, n_threads=nt)
-    if op == "infer":
-        return lambda: mod.batch_norm_inference(x, rm, rv, g, b, axis=axis, n_threads=nt)
-    _, mean, invstd = mod.batch_norm_forward(x, g, b, axis=axis)
-    return lambda: mod.batch_norm_backward(dy, x, mean, invstd, g, axis=axis, n_threads=nt)
 
 
 def torch_call(torch, op, x, dy, g, b):
@@ -107,8 +90,8 @@ def main(argv=None):
                 for op in a.ops:
                     fs = {}
                     for tag, mod in mods.items():
-                        fs[f"{tag} def"] = calls_for(mod, op, x, dy, g, b, 1, None)
-                        fs[f"{tag} 1t"] = calls_for(mod, op, x, dy, g, b, 1, 1)
+                        fs[f"{tag} def"] = calls(mod, op, x, dy, g, b, 1, None)
+                        fs[f"{tag} 1t"] = calls(mod, op, x, dy, g, b, 1, 1)
                     if torch is not None:
                         fs["torch"] = torch_call(torch, op, x, dy, g, b)
                     t = measure_calls(fs, a.rounds, a.min_time)
