@@ -57,6 +57,12 @@ def load(name: str, pkg_dir: str):
     return importlib.import_module(name)
 
 
+def builds(base: str | None) -> dict:
+    """{"bnfast": this checkout's bnfast}, led by {"base": the build at base} when given."""
+    import bnfast
+    return {"base": load("bnbase", base), "bnfast": bnfast} if base else {"bnfast": bnfast}
+
+
 def calls(mod, op, x, dy, g, b, axis, nt):
     C = x.shape[axis]
     rm, rv = np.zeros(C, x.dtype), np.ones(C, x.dtype)

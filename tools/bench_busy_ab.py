@@ -23,7 +23,7 @@ import numpy as np
 
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_ab import calls, load  # noqa: E402  (the calls as the A/B times them)
+from bench_ab import calls, load, torch_call  # noqa: E402  (the calls as the A/B times them)
 
 
 CASES = [((1024, 64), "NC", "float32"), ((4096, 64), "NC", "float32"),
@@ -31,21 +31,6 @@ CASES = [((1024, 64), "NC", "float32"), ((4096, 64), "NC", "float32"),
          ((32, 64, 56, 56), "NCHW", "float32"), ((32, 64, 80, 80), "NCHW", "float32")]
 QUICK = [((4096, 64), "NC", "float32"), ((20000, 100), "NC", "float64"),
          ((32, 64, 56, 56), "NCHW", "float32")]
-
-
-def torch_call(torch, op, x, dy, g, b):
-    t, tdy = torch.from_numpy(x), torch.from_numpy(dy)
-    w, bb = torch.from_numpy(g), torch.from_numpy(b)
-    C = t.shape[1]
-    rm, rv = torch.zeros(C, dtype=t.dtype), torch.ones(C, dtype=t.dtype)
-    F = torch.nn.functional.batch_norm
-    if op == "train":
-        return lambda: F(t, rm, rv, w, bb, True, 0.1, 1e-5)
-    if op == "infer":
-        return lambda: F(t, rm, rv, w, bb, False, 0.1, 1e-5)
-    _, mean, invstd = torch.native_batch_norm(t, w, bb, None, None, True, 0.1, 1e-5)
-    return lambda: torch.ops.aten.native_batch_norm_backward(
-        tdy, t, w, rm, rv, mean, invstd, True, 1e-5, [True, True, True])
 
 
 def main(argv=None):
@@ -93,7 +78,7 @@ def main(argv=None):
                         fs[f"{tag} def"] = calls(mod, op, x, dy, g, b, 1, None)
                         fs[f"{tag} 1t"] = calls(mod, op, x, dy, g, b, 1, 1)
                     if torch is not None:
-                        fs["torch"] = torch_call(torch, op, x, dy, g, b)
+                        fs["torch"] = torch_call(torch, op, x, dy, g, b, "NCHW")
                     t = measure_calls(fs, a.rounds, a.min_time)
                     med = {n: t[n]["median"] for n in fs}
                     p90 = {n: t[n]["p90"] for n in fs}

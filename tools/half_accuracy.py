@@ -18,7 +18,7 @@ CASES = [((32, 64, 56, 56), 1, "NCHW"), ((65536, 256), 1, "NC"), ((32, 56, 56, 6
 
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_ab import load  # noqa: E402  (another build under another module name)
+from bench_ab import builds as load_builds  # noqa: E402  (another build beside this one)
 
 
 def spacing(ref: np.ndarray, mantissa_bits: int, smallest_normal: float) -> np.ndarray:
@@ -34,10 +34,7 @@ def main(argv=None):
     a = ap.parse_args(argv)
     import ml_dtypes
 
-    import bnfast
-    builds = {"bnfast": bnfast}
-    if a.base:
-        builds = {"base": load("bnbase", a.base), "bnfast": bnfast}
+    builds = load_builds(a.base)
     types = {"float16": (np.float16, 10, 2.0 ** -14),
              "bfloat16": (ml_dtypes.bfloat16, 7, 2.0 ** -126)}
     cols = [f"{t}: {b}" for t in types for b in builds]

@@ -20,7 +20,7 @@ SHAPES = [(20000, 1), (20000, 2), (20000, 4), (20000, 8), (20000, 16), (20000, 6
 
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_ab import load  # noqa: E402  (another build under another module name)
+from bench_ab import builds as load_builds  # noqa: E402  (another build beside this one)
 
 
 def rel_error(var, x):
@@ -36,9 +36,7 @@ def main(argv=None):
     ap.add_argument("--seed", type=int, default=0)
     a = ap.parse_args(argv)
     import bnfast
-    builds = {"bnfast": bnfast}
-    if a.base:
-        builds = {"base": load("bnbase", a.base), "bnfast": bnfast}
+    builds = load_builds(a.base)
     try:
         from sklearn.preprocessing import StandardScaler
     except ImportError:
