@@ -22,9 +22,10 @@
  * call, for a segment of 4 to 16 rows, they cost about 7 cycles a column: more than wide rows
  * save, so row_normalize_ep still takes the float32 loop only up to BN_F32_ROW_COLS columns.)
  *
- * Error of the float32 forward.  A channel whose scale is finite and nonzero is computed
- * around its zero crossing z = fl(mean - fl(shift / scale)) (float64; bn_f32_norm_coefs in
- * bn_loops.h), split into z_h = fl(z) and z_l = fl(z - z_h) (z - z_h is exact in float64):
+ * Error of the float32 forward.  A channel whose scale is finite and nonzero and whose shift
+ * is at least 2^-27 |mean * scale| is computed around its zero crossing
+ * z = fl(mean - fl(shift / scale)) (float64; bn_f32_norm_coefs in bn_loops.h), split into
+ * z_h = fl(z) and z_l = fl(z - z_h) (z - z_h is exact in float64):
  *     y = fl(fl(fl(fl(x - z_h) - z_l) * fl(scale)) + 0).
  * u = 2^-24 (half an ulp of 1 in float32); Z = mean - shift / scale, D = x - Z and
  * y* = D * scale = (x - mean) * scale + shift are exact, with the float64 coefficients taken as
@@ -50,8 +51,13 @@
  *     plain form below would leave with the absolute error of rounding the shift.  Gradual
  *     underflow adds at most 2^-150 (the product), and an output within the bound of the
  *     overflow threshold may round to inf instead of FLT_MAX.
- * (3) Any other channel (scale zero, infinite or out of range, or z out of the split's range)
- *     takes the plain form, the mean split as z was, fl(shift) added and the sum rounded:
+ *     With |mean * scale| <= 2^27 |shift| that last term is at most 1.01 u |shift|: never
+ *     more than the plain form's shift term below.
+ * (3) Any other channel (scale zero, infinite or out of range, z out of the split's range, or
+ *     a shift below 2^-27 |mean * scale|, where z's float64 rounding could exceed the
+ *     rounding of the shift: y* is then (x - mean) * scale but for a shift below its
+ *     rounding errors, and no cancellation arises) takes the plain form, the mean split as z
+ *     was, fl(shift) added and the sum rounded:
  *         |y - y*| <= u (|y*| + 4 |t| + |shift|) + O(u^2)  <=  5u (|y*| + |shift|),
  *     with t = (x - mean) * scale and |t| <= |y*| + |shift|; a zero scale gives the shift
  *     exactly (finite x).

@@ -207,20 +207,24 @@ static inline void bn_f32_split(double v, float *hi, float *lo)
 }
 
 /* Forward coefficients of n channels in float32, for the float32 loops, which compute
- * y = ((x - h) - l) * s + b.  A channel with a finite nonzero scale takes the form of its zero
- * crossing: h + l = z = mean - shift / scale (in float64, split in two), s = scale, b = 0, so
- * that y = (x - z) * scale errs relative to y itself, also where x - mean and the shift cancel
- * (bn_elementwise_impl.h, "Error of the float32 forward").  Any other channel (scale zero or
- * not finite, z out of the split's range) takes the plain form: h + l = mean, s = scale,
+ * y = ((x - h) - l) * s + b.  A channel with a finite nonzero scale and a shift of at least
+ * 2^-27 |mean * scale| takes the form of its zero crossing: h + l = z = mean - shift / scale
+ * (in float64, split in two), s = scale, b = 0, so that y = (x - z) * scale errs relative to y
+ * itself, also where x - mean and the shift cancel (bn_elementwise_impl.h, "Error of the
+ * float32 forward"; the float64 rounding of z, 2^-52 |mean * scale|, then stays below a
+ * float32 rounding of the shift).  Any other channel (scale zero or not finite, a smaller
+ * shift, z out of the split's range) takes the plain form: h + l = mean, s = scale,
  * b = shift.  Returns 0 when a coefficient of the form taken is out of range: the float64 loop
  * must run instead. */
+#define BN_F32_ZFORM_RATIO 134217728.0 /* 2^27 */
 static inline int bn_f32_norm_coef(double mean, double scale, double shift, float *mh,
                                    float *ml, float *s, float *b)
 {
     const double z = mean - shift / scale;
     *s = (float)scale;
     if (scale != 0.0 && isfinite(scale) && isfinite(z) && !bn_f32_bad(z, BN_F32_SPLIT_MIN, 0)
-        && !bn_f32_bad(scale, BN_F32_COEF_MIN, 0)) {
+        && !bn_f32_bad(scale, BN_F32_COEF_MIN, 0)
+        && fabs(mean * scale) <= BN_F32_ZFORM_RATIO * fabs(shift)) {
         bn_f32_split(z, mh, ml);
         *b = 0.0f;
         return 0;
@@ -248,11 +252,14 @@ BN_INLINE int bn_f32_norm_coefs(const double *mean, const double *scale, const d
         BN_VLOAD_f64(sh, shift + c);
         const bn_vd z = m - sh / sc;
         const bn_vd az = (bn_vd)((bn_vl)z & abs_mask), as = (bn_vd)((bn_vl)sc & abs_mask);
-        /* finite nonzero scale in range, finite z in the split's range */
+        const bn_vd ams = (bn_vd)((bn_vl)(m * sc) & abs_mask);
+        const bn_vd ash = (bn_vd)((bn_vl)sh & abs_mask);
+        /* finite nonzero scale in range, finite z in the split's range, shift large enough */
         const bn_vl zform = (as >= BN_VSPLAT(BN_F32_COEF_MIN))
                             & (as <= BN_VSPLAT(BN_F32_COEF_MAX))
                             & ((az == BN_VZERO) | (az >= BN_VSPLAT(BN_F32_SPLIT_MIN)))
-                            & (az <= BN_VSPLAT(BN_F32_COEF_MAX));
+                            & (az <= BN_VSPLAT(BN_F32_COEF_MAX))
+                            & (ams <= BN_VSPLAT(BN_F32_ZFORM_RATIO) * ash);
         const bn_vd hv = (bn_vd)((zform & (bn_vl)z) | (~zform & (bn_vl)m));
         const bn_vd bv = (bn_vd)(~zform & (bn_vl)sh);
         bn_vl pbad = BN_VLZERO;

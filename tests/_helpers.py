@@ -494,3 +494,19 @@ def run_pytest(args, cwd=None, env=None, timeout=1200):
                 counts["passed"] += tests - sum(int(suite.get(k, 0))
                                                 for k in ("failures", "errors", "skipped"))
     return counts, done
+
+
+def float32_forward_bound(want, mean, scale, shift, axis):
+    """The float32 forward's error bound per element (bn_elementwise_impl.h, "Error of the
+    float32 forward"): around the zero crossing (scale nonzero and |mean * scale| <= 2^27
+    |shift|) 4 roundings of |y*| plus 2^-51 of |mean * scale| + |shift|; otherwise 5
+    roundings of |y*| + |shift|. The u^2 terms and gradual underflow (2^-149) are covered."""
+    bshape = [1] * want.ndim
+    bshape[axis] = len(scale)
+    u = unit_roundoff(np.float32)
+    zform = ((scale != 0) & (np.abs(mean * scale) <= 2.0 ** 27 * np.abs(shift))).reshape(bshape)
+    terms = (np.abs(mean * scale) + np.abs(shift)).reshape(bshape)
+    a = np.abs(want)
+    z_bound = 4 * u * (1 + 4 * u) * a + 2.0 ** -50 * terms
+    plain_bound = 5 * u * (1 + 4 * u) * (a + np.abs(shift).reshape(bshape))
+    return np.where(zform, z_bound, plain_bound) + 2.0 ** -149

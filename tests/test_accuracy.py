@@ -10,8 +10,8 @@ import pytest
 import bnfast
 from bnfast import reference as ref
 from _helpers import (
-    assert_moments_close, assert_stat_close, stat_rtol, stat_scales, unit_roundoff,
-    values_per_channel)
+    assert_moments_close, assert_stat_close, float32_forward_bound, stat_rtol, stat_scales,
+    unit_roundoff, values_per_channel)
 
 LAYOUTS = [
     pytest.param((1_000_000, 2), 1, id="NC"),
@@ -184,8 +184,8 @@ def test_merging_states_keeps_the_documented_bound(rng):
 def test_float32_y_is_accurate_where_beta_cancels(rng, shape, axis, offset):
     """float32 y = (x - z) * scale around the zero crossing z = mean - beta / scale
     (bn_elementwise_impl.h): within 4 float32 roundings of |y| itself, plus 2^-51 of
-    |mean * scale| + |beta| for z's float64 rounding, also at y near 0 where gamma x_hat cancels beta
-    (the old formula erred by float32 roundings of |beta| there)."""
+    |mean * scale| + |beta| for z's float64 rounding, also at y near 0 where gamma x_hat
+    cancels beta (the plain formula erred by float32 roundings of |beta| there)."""
     C = shape[axis]
     x = (offset + rng.standard_normal(shape)).astype(np.float32)
     gamma = rng.uniform(0.5, 2.0, C) * rng.choice([-1.0, 1.0], C)
@@ -194,12 +194,37 @@ def test_float32_y_is_accurate_where_beta_cancels(rng, shape, axis, offset):
     rv = rng.uniform(0.5, 2.0, C)
     y = bnfast.batch_norm_inference(x, rm, rv, gamma, beta, axis=axis)
     want = ref.batch_norm_inference(x.astype(np.float64), rm, rv, gamma, beta, axis=axis)
-    bshape = [1] * len(shape)
-    bshape[axis] = C
-    scale = gamma / np.sqrt(rv + 1e-5)
-    terms = (np.abs(rm * scale) + np.abs(beta)).reshape(bshape)
-    u = unit_roundoff(np.float32)
+    bound = float32_forward_bound(want, rm, gamma / np.sqrt(rv + 1e-5), beta, axis)
     err = np.abs(y.astype(np.float64) - want)
-    bound = 4 * u * (1 + 4 * u) * np.abs(want) + 2.0 ** -50 * terms + 2.0 ** -149
     assert np.all(err <= bound), float(np.max(err / bound))
     assert np.sum(np.abs(want) < 1e-3 * np.abs(beta).max()) > 0  # y near 0 was checked
+
+
+@pytest.mark.parametrize("layout", ["NC", "NCHW", "NHWC"])
+def test_float32_y_with_extreme_coefficients(rng, layout):
+    """Per-channel coefficients from zero to 1e25 (gamma), 1e-20 to 3e38 (beta), means at 0,
+    1e-35 and 1e4, data over six decades: float32 y within float32_forward_bound of the
+    float64 formula, and exactly beta where gamma is 0 (finite x), in the run and tile
+    layouts."""
+    axis = -1 if layout == "NHWC" else 1
+    for _ in range(60):
+        C = int(rng.integers(1, 40))
+        shape = {"NC": (int(rng.integers(1, 50)), C), "NCHW": (3, C, 5, 7),
+                 "NHWC": (3, 5, 7, C)}[layout]
+        x = (rng.standard_normal(shape) * 10.0 ** rng.uniform(-3, 3)
+             + rng.choice([0.0, 1e4, -3.0])).astype(np.float32)
+        gamma = rng.choice([0.0, 1e-30, 1e-8, 1.0, -2.5, 1e8, 1e25], C) * rng.uniform(0.5, 2, C)
+        beta = rng.choice([0.0, 1.0, -7.0, 1e20, 1e-20, 3e38], C)
+        rm, rv = rng.choice([0.0, 1e4, -3.0, 1e-35], C), rng.uniform(0.1, 10, C)
+        with np.errstate(over="ignore", invalid="ignore"):
+            y = bnfast.batch_norm_inference(x, rm, rv, gamma, beta, axis=axis)
+            want = ref.batch_norm_inference(x.astype(np.float64), rm, rv, gamma, beta, axis=axis)
+        ok = np.isfinite(want) & (np.abs(want) < 3e38)  # past FLT_MAX y may round to inf
+        bound = float32_forward_bound(want, rm, gamma / np.sqrt(rv + 1e-5), beta, axis)
+        err = np.abs(y.astype(np.float64) - want)
+        assert np.all(err[ok] <= bound[ok]), float(np.max(err[ok] / bound[ok]))
+        bshape = [1] * len(shape)
+        bshape[axis] = C
+        zero = np.broadcast_to((gamma == 0).reshape(bshape), shape)
+        assert np.array_equal(y[zero], np.broadcast_to(beta.reshape(bshape), shape)[zero]
+                              .astype(np.float32))

@@ -16,6 +16,7 @@ from _helpers import (
     assert_forward_close,
     assert_inference_close,
     assert_moments_close,
+    float32_forward_bound,
     make_channel_params,
     make_float,
     run_python,
@@ -161,9 +162,9 @@ def test_training_forward_and_backward_match_the_reference(rng, dtype, shape, ax
 @pytest.mark.parametrize("shape, axis", LAYOUTS)
 def test_inference_is_within_one_rounding_of_the_reference(rng, dtype, shape, axis):
     """Given statistics, y is the float32 pass (within 4 float32 roundings of |y| plus
-    2^-51 (|mean scale| + |shift|) for the zero crossing's float64 rounding, bn_elementwise_impl.h)
-    rounded once to the half type: within half an ulp of the half at y's magnitude plus
-    that, under one ulp also where gamma x_hat and beta cancel."""
+    2^-51 (|mean scale| + |shift|) around the zero crossing, bn_elementwise_impl.h;
+    float32_forward_bound) rounded once to the half type: within half an ulp of the half at
+    y's magnitude plus that, under one ulp also where gamma x_hat and beta cancel."""
     dtype = _dtype(dtype)
     x = make_float(rng, shape, axis).astype(dtype)
     C = 1 if len(shape) == 1 else shape[axis]
@@ -173,16 +174,12 @@ def test_inference_is_within_one_rounding_of_the_reference(rng, dtype, shape, ax
     x64 = x.astype(np.float64)
     want = ref.batch_norm_inference(x64, rm, rv, gamma, beta, axis=axis)
     assert_inference_close(y, want, x64, axis, rm, rv, gamma, beta, dtype=dtype)
-    bshape = [1] * len(shape)
-    bshape[axis] = C
-    scale = gamma / np.sqrt(rv + 1e-5)
-    terms = np.abs(rm * scale) + np.abs(beta)
-    terms = terms.reshape(bshape) if len(shape) > 1 else terms
-    u, u32 = unit_roundoff(dtype), unit_roundoff(np.float32)
+    u = unit_roundoff(dtype)
     err = np.abs(y.astype(np.float64) - want)
     # half an ulp of the half (u |y|, or half the subnormal spacing), plus the float32 pass
     sub = float(2.0 ** -25 if dtype == np.float16 else 2.0 ** -134)
-    bound = u * np.abs(want) * (1 + 2 * u) + 5 * u32 * np.abs(want) + 2.0 ** -50 * terms
+    f32 = float32_forward_bound(want, rm, gamma / np.sqrt(rv + 1e-5), beta, axis)
+    bound = u * np.abs(want) * (1 + 2 * u) + f32 * (1 + u)
     assert np.all(err <= bound + sub), float(np.max(err - bound))
     # the half type's spacing at want: 2^(exponent - mantissa bits), subnormals' at least
     bits = 10 if dtype == np.float16 else 7
