@@ -136,24 +136,63 @@ BN_INLINE bn_vf8 BN_FN(round8)(bn_vf8 v)
     return BN_FN(load8)(t);
 }
 
-BN_INLINE bn_vf8 BN_FN(epilogue8)(bn_vf8 v, const BN_T *res, int act)
+/* The forward's epilogue on a vector: r, when given, is the residual's values in v's order. */
+BN_INLINE bn_vf8 BN_FN(epilogue_v)(bn_vf8 v, const bn_vf8 *r, int act)
 {
-    if (res)
-        v = BN_FN(round8)(BN_FN(round8)(v) + BN_FN(load8)(res));
+    if (r)
+        v = BN_FN(round8)(BN_FN(round8)(v) + *r);
     if (act)
         v = bn_vu8_as_f32(bn_vsel((bn_vi8)(v < BN_VF8(0.0f)), BN_VU8(0u), bn_vf8_bits(v)));
     return v;
 }
 
+BN_INLINE bn_vf8 BN_FN(epilogue8)(bn_vf8 v, const BN_T *res, int act)
+{
+    bn_vf8 r;
+    if (res)
+        r = BN_FN(load8)(res);
+    return BN_FN(epilogue_v)(v, res ? &r : NULL, act);
+}
+
+/* Sixteen values as load16 gives them (two vectors; x: in its own order). */
+BN_INLINE void BN_FN(epilogue16)(bn_vf8 *a, bn_vf8 *b, const BN_T *res, int act, int x)
+{
+    bn_vf8 ra, rb;
+    if (res)
+        BN_FN(load16)(res, &ra, &rb, x);
+    *a = BN_FN(epilogue_v)(*a, res ? &ra : NULL, act);
+    *b = BN_FN(epilogue_v)(*b, res ? &rb : NULL, act);
+}
+
+/* The backward's prologue on a vector: y, when given, is the ReLU output's values in g's order. */
+BN_INLINE bn_vf8 BN_FN(prologue_v)(bn_vf8 g, const bn_vf8 *y)
+{
+    if (y)
+        g = bn_vu8_as_f32(bn_vsel((bn_vi8)(*y > BN_VF8(0.0f)), bn_vf8_bits(g), BN_VU8(0u)));
+    return g;
+}
+
 BN_INLINE bn_vf8 BN_FN(prologue8)(bn_vf8 g, const BN_T *relu_y, BN_T *dres)
 {
-    if (relu_y) {
-        const bn_vf8 y = BN_FN(load8)(relu_y);
-        g = bn_vu8_as_f32(bn_vsel((bn_vi8)(y > BN_VF8(0.0f)), bn_vf8_bits(g), BN_VU8(0u)));
-    }
+    bn_vf8 y;
+    if (relu_y)
+        y = BN_FN(load8)(relu_y);
+    g = BN_FN(prologue_v)(g, relu_y ? &y : NULL);
     if (dres)
         BN_FN(store8)(dres, g);
     return g;
+}
+
+BN_INLINE void BN_FN(prologue16)(bn_vf8 *ga, bn_vf8 *gb, const BN_T *relu_y, BN_T *dres,
+                                 int x)
+{
+    bn_vf8 ya, yb;
+    if (relu_y)
+        BN_FN(load16)(relu_y, &ya, &yb, x);
+    *ga = BN_FN(prologue_v)(*ga, relu_y ? &ya : NULL);
+    *gb = BN_FN(prologue_v)(*gb, relu_y ? &yb : NULL);
+    if (dres)
+        BN_FN(store16)(dres, *ga, *gb, x);
 }
 #define BN_SPAN8 1
 #else
@@ -165,6 +204,14 @@ BN_INLINE void BN_FN(normalize_span_lp)(const BN_T *x, BN_T *y, npy_intp len, fl
 {
     npy_intp i = 0;
 #if BN_SPAN8
+    for (; i + 16 <= len; i += 16) {
+        bn_vf8 va, vb;
+        BN_FN(load16)(x + i, &va, &vb, 1);
+        va = ((va - BN_VF8(mh)) - BN_VF8(ml)) * BN_VF8(s) + BN_VF8(b);
+        vb = ((vb - BN_VF8(mh)) - BN_VF8(ml)) * BN_VF8(s) + BN_VF8(b);
+        BN_FN(epilogue16)(&va, &vb, res ? res + i : NULL, act, 1);
+        BN_FN(store16)(y + i, va, vb, 1);
+    }
     for (; i + 8 <= len; i += 8) {
         bn_vf8 v = ((BN_FN(load8)(x + i) - BN_VF8(mh)) - BN_VF8(ml)) * BN_VF8(s) + BN_VF8(b);
         BN_FN(store8)(y + i, BN_FN(epilogue8)(v, res ? res + i : NULL, act));
@@ -184,6 +231,17 @@ BN_INLINE void BN_FN(normalize_row_span_lp)(const BN_T *x, BN_T *y, npy_intp nco
 {
     npy_intp c = 0;
 #if BN_SPAN8
+    for (; c + 16 <= ncols; c += 16) {
+        bn_vf8 v[2];
+        BN_FN(load16)(x + c, &v[0], &v[1], 0);
+        for (int h = 0; h < 2; h++) {
+            const npy_intp j = c + 8 * h;
+            v[h] = ((v[h] - bn_vf8_loadu(mh + j)) - bn_vf8_loadu(ml + j)) * bn_vf8_loadu(s + j)
+                   + bn_vf8_loadu(b + j);
+        }
+        BN_FN(epilogue16)(&v[0], &v[1], res ? res + c : NULL, act, 0);
+        BN_FN(store16)(y + c, v[0], v[1], 0);
+    }
     for (; c + 8 <= ncols; c += 8) {
         bn_vf8 m_h, m_l, sc, sh;
         memcpy(&m_h, mh + c, sizeof m_h);
@@ -208,6 +266,16 @@ BN_INLINE void BN_FN(grad_input_span_lp)(const BN_T *dy, const BN_T *x, BN_T *dx
 {
     npy_intp i = 0;
 #if BN_SPAN8
+    for (; i + 16 <= len; i += 16) {
+        bn_vf8 g[2], v[2];
+        BN_FN(load16)(dy + i, &g[0], &g[1], 1);
+        BN_FN(prologue16)(&g[0], &g[1], relu_y ? relu_y + i : NULL, dres ? dres + i : NULL, 1);
+        BN_FN(load16)(x + i, &v[0], &v[1], 1);
+        for (int h = 0; h < 2; h++)
+            v[h] = ((g[h] - BN_VF8(ah)) - BN_VF8(al)) * BN_VF8(k)
+                   - ((v[h] - BN_VF8(mh)) - BN_VF8(ml)) * BN_VF8(w);
+        BN_FN(store16)(dx + i, v[0], v[1], 1);
+    }
     for (; i + 8 <= len; i += 8) {
         const bn_vf8 g = BN_FN(prologue8)(BN_FN(load8)(dy + i), relu_y ? relu_y + i : NULL,
                                           dres ? dres + i : NULL);
@@ -231,6 +299,18 @@ BN_INLINE void BN_FN(grad_input_row_span_lp)(const BN_T *dy, const BN_T *x, BN_T
 {
     npy_intp c = 0;
 #if BN_SPAN8
+    for (; c + 16 <= ncols; c += 16) {
+        bn_vf8 g[2], v[2];
+        BN_FN(load16)(dy + c, &g[0], &g[1], 0);
+        BN_FN(prologue16)(&g[0], &g[1], relu_y ? relu_y + c : NULL, dres ? dres + c : NULL, 0);
+        BN_FN(load16)(x + c, &v[0], &v[1], 0);
+        for (int h = 0; h < 2; h++) {
+            const npy_intp j = c + 8 * h;
+            v[h] = ((g[h] - bn_vf8_loadu(ah + j)) - bn_vf8_loadu(al + j)) * bn_vf8_loadu(k + j)
+                   - ((v[h] - bn_vf8_loadu(mh + j)) - bn_vf8_loadu(ml + j)) * bn_vf8_loadu(w + j);
+        }
+        BN_FN(store16)(dx + c, v[0], v[1], 0);
+    }
     for (; c + 8 <= ncols; c += 8) {
         bn_vf8 a_h, a_l, kv, m_h, m_l, wv;
         memcpy(&a_h, ah + c, sizeof a_h);

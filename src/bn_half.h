@@ -129,6 +129,14 @@ static inline bn_vu8 bn_vf8_bits(bn_vf8 f)
     return u;
 }
 
+/* Eight floats from memory (unaligned). */
+static inline bn_vf8 bn_vf8_loadu(const float *p)
+{
+    bn_vf8 v;
+    memcpy(&v, p, sizeof v);
+    return v;
+}
+
 /* Lane select: m is all ones or all zeros per lane. */
 static inline bn_vu8 bn_vsel(bn_vi8 m, bn_vu8 a, bn_vu8 b)
 {

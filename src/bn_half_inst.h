@@ -98,20 +98,69 @@ static inline bn_vf8 bn_load8_bf16_avx2(const bn_bf16 *p)
     const __m256i h = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(const void *)p));
     return (bn_vf8)_mm256_castsi256_ps(_mm256_slli_epi32(h, 16));
 }
+/* float32 -> bfloat16 bits in the low halves of the 32-bit lanes, rounded to nearest even; a
+ * NaN would be rounded like a number (possibly to infinity), so bn_bf16_round_avx2 is for
+ * vectors without NaN and bn_bf16_round_nan_avx2 makes each NaN 0x7fc0 with its sign. */
+static inline __m256i bn_bf16_round_avx2(__m256i u)
+{
+    const __m256i odd = _mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(1));
+    return _mm256_srli_epi32(_mm256_add_epi32(_mm256_add_epi32(u, _mm256_set1_epi32(0x7fff)),
+                                              odd), 16);
+}
+static inline __m256i bn_bf16_round_nan_avx2(bn_vf8 f)
+{
+    const __m256i u = _mm256_castps_si256((__m256)f);
+    const __m256i nan = _mm256_castps_si256(_mm256_cmp_ps((__m256)f, (__m256)f, _CMP_UNORD_Q));
+    const __m256i q = _mm256_or_si256(
+        _mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(0x8000)),
+        _mm256_set1_epi32(0x7fc0));
+    return _mm256_blendv_epi8(bn_bf16_round_avx2(u), q, nan);
+}
 static inline void bn_store8_bf16_avx2(bn_bf16 *p, bn_vf8 f)
 {
-    /* t: the top halves; r: rounded to nearest even; a NaN becomes 0x7fc0 with its sign. */
-    const __m256i u = _mm256_castps_si256((__m256)f), t = _mm256_srli_epi32(u, 16);
-    const __m256i nan = _mm256_castps_si256(_mm256_cmp_ps((__m256)f, (__m256)f, _CMP_UNORD_Q));
-    const __m256i odd = _mm256_and_si256(t, _mm256_set1_epi32(1));
-    const __m256i r = _mm256_srli_epi32(
-        _mm256_add_epi32(_mm256_add_epi32(u, _mm256_set1_epi32(0x7fff)), odd), 16);
-    const __m256i q = _mm256_or_si256(_mm256_and_si256(t, _mm256_set1_epi32(0x8000)),
-                                      _mm256_set1_epi32(0x7fc0));
-    const __m256i h = _mm256_blendv_epi8(r, q, nan);
+    const __m256i h = bn_bf16_round_nan_avx2(f);
     _mm_storeu_si128((__m128i *)(void *)p,
                      _mm_packus_epi32(_mm256_castsi256_si128(h),
                                       _mm256_extracti128_si256(h, 1)));
+}
+
+/* float32 -> bfloat16 of two vectors, packed in-lane: a's lanes 0-3, b's 0-3, a's 4-7, b's
+ * 4-7.  The NaN case is taken only when there is a NaN among the sixteen. */
+static inline __m256i bn_bf16_pack16_avx2(bn_vf8 a, bn_vf8 b)
+{
+    const __m256 nan = _mm256_cmp_ps((__m256)a, (__m256)b, _CMP_UNORD_Q);
+    if (__builtin_expect(_mm256_testz_ps(nan, nan), 1))
+        return _mm256_packus_epi32(bn_bf16_round_avx2(_mm256_castps_si256((__m256)a)),
+                                   bn_bf16_round_avx2(_mm256_castps_si256((__m256)b)));
+    return _mm256_packus_epi32(bn_bf16_round_nan_avx2(a), bn_bf16_round_nan_avx2(b));
+}
+
+/* Sixteen values in order: a = p[0..7], b = p[8..15]. */
+static inline void bn_load16_bf16_avx2(const bn_bf16 *p, bn_vf8 *a, bn_vf8 *b)
+{
+    *a = bn_load8_bf16_avx2(p);
+    *b = bn_load8_bf16_avx2(p + 8);
+}
+static inline void bn_store16_bf16_avx2(bn_bf16 *p, bn_vf8 a, bn_vf8 b)
+{
+    _mm256_storeu_si256((__m256i *)(void *)p,
+                        _mm256_permute4x64_epi64(bn_bf16_pack16_avx2(a, b), 0xd8));
+}
+
+/* Sixteen values in the order that unpacking the two 128-bit lanes gives, a = p[0..3],
+ * p[8..11] and b = p[4..7], p[12..15]; the in-lane pack of the store puts them back.  For
+ * loops in which every array goes through these two and all values take the same
+ * coefficients (one channel's run): two instructions widen the sixteen values and one packs
+ * them, where load16 and store16 take four and two. */
+static inline void bn_load16x_bf16_avx2(const bn_bf16 *p, bn_vf8 *a, bn_vf8 *b)
+{
+    const __m256i h = _mm256_loadu_si256((const __m256i *)(const void *)p);
+    *a = (bn_vf8)_mm256_castsi256_ps(_mm256_unpacklo_epi16(_mm256_setzero_si256(), h));
+    *b = (bn_vf8)_mm256_castsi256_ps(_mm256_unpackhi_epi16(_mm256_setzero_si256(), h));
+}
+static inline void bn_store16x_bf16_avx2(bn_bf16 *p, bn_vf8 a, bn_vf8 b)
+{
+    _mm256_storeu_si256((__m256i *)(void *)p, bn_bf16_pack16_avx2(a, b));
 }
 #endif
 
@@ -134,6 +183,10 @@ static inline void bn_store8_bf16_avx2(bn_bf16 *p, bn_vf8 f)
 #define BN_H_VLOAD4 bn_vload4_bf16_avx2
 #define BN_H_LOAD8 bn_load8_bf16_avx2
 #define BN_H_STORE8 bn_store8_bf16_avx2
+#define BN_H_LOAD16 bn_load16_bf16_avx2
+#define BN_H_STORE16 bn_store16_bf16_avx2
+#define BN_H_LOAD16X bn_load16x_bf16_avx2
+#define BN_H_STORE16X bn_store16x_bf16_avx2
 #define BN_FN(name) BN_V3(name##_bf16)
 #include "bn_half_one.h"
 #define BN_T bn_f16

@@ -1,9 +1,36 @@
 /* One half-type instantiation of the loops (bn_half_inst.h includes it once per type and
  * instruction set; no include guard).  The includer defines BN_T, BN_FN and the conversions
- * BN_H_TO32, BN_H_FROM32, BN_H_POS, BN_H_MASK, BN_H_VLOAD4, BN_H_LOAD8 and BN_H_STORE8; they
- * are undefined at the end. */
+ * BN_H_TO32, BN_H_FROM32, BN_H_POS, BN_H_MASK, BN_H_VLOAD4, BN_H_LOAD8 and BN_H_STORE8, and
+ * optionally BN_H_LOAD16 / BN_H_STORE16 (sixteen values, in order, as two vectors) and
+ * BN_H_LOAD16X / BN_H_STORE16X (the same in an order of their own); they are undefined at
+ * the end. */
 BN_INLINE bn_vf8 BN_FN(load8)(const BN_T *p) { return BN_H_LOAD8(p); }
 BN_INLINE void BN_FN(store8)(BN_T *p, bn_vf8 v) { BN_H_STORE8(p, v); }
+#ifndef BN_H_LOAD16
+#define BN_H_LOAD16(p, a, b) (*(a) = BN_H_LOAD8(p), *(b) = BN_H_LOAD8((p) + 8))
+#define BN_H_STORE16(p, a, b) (BN_H_STORE8(p, a), BN_H_STORE8((p) + 8, b))
+#endif
+#ifndef BN_H_LOAD16X
+#define BN_H_LOAD16X BN_H_LOAD16
+#define BN_H_STORE16X BN_H_STORE16
+#endif
+/* Sixteen values as two vectors: in order (a = p[0..7], b = p[8..15]), or, with x set, in an
+ * order of the type's own, the same for every array (for loops whose values all take the same
+ * coefficients).  x is a constant at each call. */
+BN_INLINE void BN_FN(load16)(const BN_T *p, bn_vf8 *a, bn_vf8 *b, int x)
+{
+    if (x)
+        BN_H_LOAD16X(p, a, b);
+    else
+        BN_H_LOAD16(p, a, b);
+}
+BN_INLINE void BN_FN(store16)(BN_T *p, bn_vf8 a, bn_vf8 b, int x)
+{
+    if (x)
+        BN_H_STORE16X(p, a, b);
+    else
+        BN_H_STORE16(p, a, b);
+}
 BN_INLINE void BN_FN(bn_stream_store)(BN_T *dst, const BN_T *src, npy_intp n)
 {
     bn_stream_store_u16((uint16_t *)(void *)dst, (const uint16_t *)(const void *)src, n);
@@ -20,3 +47,7 @@ BN_INLINE void BN_FN(bn_stream_store)(BN_T *dst, const BN_T *src, npy_intp n)
 #undef BN_H_VLOAD4
 #undef BN_H_LOAD8
 #undef BN_H_STORE8
+#undef BN_H_LOAD16
+#undef BN_H_STORE16
+#undef BN_H_LOAD16X
+#undef BN_H_STORE16X

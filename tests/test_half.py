@@ -110,19 +110,32 @@ def test_every_float16_value_is_widened_and_rounded_like_numpy(shape, mean, scal
                       np.where(nan, 0, want).astype(np.float16), "y")
 
 
-@pytest.mark.skipif(ml_dtypes is None, reason="needs ml_dtypes")
-@pytest.mark.parametrize("baseline", _both_loops(), ids=lambda b: "baseline" if b else "cpu")
-def test_bfloat16_is_widened_and_rounded_like_ml_dtypes(rng, baseline):
-    """bfloat16 over its whole exponent range, through the same float32 arithmetic as the
-    kernel's (_float32_pass), rounded by ml_dtypes (to nearest, ties to even)."""
-    bits = rng.integers(0, 1 << 16, 1 << 16).astype(np.uint16)
-    x = bits.view(ml_dtypes.bfloat16).reshape(-1, 8)
+def _bfloat16_inference(x, C, baseline):
     try:
         _kernels.use_baseline_half_loops(baseline)
-        y = bnfast.batch_norm_inference(x, np.full(8, 0.75), np.ones(8), np.full(8, 1.5),
-                                        np.full(8, -0.25), axis=-1, eps=0.0)
+        return bnfast.batch_norm_inference(x, np.full(C, 0.75), np.ones(C), np.full(C, 1.5),
+                                           np.full(C, -0.25), axis=-1 if C > 1 else 0, eps=0.0)
     finally:
         _kernels.use_baseline_half_loops(False)
+
+
+# One channel's run (sixteen values a vector pair), rows of 8 channels (eight a vector), and
+# rows of 24 and 40 (sixteen, then eight and a scalar tail).
+BF16_SHAPES = [pytest.param((1 << 16,), id="run"), pytest.param((1 << 13, 8), id="rows-8"),
+               pytest.param((2731, 24), id="rows-24"), pytest.param((1638, 40), id="rows-40")]
+
+
+@pytest.mark.skipif(ml_dtypes is None, reason="needs ml_dtypes")
+@pytest.mark.parametrize("shape", BF16_SHAPES)
+@pytest.mark.parametrize("baseline", _both_loops(), ids=lambda b: "baseline" if b else "cpu")
+def test_bfloat16_is_widened_and_rounded_like_ml_dtypes(rng, baseline, shape):
+    """bfloat16 over its whole exponent range, through the same float32 arithmetic as the
+    kernel's (_float32_pass), rounded by ml_dtypes (to nearest, ties to even); a NaN comes out
+    as the quiet NaN of its sign, 0x7fc0."""
+    bits = rng.integers(0, 1 << 16, int(np.prod(shape))).astype(np.uint16)
+    x = bits.view(ml_dtypes.bfloat16).reshape(shape)
+    C = 1 if len(shape) == 1 else shape[1]
+    y = _bfloat16_inference(x, C, baseline)
     assert y.dtype == x.dtype
     with np.errstate(over="ignore", invalid="ignore"):
         want = _float32_pass(x.astype(np.float32), 0.75, 1.5, -0.25).astype(ml_dtypes.bfloat16)
@@ -130,6 +143,21 @@ def test_bfloat16_is_widened_and_rounded_like_ml_dtypes(rng, baseline):
     assert np.array_equal(np.isnan(y32), np.isnan(w32))
     ok = ~np.isnan(w32)
     assert_bits_equal(y32[ok], w32[ok], "y")
+    nan_bits = y.view(np.uint16)[~ok]
+    assert nan_bits.size > 0 and np.all(nan_bits & 0x7FFF == 0x7FC0)
+
+
+@pytest.mark.skipif(ml_dtypes is None or len(_both_loops()) < 2,
+                    reason="needs ml_dtypes and both loops")
+@pytest.mark.parametrize("shape", BF16_SHAPES)
+def test_bfloat16_loops_give_the_same_bits_nan_included(rng, shape):
+    """The x86-64-v3 loops (sixteen values a step, the NaN case only where there is one) and
+    the baseline ones agree on every bit, the sign of each NaN included."""
+    bits = rng.integers(0, 1 << 16, int(np.prod(shape))).astype(np.uint16)
+    x = bits.view(ml_dtypes.bfloat16).reshape(shape)
+    C = 1 if len(shape) == 1 else shape[1]
+    assert_bits_equal(_bfloat16_inference(x, C, False).view(np.uint16),
+                      _bfloat16_inference(x, C, True).view(np.uint16), "y")
 
 
 # ---- Accuracy against the float64 reference of the same half values ---------------------
