@@ -63,9 +63,22 @@ def builds(base: str | None) -> dict:
     return {"base": load("bnbase", base), "bnfast": bnfast} if base else {"bnfast": bnfast}
 
 
+def vector_dtype(dtype):
+    """Per-channel vectors and running statistics: float32 for half data, as in PyTorch."""
+    return np.float32 if np.dtype(dtype).itemsize == 2 else dtype
+
+
+def array_dtype(name: str):
+    """--dtype: a NumPy name, or bfloat16 (ml_dtypes)."""
+    if name == "bfloat16":
+        import ml_dtypes
+        return np.dtype(ml_dtypes.bfloat16)
+    return np.dtype(name)
+
+
 def calls(mod, op, x, dy, g, b, axis, nt):
     C = x.shape[axis]
-    rm, rv = np.zeros(C, x.dtype), np.ones(C, x.dtype)
+    rm, rv = np.zeros(C, vector_dtype(x.dtype)), np.ones(C, vector_dtype(x.dtype))
     if op == "train":
         return lambda: mod.batch_norm_forward(x, g, b, axis=axis, running_mean=rm,
                                               running_var=rv, n_threads=nt)
@@ -77,14 +90,21 @@ def calls(mod, op, x, dy, g, b, axis, nt):
     return lambda: mod.batch_norm_backward(dy, x, mean, invstd, g, axis=axis, n_threads=nt)
 
 
+def as_tensor(torch, a):
+    """torch.from_numpy, also for ml_dtypes' bfloat16 (through its bits)."""
+    if a.dtype.name == "bfloat16":
+        return torch.from_numpy(a.view(np.uint16)).view(torch.bfloat16)
+    return torch.from_numpy(a)
+
+
 def torch_call(torch, op, x, dy, g, b, layout):
-    t = torch.from_numpy(x)
-    tdy = torch.from_numpy(dy)
+    t = as_tensor(torch, x)
+    tdy = as_tensor(torch, dy)
     if layout == "NHWC":
         t, tdy = t.permute(0, 3, 1, 2), tdy.permute(0, 3, 1, 2)
     C = t.shape[1]
     w, bb = torch.from_numpy(g), torch.from_numpy(b)
-    rm, rv = torch.zeros(C, dtype=t.dtype), torch.ones(C, dtype=t.dtype)
+    rm, rv = torch.zeros(C, dtype=w.dtype), torch.ones(C, dtype=w.dtype)
     F = torch.nn.functional.batch_norm
     if op == "train":
         return lambda: F(t, rm, rv, w, bb, True, 0.1, 1e-5)
@@ -109,11 +129,12 @@ def time_batch(f, n):
 
 def make_case(sname, dtype, rng):
     shape, axis = SHAPES[sname] if sname in SHAPES else parse_shape(sname)
+    dtype = array_dtype(dtype)
     x = (rng.standard_normal(shape) * 2 + 3).astype(dtype)
     dy = rng.standard_normal(shape).astype(dtype)
     C = shape[axis]
-    g = rng.uniform(0.5, 1.5, C).astype(dtype)
-    b = rng.standard_normal(C).astype(dtype)
+    g = rng.uniform(0.5, 1.5, C).astype(vector_dtype(dtype))
+    b = rng.standard_normal(C).astype(vector_dtype(dtype))
     return x, dy, g, b, axis, sname.split(":")[0]
 
 
@@ -223,13 +244,7 @@ def main(argv=None):
             torch.set_num_threads(nt)
         pool = ThreadPoolExecutor(nt)
         for sname in a.shapes:
-            shape, axis = SHAPES[sname] if sname in SHAPES else parse_shape(sname)
-            layout = sname.split(":")[0]
-            x = (rng.standard_normal(shape) * 2 + 3).astype(a.dtype)
-            dy = rng.standard_normal(shape).astype(a.dtype)
-            C = shape[axis]
-            g = rng.uniform(0.5, 1.5, C).astype(a.dtype)
-            b = rng.standard_normal(C).astype(a.dtype)
+            x, dy, g, b, axis, layout = make_case(sname, a.dtype, rng)
             dst = np.empty_like(x).reshape(-1)
             srcs, dsts = np.array_split(x.reshape(-1), nt), np.array_split(dst, nt)
             copy = lambda: list(pool.map(np.copyto, dsts, srcs))  # noqa: E731
