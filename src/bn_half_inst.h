@@ -93,6 +93,20 @@ static inline bn_vd bn_vload4_bf16_avx2(const bn_bf16 *p)
     const __m128i h = _mm_cvtepu16_epi32(_mm_loadl_epi64((const __m128i *)(const void *)p));
     return (bn_vd)_mm256_cvtps_pd(_mm_castsi128_ps(_mm_slli_epi32(h, 16)));
 }
+/* Sixteen bfloat16 values as four vectors of four doubles, in order: a pair of 128-bit loads
+ * unpacked against zero (the shift of the widening for free), where four bn_vload4 take four
+ * loads, four zero-extensions and four shifts. */
+static inline void bn_vload16_bf16_avx2(const bn_bf16 *p, bn_vd *a, bn_vd *b, bn_vd *c,
+                                        bn_vd *d)
+{
+    const __m128i z = _mm_setzero_si128();
+    const __m128i h0 = _mm_loadu_si128((const __m128i *)(const void *)p);
+    const __m128i h1 = _mm_loadu_si128((const __m128i *)(const void *)(p + 8));
+    *a = (bn_vd)_mm256_cvtps_pd(_mm_castsi128_ps(_mm_unpacklo_epi16(z, h0)));
+    *b = (bn_vd)_mm256_cvtps_pd(_mm_castsi128_ps(_mm_unpackhi_epi16(z, h0)));
+    *c = (bn_vd)_mm256_cvtps_pd(_mm_castsi128_ps(_mm_unpacklo_epi16(z, h1)));
+    *d = (bn_vd)_mm256_cvtps_pd(_mm_castsi128_ps(_mm_unpackhi_epi16(z, h1)));
+}
 static inline bn_vf8 bn_load8_bf16_avx2(const bn_bf16 *p)
 {
     const __m256i h = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(const void *)p));
@@ -181,6 +195,7 @@ static inline void bn_store16x_bf16_avx2(bn_bf16 *p, bn_vf8 a, bn_vf8 b)
 #define BN_H_POS bn_pos_bf16
 #define BN_H_MASK bn_masked_bf16
 #define BN_H_VLOAD4 bn_vload4_bf16_avx2
+#define BN_H_VLOAD16 bn_vload16_bf16_avx2
 #define BN_H_LOAD8 bn_load8_bf16_avx2
 #define BN_H_STORE8 bn_store8_bf16_avx2
 #define BN_H_LOAD16 bn_load16_bf16_avx2

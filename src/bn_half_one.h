@@ -2,8 +2,8 @@
  * instruction set; no include guard).  The includer defines BN_T, BN_FN and the conversions
  * BN_H_TO32, BN_H_FROM32, BN_H_POS, BN_H_MASK, BN_H_VLOAD4, BN_H_LOAD8 and BN_H_STORE8, and
  * optionally BN_H_LOAD16 / BN_H_STORE16 (sixteen values, in order, as two vectors) and
- * BN_H_LOAD16X / BN_H_STORE16X (the same in an order of their own); they are undefined at
- * the end. */
+ * BN_H_LOAD16X / BN_H_STORE16X (the same in an order of their own), and BN_H_VLOAD16
+ * (sixteen values as four vectors of doubles, in order); they are undefined at the end. */
 BN_INLINE bn_vf8 BN_FN(load8)(const BN_T *p) { return BN_H_LOAD8(p); }
 BN_INLINE void BN_FN(store8)(BN_T *p, bn_vf8 v) { BN_H_STORE8(p, v); }
 #ifndef BN_H_LOAD16
@@ -45,6 +45,7 @@ BN_INLINE void BN_FN(bn_stream_store)(BN_T *dst, const BN_T *src, npy_intp n)
 #undef BN_H_POS
 #undef BN_H_MASK
 #undef BN_H_VLOAD4
+#undef BN_H_VLOAD16
 #undef BN_H_LOAD8
 #undef BN_H_STORE8
 #undef BN_H_LOAD16

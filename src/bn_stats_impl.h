@@ -8,6 +8,17 @@
  * of them, `stride` elements apart.  Sums are float64 lanes in a fixed order (bn_loops.h).
  */
 
+/* Sixteen consecutive values as four vectors of four doubles: the element type's own load
+ * where it has one (bfloat16 on x86-64-v3), else four BN_VLOAD. */
+#ifdef BN_VECTOR_TYPES
+#ifdef BN_H_VLOAD16
+#define BN_VLOAD16(a, b, c, d, p) BN_H_VLOAD16((p), &(a), &(b), &(c), &(d))
+#else
+#define BN_VLOAD16(a, b, c, d, p) \
+    (BN_VLOAD(a, p), BN_VLOAD(b, (p) + 4), BN_VLOAD(c, (p) + 8), BN_VLOAD(d, (p) + 12))
+#endif
+#endif
+
 /* Sums of d = x - shift and of d^2 over a block of runs, in 16 float64 lanes (four vectors of
  * four, enough independent chains to hide the latency of the adds) added up in a fixed order. */
 BN_TARGET static void BN_FN(run_shifted_sums)(const BN_T *x, npy_intp nrows, npy_intp len,
@@ -28,10 +39,7 @@ BN_TARGET static void BN_FN(run_shifted_sums)(const BN_T *x, npy_intp nrows, npy
         npy_intp i = 0;
         for (; i + BN_LANES <= len; i += BN_LANES) {
 #ifdef BN_VECTOR_TYPES
-            BN_VLOAD(v0, row + i);
-            BN_VLOAD(v1, row + i + 4);
-            BN_VLOAD(v2, row + i + 8);
-            BN_VLOAD(v3, row + i + 12);
+            BN_VLOAD16(v0, v1, v2, v3, row + i);
             v0 -= k;
             v1 -= k;
             v2 -= k;
@@ -309,14 +317,8 @@ BN_TARGET static void BN_FN(run_grad_sums)(const BN_T *dy, const BN_T *x, npy_in
         npy_intp i = 0;
         for (; i + BN_LANES <= len; i += BN_LANES) {
 #ifdef BN_VECTOR_TYPES
-            BN_VLOAD(g0, g + i);
-            BN_VLOAD(g1, g + i + 4);
-            BN_VLOAD(g2, g + i + 8);
-            BN_VLOAD(g3, g + i + 12);
-            BN_VLOAD(v0, v + i);
-            BN_VLOAD(v1, v + i + 4);
-            BN_VLOAD(v2, v + i + 8);
-            BN_VLOAD(v3, v + i + 12);
+            BN_VLOAD16(g0, g1, g2, g3, g + i);
+            BN_VLOAD16(v0, v1, v2, v3, v + i);
             a0 += g0;
             a1 += g1;
             a2 += g2;
@@ -457,14 +459,8 @@ BN_TARGET static void BN_FN(run_grad_sums_masked)(const BN_T *dy, const BN_T *x,
             /* Selected in BN_T before the conversion: masking the converted vector with a
              * comparison's bits makes GCC 12 fail (internal error) in the AVX2 clone. */
             BN_VLOAD_MASKED_ALL(g + i, yy + i);
-            BN_VLOAD(g0, gm);
-            BN_VLOAD(g1, gm + 4);
-            BN_VLOAD(g2, gm + 8);
-            BN_VLOAD(g3, gm + 12);
-            BN_VLOAD(v0, v + i);
-            BN_VLOAD(v1, v + i + 4);
-            BN_VLOAD(v2, v + i + 8);
-            BN_VLOAD(v3, v + i + 12);
+            BN_VLOAD16(g0, g1, g2, g3, gm);
+            BN_VLOAD16(v0, v1, v2, v3, v + i);
             a0 += g0;
             a1 += g1;
             a2 += g2;
@@ -541,3 +537,5 @@ BN_TARGET static void BN_FN(tile_grad_sums_masked)(const BN_T *dy, const BN_T *x
 }
 
 
+
+#undef BN_VLOAD16
