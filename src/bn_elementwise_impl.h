@@ -124,8 +124,10 @@
 
 #if BN_LOWP
 #if BN_HALF && defined(BN_HALF_VECTORS)
-/* Half types: eight values a time in float32 vectors (bn_half.h's loads and stores), the
- * scalar loop below for the rest; the same float32 operations in the same order. */
+/* Half types: sixteen values a step in two float32 vectors (load16 / store16 of
+ * bn_half_one.h; in a channel's run, where every value takes the same coefficients, in the
+ * type's own order), then eight (bn_half.h's loads and stores), then the scalar loop; the
+ * same float32 operations on each value, so the same bits whatever the step. */
 #ifndef BN_VF8
 #define BN_VF8(s) ((bn_vf8){(s), (s), (s), (s), (s), (s), (s), (s)})
 #endif
