@@ -27,6 +27,7 @@
 #define BN_MASKED(g, y) BN_H_MASK((g), (y))
 #define BN_VLOAD(dst, p) ((dst) = BN_H_VLOAD4(p))
 
+#ifdef BN_VECTOR_TYPES
 /* Four bfloat16 values as four doubles (exact). */
 static inline bn_vd bn_vload4_bf16(const bn_bf16 *p)
 {
@@ -45,6 +46,7 @@ static inline bn_vd bn_vload4_f16(const bn_f16 *p)
     return (bn_vd){bn_f16_to_f32_bits(p[0].bits), bn_f16_to_f32_bits(p[1].bits),
                    bn_f16_to_f32_bits(p[2].bits), bn_f16_to_f32_bits(p[3].bits)};
 }
+#endif
 
 static inline float bn_f16_to_f32_port(bn_f16 h) { return bn_f16_to_f32_bits(h.bits); }
 static inline bn_f16 bn_f32_to_f16_port(float f)

@@ -3,7 +3,9 @@
  * BN_H_TO32, BN_H_FROM32, BN_H_POS, BN_H_MASK, BN_H_VLOAD4, BN_H_LOAD8 and BN_H_STORE8, and
  * optionally BN_H_LOAD16 / BN_H_STORE16 (sixteen values, in order, as two vectors) and
  * BN_H_LOAD16X / BN_H_STORE16X (the same in an order of their own), and BN_H_VLOAD16
- * (sixteen values as four vectors of doubles, in order); they are undefined at the end. */
+ * (sixteen values as four vectors of doubles, in order); they are undefined at the end.
+ * The vector loads and stores exist where bn_half.h has vector types (GCC and clang). */
+#ifdef BN_HALF_VECTORS
 BN_INLINE bn_vf8 BN_FN(load8)(const BN_T *p) { return BN_H_LOAD8(p); }
 BN_INLINE void BN_FN(store8)(BN_T *p, bn_vf8 v) { BN_H_STORE8(p, v); }
 #ifndef BN_H_LOAD16
@@ -31,6 +33,7 @@ BN_INLINE void BN_FN(store16)(BN_T *p, bn_vf8 a, bn_vf8 b, int x)
     else
         BN_H_STORE16(p, a, b);
 }
+#endif
 BN_INLINE void BN_FN(bn_stream_store)(BN_T *dst, const BN_T *src, npy_intp n)
 {
     bn_stream_store_u16((uint16_t *)(void *)dst, (const uint16_t *)(const void *)src, n);
