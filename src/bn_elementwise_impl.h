@@ -131,13 +131,6 @@
 #ifndef BN_VF8
 #define BN_VF8(s) ((bn_vf8){(s), (s), (s), (s), (s), (s), (s), (s)})
 #endif
-BN_INLINE bn_vf8 BN_FN(round8)(bn_vf8 v)
-{
-    BN_T t[8];
-    BN_FN(store8)(t, v);
-    return BN_FN(load8)(t);
-}
-
 /* The forward's epilogue on a vector: r, when given, is the residual's values in v's order. */
 BN_INLINE bn_vf8 BN_FN(epilogue_v)(bn_vf8 v, const bn_vf8 *r, int act)
 {

@@ -89,6 +89,12 @@ static inline void bn_store8_f16_f16c(bn_f16 *p, bn_vf8 f)
                      _mm256_cvtps_ph((__m256)f, _MM_FROUND_TO_NEAREST_INT));
 }
 
+/* float16 rounded and widened back in registers: the store's and the load's instructions. */
+static inline bn_vf8 bn_round8_f16_f16c(bn_vf8 f)
+{
+    return (bn_vf8)_mm256_cvtph_ps(_mm256_cvtps_ph((__m256)f, _MM_FROUND_TO_NEAREST_INT));
+}
+
 /* bfloat16 with AVX2 integer instructions: the same widening and rounding as bn_half.h's. */
 static inline bn_vd bn_vload4_bf16_avx2(const bn_bf16 *p)
 {
@@ -131,6 +137,10 @@ static inline __m256i bn_bf16_round_nan_avx2(bn_vf8 f)
         _mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(0x8000)),
         _mm256_set1_epi32(0x7fc0));
     return _mm256_blendv_epi8(bn_bf16_round_avx2(u), q, nan);
+}
+static inline bn_vf8 bn_round8_bf16_avx2(bn_vf8 f)
+{
+    return (bn_vf8)_mm256_castsi256_ps(_mm256_slli_epi32(bn_bf16_round_nan_avx2(f), 16));
 }
 static inline void bn_store8_bf16_avx2(bn_bf16 *p, bn_vf8 f)
 {
@@ -198,6 +208,7 @@ static inline void bn_store16x_bf16_avx2(bn_bf16 *p, bn_vf8 a, bn_vf8 b)
 #define BN_H_MASK bn_masked_bf16
 #define BN_H_VLOAD4 bn_vload4_bf16_avx2
 #define BN_H_VLOAD16 bn_vload16_bf16_avx2
+#define BN_H_ROUND8 bn_round8_bf16_avx2
 #define BN_H_LOAD8 bn_load8_bf16_avx2
 #define BN_H_STORE8 bn_store8_bf16_avx2
 #define BN_H_LOAD16 bn_load16_bf16_avx2
@@ -214,6 +225,7 @@ static inline void bn_store16x_bf16_avx2(bn_bf16 *p, bn_vf8 a, bn_vf8 b)
 #define BN_H_VLOAD4 bn_vload4_f16_f16c
 #define BN_H_LOAD8 bn_load8_f16_f16c
 #define BN_H_STORE8 bn_store8_f16_f16c
+#define BN_H_ROUND8 bn_round8_f16_f16c
 #define BN_FN(name) BN_V3(name##_f16)
 #include "bn_half_one.h"
 #endif
