@@ -509,13 +509,46 @@ BN_TARGET static void BN_FN(tile_grad_sums_masked)(const BN_T *dy, const BN_T *x
         sum_dy[c] = 0.0;
         sum_dy_xmu[c] = 0.0;
     }
+#ifdef BN_VECTOR_TYPES
+    /* Four masked gradients, selected in BN_T before the conversion (as in
+     * run_grad_sums_masked), as one vector. */
+#define BN_VLOAD_MASKED4(dst, g, y)                                                          \
+    do {                                                                                     \
+        BN_T t_[4];                                                                          \
+        for (int j_ = 0; j_ < 4; j_++)                                                       \
+            t_[j_] = BN_MASKED((g)[j_], (y)[j_]);                                            \
+        BN_VLOAD(dst, t_);                                                                   \
+    } while (0)
+#endif
     const int by4 = BN_FN(tile_by4)(ncols, stride);
     for (; by4 && r + 4 <= nrows; r += 4) {
         const BN_T *g0 = dy + r * stride, *g1 = g0 + stride, *g2 = g1 + stride, *g3 = g2 + stride;
         const BN_T *v0 = x + r * stride, *v1 = v0 + stride, *v2 = v1 + stride, *v3 = v2 + stride;
         const BN_T *y0 = relu_y + r * stride, *y1 = y0 + stride, *y2 = y1 + stride,
                    *y3 = y2 + stride;
-        for (npy_intp c = 0; c < ncols; c++) {
+        npy_intp c = 0;
+#ifdef BN_VECTOR_TYPES
+        /* Four channels at a time, as in tile_grad_sums: the same arithmetic per channel. */
+        for (; c + 4 <= ncols; c += 4) {
+            bn_vd m, a, b, e, f, va, vb, ve, vf, sa, sb;
+            memcpy(&m, mean + c, sizeof m);
+            BN_VLOAD_MASKED4(a, g0 + c, y0 + c);
+            BN_VLOAD_MASKED4(b, g1 + c, y1 + c);
+            BN_VLOAD_MASKED4(e, g2 + c, y2 + c);
+            BN_VLOAD_MASKED4(f, g3 + c, y3 + c);
+            BN_VLOAD(va, v0 + c);
+            BN_VLOAD(vb, v1 + c);
+            BN_VLOAD(ve, v2 + c);
+            BN_VLOAD(vf, v3 + c);
+            memcpy(&sa, sum_dy + c, sizeof sa);
+            memcpy(&sb, sum_dy_xmu + c, sizeof sb);
+            sa += (a + b) + (e + f);
+            sb += (a * (va - m) + b * (vb - m)) + (e * (ve - m) + f * (vf - m));
+            memcpy(sum_dy + c, &sa, sizeof sa);
+            memcpy(sum_dy_xmu + c, &sb, sizeof sb);
+        }
+#endif
+        for (; c < ncols; c++) {
             const double m = mean[c];
             const double a = BN_LD(BN_MASKED(g0[c], y0[c]));
             const double b = BN_LD(BN_MASKED(g1[c], y1[c]));
@@ -528,14 +561,30 @@ BN_TARGET static void BN_FN(tile_grad_sums_masked)(const BN_T *dy, const BN_T *x
     }
     for (; r < nrows; r++) {
         const BN_T *g = dy + r * stride, *v = x + r * stride, *yy = relu_y + r * stride;
-        for (npy_intp c = 0; c < ncols; c++) {
+        npy_intp c = 0;
+#if BN_HALF && defined(BN_VECTOR_TYPES)
+        for (; c + 4 <= ncols; c += 4) {  /* as in tile_grad_sums */
+            bn_vd m, gv, vv, sa, sb;
+            memcpy(&m, mean + c, sizeof m);
+            BN_VLOAD_MASKED4(gv, g + c, yy + c);
+            BN_VLOAD(vv, v + c);
+            memcpy(&sa, sum_dy + c, sizeof sa);
+            memcpy(&sb, sum_dy_xmu + c, sizeof sb);
+            sa += gv;
+            sb += gv * (vv - m);
+            memcpy(sum_dy + c, &sa, sizeof sa);
+            memcpy(sum_dy_xmu + c, &sb, sizeof sb);
+        }
+#endif
+        for (; c < ncols; c++) {
             const double gc = BN_LD(BN_MASKED(g[c], yy[c]));
             sum_dy[c] += gc;
             sum_dy_xmu[c] += gc * (BN_LD(v[c]) - mean[c]);
         }
     }
+#ifdef BN_VECTOR_TYPES
+#undef BN_VLOAD_MASKED4
+#endif
 }
-
-
 
 #undef BN_VLOAD16

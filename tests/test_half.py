@@ -221,7 +221,9 @@ def test_inference_is_within_one_rounding_of_the_reference(rng, dtype, shape, ax
 
 @pytest.mark.parametrize("dtype", HALVES)
 @pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
-@pytest.mark.parametrize("shape, axis", LAYOUTS[:4])
+@pytest.mark.parametrize("shape, axis", LAYOUTS[:4] + [
+    # rows of 600 bytes: the tile sums walk them one row at a time (tile_by4)
+    pytest.param((40, 300), 1, id="NC-wide-rows")])
 def test_fused_relu_residual_is_the_unfused_half_sequence(rng, dtype, training, shape, axis):
     """relu(bn(x) + r) in one pass gives the bits of y = bn(x) in the half type, then y + r
     in the half type's arithmetic (NumPy / ml_dtypes: float32 sum, rounded), then the ReLU;
