@@ -3,7 +3,8 @@
 Usage (each build's package directory, built in place):
 
     python tools/bench_ab.py --base /tmp/perf_base/bnfast --new bnfast [--threads 1 2]
-        [--rounds 15] [--ops train infer backward moments] [--shapes NC:4096x1024 ...]
+        [--rounds 15] [--ops train infer backward moments fused backward_relu]
+        [--shapes NC:4096x1024 ...] [--dtype float32|float16|bfloat16|float64]
 
 The two builds are imported under the names ``bnbase`` and ``bnnew`` (bnfast uses relative
 imports only), so both run in the same process on the same arrays.  Every round times each
@@ -13,7 +14,9 @@ before and after.  Calls are made the way a user makes them: without ``out=``, w
 statistics updated (training), gamma and beta given.  With --cpu, process CPU time instead
 of wall time: on a loaded machine a single thread's CPU time is far steadier than its wall
 time (not meaningful for several threads, whose waits it leaves out).  The copy floor is ``passes`` times a
-``np.copyto`` of x (train 1.5, infer 1.0, backward 2.5, moments 0.5), split over the threads.
+``np.copyto`` of x (train 1.5, infer 1.0, backward 2.5, moments 0.5, fused 2.0,
+backward_relu 4.0), split over the threads. ``fused`` is relu(bn(x) + r) with dy as r;
+``backward_relu`` its backward with the residual's gradient.
 """
 from __future__ import annotations
 
@@ -30,7 +33,11 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-PASSES = {"train": 1.5, "infer": 1.0, "backward": 2.5, "moments": 0.5}
+# Copy floors in streaming copies of x (a copy reads and writes: each array pass is half):
+# fused: x twice, the residual, y; backward_relu: dy, x and y twice each, dx and the
+# residual's gradient written.
+PASSES = {"train": 1.5, "infer": 1.0, "backward": 2.5, "moments": 0.5, "fused": 2.0,
+          "backward_relu": 4.0}
 SHAPES = {
     "NC:65536x256": ((65536, 256), -1),
     "NC:4096x1024": ((4096, 1024), -1),
@@ -86,6 +93,16 @@ def calls(mod, op, x, dy, g, b, axis, nt):
         return lambda: mod.batch_norm_inference(x, rm, rv, g, b, axis=axis, n_threads=nt)
     if op == "moments":
         return lambda: mod.moments(x, axis=axis, n_threads=nt)
+    if op == "fused":  # relu(bn(x) + r), dy standing in for the residual r
+        return lambda: mod.batch_norm_forward(x, g, b, axis=axis, running_mean=rm,
+                                              running_var=rv, residual=dy, activation="relu",
+                                              n_threads=nt)
+    if op == "backward_relu":  # its backward: dy masked by y > 0, and the residual's gradient
+        y, mean, invstd = mod.batch_norm_forward(x, g, b, axis=axis, residual=dy,
+                                                 activation="relu")
+        return lambda: mod.batch_norm_backward(dy, x, mean, invstd, g, axis=axis,
+                                               activation="relu", y=y, return_dresidual=True,
+                                               n_threads=nt)
     _, mean, invstd = mod.batch_norm_forward(x, axis=axis)
     return lambda: mod.batch_norm_backward(dy, x, mean, invstd, g, axis=axis, n_threads=nt)
 
@@ -110,7 +127,7 @@ def torch_call(torch, op, x, dy, g, b, layout):
         return lambda: F(t, rm, rv, w, bb, True, 0.1, 1e-5)
     if op == "infer":
         return lambda: F(t, rm, rv, w, bb, False, 0.1, 1e-5)
-    if op == "moments":
+    if op in ("moments", "fused", "backward_relu"):
         return None
     _, mean, invstd = torch.native_batch_norm(t, w, bb, None, None, True, 0.1, 1e-5)
     return lambda: torch.ops.aten.native_batch_norm_backward(
