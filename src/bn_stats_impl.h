@@ -355,79 +355,11 @@ BN_TARGET static void BN_FN(run_grad_sums)(const BN_T *dy, const BN_T *x, npy_in
 #endif
 }
 
-BN_TARGET static void BN_FN(tile_grad_sums)(const BN_T *dy, const BN_T *x, npy_intp nrows,
-                                            npy_intp ncols, npy_intp stride, const double *mean,
-                                            double *sum_dy, double *sum_dy_xmu)
-{
-    npy_intp r = 0;
-    for (npy_intp c = 0; c < ncols; c++) {
-        sum_dy[c] = 0.0;
-        sum_dy_xmu[c] = 0.0;
-    }
-    const int by4 = BN_FN(tile_by4)(ncols, stride);
-    for (; by4 && r + 4 <= nrows; r += 4) {
-        const BN_T *g0 = dy + r * stride, *g1 = g0 + stride, *g2 = g1 + stride, *g3 = g2 + stride;
-        const BN_T *v0 = x + r * stride, *v1 = v0 + stride, *v2 = v1 + stride, *v3 = v2 + stride;
-        npy_intp c = 0;
-#ifdef BN_VECTOR_TYPES
-        /* Four channels at a time in vector types, like tile_shifted_sums. */
-        for (; c + 4 <= ncols; c += 4) {
-            bn_vd m, a, b, e, f, va, vb, ve, vf, sa, sb;
-            memcpy(&m, mean + c, sizeof m);
-            BN_VLOAD(a, g0 + c);
-            BN_VLOAD(b, g1 + c);
-            BN_VLOAD(e, g2 + c);
-            BN_VLOAD(f, g3 + c);
-            BN_VLOAD(va, v0 + c);
-            BN_VLOAD(vb, v1 + c);
-            BN_VLOAD(ve, v2 + c);
-            BN_VLOAD(vf, v3 + c);
-            memcpy(&sa, sum_dy + c, sizeof sa);
-            memcpy(&sb, sum_dy_xmu + c, sizeof sb);
-            sa += (a + b) + (e + f);
-            sb += (a * (va - m) + b * (vb - m)) + (e * (ve - m) + f * (vf - m));
-            memcpy(sum_dy + c, &sa, sizeof sa);
-            memcpy(sum_dy_xmu + c, &sb, sizeof sb);
-        }
-#endif
-        for (; c < ncols; c++) {
-            const double m = mean[c];
-            const double a = BN_LD(g0[c]), b = BN_LD(g1[c]);
-            const double e = BN_LD(g2[c]), f = BN_LD(g3[c]);
-            sum_dy[c] += (a + b) + (e + f);
-            sum_dy_xmu[c] += (a * (BN_LD(v0[c]) - m) + b * (BN_LD(v1[c]) - m))
-                             + (e * (BN_LD(v2[c]) - m) + f * (BN_LD(v3[c]) - m));
-        }
-    }
-    for (; r < nrows; r++) {
-        const BN_T *g = dy + r * stride, *v = x + r * stride;
-        npy_intp c = 0;
-#if BN_HALF && defined(BN_VECTOR_TYPES)
-        for (; c + 4 <= ncols; c += 4) {  /* as in tile_shifted_sums */
-            bn_vd m, gv, vv, sa, sb;
-            memcpy(&m, mean + c, sizeof m);
-            BN_VLOAD(gv, g + c);
-            BN_VLOAD(vv, v + c);
-            memcpy(&sa, sum_dy + c, sizeof sa);
-            memcpy(&sb, sum_dy_xmu + c, sizeof sb);
-            sa += gv;
-            sb += gv * (vv - m);
-            memcpy(sum_dy + c, &sa, sizeof sa);
-            memcpy(sum_dy_xmu + c, &sb, sizeof sb);
-        }
-#endif
-        for (; c < ncols; c++) {
-            const double gc = BN_LD(g[c]);
-            sum_dy[c] += gc;
-            sum_dy_xmu[c] += gc * (BN_LD(v[c]) - mean[c]);
-        }
-    }
-}
-
-/* Backward sums of the fused ReLU: run_grad_sums and tile_grad_sums with dy replaced by
+/* Backward sums of the fused ReLU over runs: run_grad_sums with dy replaced by
  * g = (relu_y > 0 ? dy : +0), in the same lanes and the same order, so they give the bits of
- * the plain sums of np.where(relu_y > 0, dy, 0).  (Twins of the plain sums, kept apart from
- * them; a change to the arithmetic of one belongs in the other.) */
+ * the plain sums of np.where(relu_y > 0, dy, 0).  (A twin of run_grad_sums, kept apart from
+ * it; a change to the arithmetic of one belongs in the other.  The tile sums share one body,
+ * tile_grad_sums_body, below.) */
 BN_TARGET static void BN_FN(run_grad_sums_masked)(const BN_T *dy, const BN_T *x,
                                                   const BN_T *relu_y, npy_intp nrows,
                                                   npy_intp len, npy_intp stride, double mean,
@@ -498,25 +430,30 @@ BN_TARGET static void BN_FN(run_grad_sums_masked)(const BN_T *dy, const BN_T *x,
 #endif
 }
 
-BN_TARGET static void BN_FN(tile_grad_sums_masked)(const BN_T *dy, const BN_T *x,
-                                                   const BN_T *relu_y, npy_intp nrows,
-                                                   npy_intp ncols, npy_intp stride,
-                                                   const double *mean, double *sum_dy,
-                                                   double *sum_dy_xmu)
+/* Per-channel backward sums over a block of tile rows, of dy (masked = 0) or of
+ * g = (relu_y > 0 ? dy : +0) (masked = 1; a constant at each call, so each caller compiles
+ * to its own loops): the paths of tile_shifted_sums, four rows at a time or one, four
+ * channels a vector; a channel's arithmetic depends on by4 and nothing else, so the masked
+ * sums are the bits of the plain sums of the masked dy. */
+BN_INLINE void BN_FN(tile_grad_sums_body)(const BN_T *dy, const BN_T *x, const BN_T *relu_y,
+                                          int masked, npy_intp nrows, npy_intp ncols,
+                                          npy_intp stride, const double *mean,
+                                          double *sum_dy, double *sum_dy_xmu)
 {
     npy_intp r = 0;
     for (npy_intp c = 0; c < ncols; c++) {
         sum_dy[c] = 0.0;
         sum_dy_xmu[c] = 0.0;
     }
+    /* The gradient at g[j] (y: the ReLU output beside it), as a value or four as a vector;
+     * masked in the element type before the conversion (as in run_grad_sums_masked). */
+#define BN_G(g, y, j) (masked ? BN_MASKED((g)[j], (y)[j]) : (g)[j])
 #ifdef BN_VECTOR_TYPES
-    /* Four masked gradients, selected in BN_T before the conversion (as in
-     * run_grad_sums_masked), as one vector. */
-#define BN_VLOAD_MASKED4(dst, g, y)                                                          \
+#define BN_VLOAD_G(dst, g, y)                                                                \
     do {                                                                                     \
         BN_T t_[4];                                                                          \
         for (int j_ = 0; j_ < 4; j_++)                                                       \
-            t_[j_] = BN_MASKED((g)[j_], (y)[j_]);                                            \
+            t_[j_] = BN_G(g, y, j_);                                                         \
         BN_VLOAD(dst, t_);                                                                   \
     } while (0)
 #endif
@@ -524,18 +461,24 @@ BN_TARGET static void BN_FN(tile_grad_sums_masked)(const BN_T *dy, const BN_T *x
     for (; by4 && r + 4 <= nrows; r += 4) {
         const BN_T *g0 = dy + r * stride, *g1 = g0 + stride, *g2 = g1 + stride, *g3 = g2 + stride;
         const BN_T *v0 = x + r * stride, *v1 = v0 + stride, *v2 = v1 + stride, *v3 = v2 + stride;
-        const BN_T *y0 = relu_y + r * stride, *y1 = y0 + stride, *y2 = y1 + stride,
-                   *y3 = y2 + stride;
+        const BN_T *y0 = masked ? relu_y + r * stride : g0;
+        const BN_T *y1 = y0 + stride, *y2 = y1 + stride, *y3 = y2 + stride;
         npy_intp c = 0;
 #ifdef BN_VECTOR_TYPES
-        /* Four channels at a time, as in tile_grad_sums: the same arithmetic per channel. */
         for (; c + 4 <= ncols; c += 4) {
             bn_vd m, a, b, e, f, va, vb, ve, vf, sa, sb;
             memcpy(&m, mean + c, sizeof m);
-            BN_VLOAD_MASKED4(a, g0 + c, y0 + c);
-            BN_VLOAD_MASKED4(b, g1 + c, y1 + c);
-            BN_VLOAD_MASKED4(e, g2 + c, y2 + c);
-            BN_VLOAD_MASKED4(f, g3 + c, y3 + c);
+            if (masked) {
+                BN_VLOAD_G(a, g0 + c, y0 + c);
+                BN_VLOAD_G(b, g1 + c, y1 + c);
+                BN_VLOAD_G(e, g2 + c, y2 + c);
+                BN_VLOAD_G(f, g3 + c, y3 + c);
+            } else {
+                BN_VLOAD(a, g0 + c);
+                BN_VLOAD(b, g1 + c);
+                BN_VLOAD(e, g2 + c);
+                BN_VLOAD(f, g3 + c);
+            }
             BN_VLOAD(va, v0 + c);
             BN_VLOAD(vb, v1 + c);
             BN_VLOAD(ve, v2 + c);
@@ -550,23 +493,25 @@ BN_TARGET static void BN_FN(tile_grad_sums_masked)(const BN_T *dy, const BN_T *x
 #endif
         for (; c < ncols; c++) {
             const double m = mean[c];
-            const double a = BN_LD(BN_MASKED(g0[c], y0[c]));
-            const double b = BN_LD(BN_MASKED(g1[c], y1[c]));
-            const double e = BN_LD(BN_MASKED(g2[c], y2[c]));
-            const double f = BN_LD(BN_MASKED(g3[c], y3[c]));
+            const double a = BN_LD(BN_G(g0, y0, c)), b = BN_LD(BN_G(g1, y1, c));
+            const double e = BN_LD(BN_G(g2, y2, c)), f = BN_LD(BN_G(g3, y3, c));
             sum_dy[c] += (a + b) + (e + f);
             sum_dy_xmu[c] += (a * (BN_LD(v0[c]) - m) + b * (BN_LD(v1[c]) - m))
                              + (e * (BN_LD(v2[c]) - m) + f * (BN_LD(v3[c]) - m));
         }
     }
     for (; r < nrows; r++) {
-        const BN_T *g = dy + r * stride, *v = x + r * stride, *yy = relu_y + r * stride;
+        const BN_T *g = dy + r * stride, *v = x + r * stride;
+        const BN_T *yy = masked ? relu_y + r * stride : g;
         npy_intp c = 0;
 #if BN_HALF && defined(BN_VECTOR_TYPES)
-        for (; c + 4 <= ncols; c += 4) {  /* as in tile_grad_sums */
+        for (; c + 4 <= ncols; c += 4) {
             bn_vd m, gv, vv, sa, sb;
             memcpy(&m, mean + c, sizeof m);
-            BN_VLOAD_MASKED4(gv, g + c, yy + c);
+            if (masked)
+                BN_VLOAD_G(gv, g + c, yy + c);
+            else
+                BN_VLOAD(gv, g + c);
             BN_VLOAD(vv, v + c);
             memcpy(&sa, sum_dy + c, sizeof sa);
             memcpy(&sb, sum_dy_xmu + c, sizeof sb);
@@ -577,14 +522,32 @@ BN_TARGET static void BN_FN(tile_grad_sums_masked)(const BN_T *dy, const BN_T *x
         }
 #endif
         for (; c < ncols; c++) {
-            const double gc = BN_LD(BN_MASKED(g[c], yy[c]));
+            const double gc = BN_LD(BN_G(g, yy, c));
             sum_dy[c] += gc;
             sum_dy_xmu[c] += gc * (BN_LD(v[c]) - mean[c]);
         }
     }
+#undef BN_G
 #ifdef BN_VECTOR_TYPES
-#undef BN_VLOAD_MASKED4
+#undef BN_VLOAD_G
 #endif
+}
+
+BN_TARGET static void BN_FN(tile_grad_sums)(const BN_T *dy, const BN_T *x, npy_intp nrows,
+                                            npy_intp ncols, npy_intp stride, const double *mean,
+                                            double *sum_dy, double *sum_dy_xmu)
+{
+    BN_FN(tile_grad_sums_body)(dy, x, NULL, 0, nrows, ncols, stride, mean, sum_dy, sum_dy_xmu);
+}
+
+BN_TARGET static void BN_FN(tile_grad_sums_masked)(const BN_T *dy, const BN_T *x,
+                                                   const BN_T *relu_y, npy_intp nrows,
+                                                   npy_intp ncols, npy_intp stride,
+                                                   const double *mean, double *sum_dy,
+                                                   double *sum_dy_xmu)
+{
+    BN_FN(tile_grad_sums_body)(dy, x, relu_y, 1, nrows, ncols, stride, mean, sum_dy,
+                               sum_dy_xmu);
 }
 
 #undef BN_VLOAD16
